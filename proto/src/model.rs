@@ -237,34 +237,42 @@ impl AgentField {
     }
 }
 
-impl AgentSpec {
-    /// Copies the named fields from `source` into `self`, leaving every
-    /// other field as it was.
-    pub fn apply(&mut self, source: AgentSpec, fields: &[AgentField]) {
-        let AgentSpec {
-            name,
-            description,
-            system_prompt,
-            appendable_prompts,
-            skills,
-            mcp_servers,
-            permission_policy,
-            runtime_binding,
-        } = source;
-        for field in fields {
-            match field {
-                AgentField::Name => self.name = name.clone(),
-                AgentField::Description => self.description = description.clone(),
-                AgentField::SystemPrompt => self.system_prompt = system_prompt.clone(),
-                AgentField::AppendablePrompts => self.appendable_prompts = appendable_prompts.clone(),
-                AgentField::Skills => self.skills = skills.clone(),
-                AgentField::McpServers => self.mcp_servers = mcp_servers.clone(),
-                AgentField::PermissionPolicy => self.permission_policy = permission_policy,
-                AgentField::RuntimeBinding => self.runtime_binding = runtime_binding.clone(),
-            }
+/// Applies an update: copies the fields named in `fields` from the request's
+/// wire spec onto the stored spec, leaves every other field as stored, and
+/// validates the result as a whole.
+pub fn merge_update(stored: &AgentSpec, request: pb::AgentSpec, fields: &[AgentField]) -> Validated<AgentSpec> {
+    let mut merged = pb::AgentSpec::from(stored.clone());
+    let pb::AgentSpec {
+        name,
+        description,
+        system_prompt,
+        appendable_prompts,
+        skills,
+        mcp_servers,
+        permission_policy,
+        runtime_binding,
+    } = request;
+    // Destructuring (not `..`) makes adding a proto field a compile error
+    // here until the update path handles it.
+    let (mut name, mut description, mut system_prompt) = (Some(name), Some(description), Some(system_prompt));
+    let (mut appendable_prompts, mut skills, mut mcp_servers) = (Some(appendable_prompts), Some(skills), Some(mcp_servers));
+    let mut runtime_binding = Some(runtime_binding);
+    for field in fields {
+        match field {
+            AgentField::Name => merged.name = name.take().unwrap_or_default(),
+            AgentField::Description => merged.description = description.take().unwrap_or_default(),
+            AgentField::SystemPrompt => merged.system_prompt = system_prompt.take().unwrap_or_default(),
+            AgentField::AppendablePrompts => merged.appendable_prompts = appendable_prompts.take().unwrap_or_default(),
+            AgentField::Skills => merged.skills = skills.take().unwrap_or_default(),
+            AgentField::McpServers => merged.mcp_servers = mcp_servers.take().unwrap_or_default(),
+            AgentField::PermissionPolicy => merged.permission_policy = permission_policy,
+            AgentField::RuntimeBinding => merged.runtime_binding = runtime_binding.take().flatten(),
         }
     }
+    AgentSpec::try_from(merged)
+}
 
+impl AgentSpec {
     /// AGENTS.md: the system prompt followed by each appendable prompt.
     pub fn agents_md(&self) -> String {
         let mut out = self.system_prompt.clone();
@@ -619,30 +627,29 @@ mod tests {
     }
 
     #[test]
-    fn apply_changes_only_named_fields() {
-        let original = AgentSpec::try_from(full_spec()).unwrap();
-        let mut source = AgentSpec::try_from(pb::AgentSpec {
+    fn update_changes_only_masked_fields() {
+        let stored = AgentSpec::try_from(full_spec()).unwrap();
+        let request = pb::AgentSpec {
             name: "other".into(),
+            description: "changed".into(),
+            permission_policy: pb::PermissionPolicy::Reject as i32,
             ..Default::default()
-        })
-        .unwrap();
-        source.description = "changed".into();
-        source.permission_policy = PermissionPolicy::Reject;
-        // `project(spec, f)` is a blank spec holding only field `f` of `spec`.
-        let project = |spec: &AgentSpec, f: AgentField| {
-            let mut blank = source.clone();
-            blank.apply(spec.clone(), &[f]);
-            blank
         };
+        let blank = AgentSpec::try_from(request.clone()).unwrap();
+        // `project(spec, f)` is the wire form of `spec` with only field `f`
+        // kept (the rest from `blank`).
+        let project = |spec: &AgentSpec, f: AgentField| merge_update(&blank, pb::AgentSpec::from(spec.clone()), &[f]).unwrap();
         for field in AgentField::ALL {
-            let mut updated = original.clone();
-            updated.apply(source.clone(), &[field]);
-            assert_eq!(project(&updated, field), project(&source, field), "{field:?} not applied");
-            assert_ne!(project(&updated, field), project(&original, field), "{field:?} unchanged");
+            let updated = merge_update(&stored, request.clone(), &[field]).unwrap();
+            assert_eq!(project(&updated, field), project(&blank, field), "{field:?} not applied");
+            assert_ne!(project(&updated, field), project(&stored, field), "{field:?} unchanged");
             for other in AgentField::ALL.into_iter().filter(|o| *o != field) {
-                assert_eq!(project(&updated, other), project(&original, other), "updating {field:?} changed {other:?}");
+                assert_eq!(project(&updated, other), project(&stored, other), "updating {field:?} changed {other:?}");
             }
         }
+        let bad = pb::AgentSpec { name: "Bad Name".into(), ..Default::default() };
+        assert_eq!(merge_update(&stored, bad.clone(), &[AgentField::Name]).unwrap_err().field, "spec.name");
+        assert_eq!(merge_update(&stored, bad, &[AgentField::SystemPrompt]).unwrap().name, "reviewer");
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! Agent configurations.
+
+use oma_proto::ids::AgentId;
+use oma_proto::model::{self, AgentField, AgentSpec, RuntimeBinding};
+use oma_proto::pb;
+use prost::Message as _;
+use serde_json::json;
+
+use super::audit::record;
+use super::runtimes::runtime_for_use;
+use super::{Caller, PageRequest, Paged, Service, ServiceError, ServiceResult};
+use crate::store::rows::{self, AgentRow};
+use crate::store::{DbConn, StoreError, now_ms};
+
+/// A stored agent with its parsed spec.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub row: AgentRow,
+    pub spec: AgentSpec,
+}
+
+impl Agent {
+    pub(crate) fn from_row(row: AgentRow) -> Result<Agent, StoreError> {
+        let spec = serde_json::from_str(&row.spec).map_err(|e| StoreError::Corrupt(format!("agent {} spec: {e}", row.id)))?;
+        Ok(Agent { row, spec })
+    }
+}
+
+/// An update request: the new values and which of them to apply.
+#[derive(Debug, Clone)]
+pub struct AgentUpdate {
+    pub request: pb::AgentSpec,
+    pub mask: Vec<String>,
+    /// 0 means any version.
+    pub expected_version: u64,
+}
+
+fn encode_spec(spec: &AgentSpec) -> Result<String, ServiceError> {
+    serde_json::to_string(spec).map_err(|e| ServiceError::Internal(format!("encoding agent spec: {e}")))
+}
+
+fn name_taken(name: &str) -> impl Fn(StoreError) -> ServiceError + '_ {
+    move |e| {
+        if e.is_unique_violation() {
+            ServiceError::AlreadyExists(format!("an agent named {name:?} already exists in this tenant"))
+        } else {
+            e.into()
+        }
+    }
+}
+
+/// Checks the caller may bind the runtime, and that what the binding names
+/// exists on it as far as the machine has reported (a runtime that never
+/// connected has reported nothing yet, so anything goes).
+fn check_binding(conn: &mut DbConn, caller: &Caller, binding: &RuntimeBinding) -> ServiceResult<()> {
+    let runtime = runtime_for_use(conn, caller, &binding.runtime_id)?;
+    if runtime.manifest.is_empty() {
+        return Ok(());
+    }
+    let manifest = pb::Manifest::decode(runtime.manifest.as_slice())
+        .map_err(|e| StoreError::Corrupt(format!("runtime {} manifest: {e}", runtime.id)))?;
+    if manifest.acp_agents.is_empty() {
+        return Ok(());
+    }
+    if !manifest.acp_agents.iter().any(|a| a.id == binding.acp_agent_id) {
+        let known: Vec<&str> = manifest.acp_agents.iter().map(|a| a.id.as_str()).collect();
+        return Err(oma_proto::validate::ValidationError::new(
+            "spec.runtime_binding.acp_agent_id",
+            format!(
+                "runtime {} has no ACP agent {:?}; it reports: {}",
+                runtime.id,
+                binding.acp_agent_id,
+                known.join(", ")
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+impl Service {
+    pub async fn create_agent(&self, caller: &Caller, spec: AgentSpec) -> ServiceResult<Agent> {
+        let caller = caller.clone();
+        self.store
+            .write(move |conn| {
+                if let Some(binding) = &spec.runtime_binding {
+                    check_binding(conn, &caller, binding)?;
+                }
+                let now = now_ms();
+                let row = AgentRow {
+                    id: AgentId::generate().to_string(),
+                    tenant_id: caller.tenant_id.to_string(),
+                    name: spec.name.clone(),
+                    spec: encode_spec(&spec)?,
+                    runtime_id: spec.runtime_binding.as_ref().map(|b| b.runtime_id.to_string()),
+                    version: 1,
+                    created_by_user_id: caller.user_id.to_string(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                rows::insert_agent(conn, &row).map_err(name_taken(&spec.name))?;
+                record(conn, &row.tenant_id, &caller.actor(), "agent.create", &row.id, json!({"name": spec.name, "runtime_id": row.runtime_id}))?;
+                Ok(Agent { row, spec: spec.clone() })
+            })
+            .await
+    }
+
+    pub async fn get_agent(&self, caller: &Caller, agent_id: AgentId) -> ServiceResult<Agent> {
+        let tenant = caller.tenant_id.to_string();
+        self.store
+            .read(move |conn| {
+                let row = rows::get_agent(conn, &tenant, agent_id.as_str())?.ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
+                Ok(Agent::from_row(row)?)
+            })
+            .await
+    }
+
+    pub async fn list_agents(&self, caller: &Caller, page: PageRequest) -> ServiceResult<Paged<Agent>> {
+        let page = page.to_page()?;
+        let tenant = caller.tenant_id.to_string();
+        self.store
+            .read(move |conn| {
+                let rows = rows::list_agents(conn, &tenant, &page)?;
+                let agents = rows.into_iter().map(Agent::from_row).collect::<Result<Vec<_>, _>>()?;
+                Ok(Paged::from_rows(agents, &page, |a| &a.row.id))
+            })
+            .await
+    }
+
+    pub async fn update_agent(&self, caller: &Caller, agent_id: AgentId, update: AgentUpdate) -> ServiceResult<Agent> {
+        let fields = AgentField::parse_mask(&update.mask)?;
+        let caller = caller.clone();
+        self.store
+            .write(move |conn| {
+                let tenant = caller.tenant_id.as_str();
+                let row = rows::get_agent(conn, tenant, agent_id.as_str())?.ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
+                let current = Agent::from_row(row)?;
+                if update.expected_version != 0 && update.expected_version != current.row.version as u64 {
+                    return Err(ServiceError::Aborted(format!(
+                        "agent {agent_id} is at version {}, not {}; fetch it again and retry",
+                        current.row.version, update.expected_version
+                    )));
+                }
+                let spec = model::merge_update(&current.spec, update.request.clone(), &fields)?;
+                if fields.contains(&AgentField::RuntimeBinding)
+                    && let Some(binding) = &spec.runtime_binding
+                {
+                    check_binding(conn, &caller, binding)?;
+                }
+                let row = AgentRow {
+                    name: spec.name.clone(),
+                    spec: encode_spec(&spec)?,
+                    runtime_id: spec.runtime_binding.as_ref().map(|b| b.runtime_id.to_string()),
+                    version: current.row.version + 1,
+                    updated_at: now_ms(),
+                    ..current.row.clone()
+                };
+                if !rows::update_agent(conn, &row, current.row.version).map_err(name_taken(&spec.name))? {
+                    return Err(ServiceError::Aborted(format!("agent {agent_id} changed concurrently; retry")));
+                }
+                let paths: Vec<&str> = fields.iter().map(|f| f.path()).collect();
+                record(conn, tenant, &caller.actor(), "agent.update", &row.id, json!({"fields": paths, "version": row.version}))?;
+                Ok(Agent { row, spec })
+            })
+            .await
+    }
+
+    pub async fn delete_agent(&self, caller: &Caller, agent_id: AgentId) -> ServiceResult<()> {
+        let caller = caller.clone();
+        self.store
+            .write(move |conn| {
+                let tenant = caller.tenant_id.as_str();
+                let row = rows::get_agent(conn, tenant, agent_id.as_str())?.ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
+                rows::delete_agent(conn, tenant, agent_id.as_str())?;
+                record(conn, tenant, &caller.actor(), "agent.delete", agent_id.as_str(), json!({"name": row.name}))?;
+                Ok(())
+            })
+            .await
+    }
+}

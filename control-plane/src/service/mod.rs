@@ -1,0 +1,184 @@
+//! The service layer: the product's rules over the store. Domain types in and
+//! out, `Result<T, ServiceError>`; it never sees protobuf or tonic.
+
+pub mod agents;
+pub mod audit;
+pub mod auth;
+pub mod identity;
+pub mod runtimes;
+pub mod secrets;
+pub mod sessions;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use oma_proto::ids::{RuntimeId, TenantId, TokenId, UserId};
+use oma_proto::model::Role;
+use oma_proto::validate::{self, ValidationError};
+
+use crate::store::rows::Page;
+use crate::store::{AsStoreError, Store, StoreError};
+
+/// Why a service call failed. Mapped to a gRPC status in exactly one place
+/// (`grpc::status`).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    InvalidArgument(#[from] ValidationError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Aborted(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// "<what> <id> not found" — the same answer whether the row does not
+    /// exist or belongs to another tenant.
+    pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
+        ServiceError::NotFound(format!("{what} {id} not found"))
+    }
+}
+
+impl AsStoreError for ServiceError {
+    fn as_store_error(&self) -> Option<&StoreError> {
+        match self {
+            ServiceError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// A person or service authenticated by an API token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub role: Role,
+    pub token_id: TokenId,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Refuses members.
+    pub fn require_admin(&self, what: &str) -> ServiceResult<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ServiceError::PermissionDenied(format!(
+                "{what} needs the admin role; ask an admin of your tenant"
+            )))
+        }
+    }
+
+    /// The audit log's actor string.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.user_id)
+    }
+}
+
+/// A paired machine authenticated by its machine token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub tenant_id: TenantId,
+    pub runtime_id: RuntimeId,
+    pub machine_id: String,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    User(Caller),
+    Machine(Machine),
+}
+
+/// Tunables of the service layer.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Lifetime of a connect code when the request does not say.
+    pub default_connect_code_ttl: Duration,
+    /// How often the agent must heartbeat (sent in Welcome).
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            default_connect_code_ttl: Duration::from_secs(600),
+            heartbeat_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The service: one per process, shared by every gRPC handler.
+#[derive(Clone)]
+pub struct Service {
+    pub(crate) store: Store,
+    pub(crate) config: ServiceConfig,
+}
+
+impl Service {
+    pub fn new(store: Store, config: ServiceConfig) -> Self {
+        Service { store, config }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Paging input as the service takes it.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub page_size: u32,
+    pub page_token: String,
+}
+
+impl PageRequest {
+    /// Validates and turns the opaque token back into a keyset cursor.
+    pub(crate) fn to_page(&self) -> ServiceResult<Page> {
+        let limit = validate::page_size(self.page_size)?;
+        let after_id = if self.page_token.is_empty() {
+            None
+        } else {
+            let bad = || ValidationError::new("page.page_token", "is not a page token this server issued; start again without it");
+            let bytes = URL_SAFE_NO_PAD.decode(&self.page_token).map_err(|_| bad())?;
+            Some(String::from_utf8(bytes).map_err(|_| bad())?)
+        };
+        Ok(Page { limit, after_id })
+    }
+}
+
+/// One page of results.
+#[derive(Debug, Clone)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+}
+
+impl<T> Paged<T> {
+    pub(crate) fn from_rows(rows: Vec<T>, page: &Page, id: impl Fn(&T) -> &str) -> Self {
+        let (items, next) = crate::store::rows::finish_page(rows, page, id);
+        Paged {
+            items,
+            next_page_token: next.map(|n| URL_SAFE_NO_PAD.encode(n)).unwrap_or_default(),
+        }
+    }
+}

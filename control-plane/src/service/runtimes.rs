@@ -1,0 +1,208 @@
+//! Pairing (connect codes) and runtimes.
+
+use std::time::Duration;
+
+use oma_proto::ids::{ConnectCodeId, RuntimeId, UserId};
+use oma_proto::validate::{self, ValidationError};
+use serde_json::json;
+
+use super::audit::record;
+use super::secrets;
+use super::{Caller, PageRequest, Paged, Service, ServiceError, ServiceResult};
+use crate::store::rows::{self, ConnectCodeRow, RuntimeRow};
+use crate::store::{DbConn, now_ms};
+
+/// Longest connect-code lifetime.
+pub const MAX_CONNECT_CODE_TTL: Duration = Duration::from_secs(3600);
+
+pub const STATUS_ONLINE: &str = "online";
+pub const STATUS_OFFLINE: &str = "offline";
+
+#[derive(Debug)]
+pub struct NewConnectCode {
+    /// Shown once.
+    pub code: String,
+    pub expires_at: i64,
+    pub owner_user_id: String,
+}
+
+/// What the agent sends with a connect code.
+#[derive(Debug, Clone)]
+pub struct ExchangeRequest {
+    pub code: String,
+    pub machine_id: String,
+    pub name: String,
+    pub agent_version: String,
+    pub os: String,
+    pub arch: String,
+}
+
+#[derive(Debug)]
+pub struct Paired {
+    pub runtime: RuntimeRow,
+    /// Shown once.
+    pub machine_token: String,
+}
+
+/// Loads a runtime of the caller's tenant and checks the caller may run
+/// things on it: its owner or a tenant admin. A teammate must never be able
+/// to run code on someone else's machine.
+pub(crate) fn runtime_for_use(conn: &mut DbConn, caller: &Caller, runtime_id: &RuntimeId) -> ServiceResult<RuntimeRow> {
+    let runtime = rows::get_runtime(conn, caller.tenant_id.as_str(), runtime_id.as_str())?
+        .ok_or_else(|| ServiceError::not_found("runtime", runtime_id))?;
+    if runtime.owner_user_id != caller.user_id.as_str() && !caller.is_admin() {
+        return Err(ServiceError::PermissionDenied(format!(
+            "runtime {runtime_id} belongs to another user; only its owner or an admin may run agents on it"
+        )));
+    }
+    Ok(runtime)
+}
+
+impl Service {
+    pub async fn create_connect_code(&self, caller: &Caller, owner: Option<UserId>, ttl: Option<Duration>) -> ServiceResult<NewConnectCode> {
+        let ttl = ttl.unwrap_or(self.config.default_connect_code_ttl);
+        if ttl > MAX_CONNECT_CODE_TTL {
+            return Err(ValidationError::new("ttl_seconds", "must be at most 3600 (one hour)").into());
+        }
+        let owner = owner.unwrap_or_else(|| caller.user_id.clone());
+        if owner != caller.user_id {
+            caller.require_admin("pairing a machine for another user")?;
+        }
+        let caller = caller.clone();
+        self.store
+            .write(move |conn| {
+                let tenant = caller.tenant_id.as_str();
+                rows::get_user(conn, tenant, owner.as_str())?.ok_or_else(|| ServiceError::not_found("user", &owner))?;
+                let code = secrets::new_connect_code();
+                let canonical = secrets::normalize_connect_code(&code)
+                    .ok_or_else(|| ServiceError::Internal("generated connect code does not normalize".into()))?;
+                let now = now_ms();
+                let row = ConnectCodeRow {
+                    id: ConnectCodeId::generate().to_string(),
+                    tenant_id: tenant.to_owned(),
+                    owner_user_id: owner.to_string(),
+                    created_by_user_id: caller.user_id.to_string(),
+                    code_hash: secrets::hash(&canonical),
+                    created_at: now,
+                    expires_at: now + ttl.as_millis() as i64,
+                    used_at: None,
+                    runtime_id: None,
+                };
+                rows::insert_connect_code(conn, &row)?;
+                record(conn, tenant, &caller.actor(), "connect_code.create", &row.id, json!({"owner_user_id": row.owner_user_id, "expires_at": row.expires_at}))?;
+                Ok(NewConnectCode {
+                    code,
+                    expires_at: row.expires_at,
+                    owner_user_id: row.owner_user_id,
+                })
+            })
+            .await
+    }
+
+    /// Unauthenticated: the code is the credential.
+    pub async fn exchange_connect_code(&self, request: ExchangeRequest) -> ServiceResult<Paired> {
+        if request.code.trim().is_empty() {
+            return Err(ValidationError::new("code", "is required: the connect code from `omactl runtimes connect`").into());
+        }
+        let canonical = secrets::normalize_connect_code(&request.code).ok_or_else(|| {
+            ValidationError::new("code", "is not a connect code: expected 16 letters and digits like ABCD-EFGH-JKMN-PQRS")
+        })?;
+        let machine_id = validate::label("machine_id", &request.machine_id, 128, true)?;
+        let name = if request.name.is_empty() {
+            machine_id.clone()
+        } else {
+            validate::label("name", &request.name, 100, true)?
+        };
+        let agent_version = validate::label("agent_version", &request.agent_version, 64, false)?;
+        let os = validate::label("os", &request.os, 64, false)?;
+        let arch = validate::label("arch", &request.arch, 64, false)?;
+        let code_hash = secrets::hash(&canonical);
+
+        self.store
+            .write(move |conn| {
+                let code = rows::find_connect_code(conn, &code_hash)?
+                    .ok_or_else(|| ServiceError::NotFound("connect code not found: check it or create a new one".into()))?;
+                let now = now_ms();
+                if code.used_at.is_some() {
+                    return Err(ServiceError::FailedPrecondition(
+                        "this connect code was already used; create a new one with `omactl runtimes connect`".into(),
+                    ));
+                }
+                if code.expires_at <= now {
+                    return Err(ServiceError::FailedPrecondition(
+                        "this connect code has expired; create a new one with `omactl runtimes connect`".into(),
+                    ));
+                }
+                let runtime_id = RuntimeId::generate();
+                if !rows::use_connect_code(conn, &code.id, runtime_id.as_str(), now)? {
+                    return Err(ServiceError::FailedPrecondition("this connect code was already used; create a new one".into()));
+                }
+                let minted = secrets::mint_machine_token(runtime_id.as_str());
+                let runtime = RuntimeRow {
+                    id: runtime_id.to_string(),
+                    tenant_id: code.tenant_id.clone(),
+                    owner_user_id: code.owner_user_id.clone(),
+                    name: name.clone(),
+                    machine_id: machine_id.clone(),
+                    token_hash: minted.secret_hash,
+                    created_at: now,
+                    status: STATUS_OFFLINE.to_owned(),
+                    status_at: now,
+                    last_seen_at: None,
+                    agent_version: agent_version.clone(),
+                    os: os.clone(),
+                    arch: arch.clone(),
+                    manifest: Vec::new(),
+                    connection_epoch: 0,
+                };
+                rows::insert_runtime(conn, &runtime)?;
+                record(
+                    conn,
+                    &code.tenant_id,
+                    &format!("runtime:{}", runtime.id),
+                    "runtime.pair",
+                    &runtime.id,
+                    json!({"connect_code_id": code.id, "machine_id": machine_id, "name": name, "owner_user_id": code.owner_user_id}),
+                )?;
+                Ok(Paired {
+                    runtime,
+                    machine_token: minted.bearer,
+                })
+            })
+            .await
+    }
+
+    pub async fn list_runtimes(&self, caller: &Caller, page: PageRequest) -> ServiceResult<Paged<RuntimeRow>> {
+        let page = page.to_page()?;
+        let tenant = caller.tenant_id.to_string();
+        self.store
+            .read(move |conn| {
+                let rows = rows::list_runtimes(conn, &tenant, &page)?;
+                Ok(Paged::from_rows(rows, &page, |r| &r.id))
+            })
+            .await
+    }
+
+    pub async fn get_runtime(&self, caller: &Caller, runtime_id: RuntimeId) -> ServiceResult<RuntimeRow> {
+        let tenant = caller.tenant_id.to_string();
+        self.store
+            .read(move |conn| {
+                rows::get_runtime(conn, &tenant, runtime_id.as_str())?.ok_or_else(|| ServiceError::not_found("runtime", &runtime_id))
+            })
+            .await
+    }
+
+    /// Deleting the row is what revokes the machine token: authentication
+    /// looks the runtime up on every request.
+    pub async fn delete_runtime(&self, caller: &Caller, runtime_id: RuntimeId) -> ServiceResult<()> {
+        let caller = caller.clone();
+        self.store
+            .write(move |conn| {
+                let runtime = runtime_for_use(conn, &caller, &runtime_id)?;
+                rows::delete_runtime(conn, caller.tenant_id.as_str(), runtime_id.as_str())?;
+                record(conn, caller.tenant_id.as_str(), &caller.actor(), "runtime.delete", runtime_id.as_str(), json!({"name": runtime.name, "machine_id": runtime.machine_id}))?;
+                Ok(())
+            })
+            .await
+    }
+}

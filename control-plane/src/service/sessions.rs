@@ -1,0 +1,102 @@
+//! Session records. The live path (prompts, events, watchers) is routed to
+//! the runtime's stream.
+
+use oma_proto::ids::{AgentId, SessionId};
+use oma_proto::validate;
+use serde_json::json;
+
+use super::agents::Agent;
+use super::audit::record;
+use super::runtimes::runtime_for_use;
+use super::{Caller, PageRequest, Paged, Service, ServiceError, ServiceResult};
+use crate::store::now_ms;
+use crate::store::rows::{self, SessionRow};
+
+pub const STATUS_PENDING: &str = "pending";
+pub const STATUS_IDLE: &str = "idle";
+pub const STATUS_RUNNING: &str = "running";
+pub const STATUS_FAILED: &str = "failed";
+pub const STATUS_DISPOSED: &str = "disposed";
+
+impl Service {
+    pub async fn create_session(&self, caller: &Caller, agent_id: AgentId, title: &str) -> ServiceResult<SessionRow> {
+        let title = validate::label("title", title, 200, false)?;
+        let caller = caller.clone();
+        self.store
+            .write(move |conn| {
+                let tenant = caller.tenant_id.as_str();
+                let row = rows::get_agent(conn, tenant, agent_id.as_str())?.ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
+                let agent = Agent::from_row(row)?;
+                let binding = agent.spec.runtime_binding.as_ref().ok_or_else(|| {
+                    ServiceError::FailedPrecondition(format!(
+                        "agent {} is not bound to a runtime; set its runtime binding first",
+                        agent.spec.name
+                    ))
+                })?;
+                let runtime = runtime_for_use(conn, &caller, &binding.runtime_id).map_err(|e| match e {
+                    // The binding outlived its runtime: say so instead of a
+                    // bare "runtime not found".
+                    ServiceError::NotFound(_) => ServiceError::FailedPrecondition(format!(
+                        "agent {} is bound to runtime {}, which no longer exists; rebind it",
+                        agent.spec.name, binding.runtime_id
+                    )),
+                    other => other,
+                })?;
+                let now = now_ms();
+                let session = SessionRow {
+                    id: SessionId::generate().to_string(),
+                    tenant_id: tenant.to_owned(),
+                    agent_id: agent.row.id.clone(),
+                    runtime_id: runtime.id.clone(),
+                    acp_agent_id: binding.acp_agent_id.clone(),
+                    created_by_user_id: caller.user_id.to_string(),
+                    title: title.clone(),
+                    status: STATUS_PENDING.to_owned(),
+                    agent_version: agent.row.version,
+                    spec: agent.row.spec.clone(),
+                    acp_session_id: None,
+                    last_seq: 0,
+                    created_at: now,
+                    updated_at: now,
+                };
+                rows::insert_session(conn, &session)?;
+                record(conn, tenant, &caller.actor(), "session.create", &session.id, json!({"agent_id": session.agent_id, "runtime_id": session.runtime_id}))?;
+                Ok(session)
+            })
+            .await
+    }
+
+    pub async fn get_session(&self, caller: &Caller, session_id: SessionId) -> ServiceResult<SessionRow> {
+        let tenant = caller.tenant_id.to_string();
+        self.store
+            .read(move |conn| {
+                rows::get_session(conn, &tenant, session_id.as_str())?.ok_or_else(|| ServiceError::not_found("session", &session_id))
+            })
+            .await
+    }
+
+    pub async fn list_sessions(&self, caller: &Caller, agent_id: Option<AgentId>, page: PageRequest) -> ServiceResult<Paged<SessionRow>> {
+        let page = page.to_page()?;
+        let tenant = caller.tenant_id.to_string();
+        self.store
+            .read(move |conn| {
+                let rows = rows::list_sessions(conn, &tenant, agent_id.as_ref().map(|a| a.as_str()), &page)?;
+                Ok(Paged::from_rows(rows, &page, |r| &r.id))
+            })
+            .await
+    }
+
+    pub async fn delete_session(&self, caller: &Caller, session_id: SessionId) -> ServiceResult<()> {
+        let caller = caller.clone();
+        self.store
+            .write(move |conn| {
+                let tenant = caller.tenant_id.as_str();
+                let session = rows::get_session(conn, tenant, session_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("session", &session_id))?;
+                rows::delete_session(conn, tenant, session_id.as_str())?;
+                record(conn, tenant, &caller.actor(), "session.delete", session_id.as_str(), json!({"agent_id": session.agent_id}))?;
+                Ok(())
+            })
+            .await
+    }
+}

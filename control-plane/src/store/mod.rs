@@ -1,0 +1,276 @@
+//! The store: the only place that talks SQL. It owns the connection pool and
+//! runs every query on blocking threads (diesel is synchronous), through
+//! [`Store::read`] and [`Store::write`], which add the span and the retry of
+//! transient errors (SQLite busy, PostgreSQL serialization failures).
+//!
+//! One schema and one set of queries serve both backends through diesel's
+//! `MultiConnection`.
+
+pub mod rows;
+pub mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+
+/// A connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Sqlite(diesel::SqliteConnection),
+    Postgres(diesel::PgConnection),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] diesel::result::Error),
+    #[error("connection pool: {0}")]
+    Pool(String),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("blocking task failed: {0}")]
+    Join(String),
+}
+
+impl StoreError {
+    /// Errors worth retrying the whole transaction for.
+    fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StoreError::Db(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => true,
+            StoreError::Db(Error::DatabaseError(_, info)) => {
+                let m = info.message();
+                m.contains("database is locked") || m.contains("database table is locked")
+            }
+            _ => false,
+        }
+    }
+
+    /// True for a unique-constraint violation (a taken name).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            ))
+        )
+    }
+}
+
+/// Which database the store runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite { path: std::path::PathBuf },
+    /// A PostgreSQL URL.
+    Postgres { url: String },
+}
+
+impl Backend {
+    /// `postgres://…`/`postgresql://…` is PostgreSQL; `sqlite://PATH` or a
+    /// plain path is SQLite.
+    pub fn from_url(url: &str) -> Self {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres { url: url.to_owned() }
+        } else {
+            let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            Backend::Sqlite { path: path.into() }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Sqlite { path } => format!("sqlite {}", path.display()),
+            // Never log a password.
+            Backend::Postgres { url } => match url.split_once('@') {
+                Some((_, host)) => format!("postgres …@{host}"),
+                None => format!("postgres {url}"),
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
+        if let DbConn::Sqlite(c) = conn {
+            // WAL lets readers run beside the writer; NORMAL is durable
+            // across process crashes (not power loss) at a fraction of the
+            // fsyncs; busy_timeout makes concurrent writers wait, not fail.
+            c.batch_execute(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+            )
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+/// The pool and the way to use it.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<ConnectionManager<DbConn>>,
+    backend_name: &'static str,
+}
+
+const MAX_ATTEMPTS: u32 = 5;
+
+impl Store {
+    /// Opens the database (creating a SQLite file and its folder if needed)
+    /// and runs pending migrations.
+    pub fn open(backend: &Backend) -> Result<Store, StoreError> {
+        let (url, max_size, backend_name) = match backend {
+            Backend::Sqlite { path } => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| StoreError::Pool(format!("cannot create {}: {e}", parent.display())))?;
+                }
+                (path.to_string_lossy().into_owned(), 8, "sqlite")
+            }
+            Backend::Postgres { url } => (url.clone(), 16, "postgres"),
+        };
+        let manager = ConnectionManager::<DbConn>::new(url);
+        let pool = Pool::builder()
+            .max_size(max_size)
+            .connection_timeout(Duration::from_secs(10))
+            .connection_customizer(Box::new(SqlitePragmas))
+            .build(manager)
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let store = Store { pool, backend_name };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens a SQLite file store; for tests and the embedded default.
+    pub fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        Self::open(&Backend::Sqlite { path: path.to_owned() })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend_name
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let result = match &mut *conn {
+            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            DbConn::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len()),
+        };
+        let applied = result.map_err(|e| StoreError::Migration(e.to_string()))?;
+        if applied > 0 {
+            tracing::info!(applied, backend = self.backend_name, "applied migrations");
+        }
+        Ok(())
+    }
+
+    fn conn(&self) -> Result<PooledConnection<ConnectionManager<DbConn>>, StoreError> {
+        self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    /// Runs `f` on a pooled connection on a blocking thread.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = store.conn()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
+    /// Runs `f` in a transaction on a blocking thread, retrying the whole
+    /// transaction on transient errors. `f` may run more than once, so it
+    /// must not have effects outside the transaction.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + AsStoreError + Send + 'static,
+        F: FnMut(&mut DbConn) -> Result<T, E> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write_blocking(f))
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
+    /// [`Store::write`] for callers already on a blocking thread (offline
+    /// admin commands, startup).
+    pub fn write_blocking<T, E, F>(&self, mut f: F) -> Result<T, E>
+    where
+        E: From<StoreError> + AsStoreError,
+        F: FnMut(&mut DbConn) -> Result<T, E>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut conn = self.conn()?;
+            let result = conn.transaction::<T, TxError<E>, _>(|c| f(c).map_err(TxError::App));
+            match result {
+                Ok(v) => return Ok(v),
+                Err(TxError::App(e)) => {
+                    let transient = e.as_store_error().is_some_and(StoreError::is_transient);
+                    if !transient || attempt >= MAX_ATTEMPTS {
+                        return Err(e);
+                    }
+                }
+                Err(TxError::Db(e)) => {
+                    let e = StoreError::Db(e);
+                    if !e.is_transient() || attempt >= MAX_ATTEMPTS {
+                        return Err(e.into());
+                    }
+                }
+            }
+            tracing::debug!(attempt, "transient database error; retrying the transaction");
+            std::thread::sleep(Duration::from_millis(5 * u64::from(attempt)));
+        }
+    }
+}
+
+/// Lets [`Store::write`] see whether an application error wraps a transient
+/// database error.
+pub trait AsStoreError {
+    fn as_store_error(&self) -> Option<&StoreError>;
+}
+
+impl AsStoreError for StoreError {
+    fn as_store_error(&self) -> Option<&StoreError> {
+        Some(self)
+    }
+}
+
+enum TxError<E> {
+    App(E),
+    Db(diesel::result::Error),
+}
+
+impl<E> From<diesel::result::Error> for TxError<E> {
+    fn from(e: diesel::result::Error) -> Self {
+        TxError::Db(e)
+    }
+}
+
+/// Milliseconds since the Unix epoch, the stored time format.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

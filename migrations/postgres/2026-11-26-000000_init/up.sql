@@ -1,0 +1,112 @@
+-- Times are milliseconds since the Unix epoch (BIGINT) so both backends
+-- share one schema shape; ids are prefixed UUIDv7 strings.
+CREATE TABLE tenants (
+    id TEXT PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE users (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'member')),
+    created_at BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    secret_hash BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT,
+    revoked_at BIGINT,
+    last_used_at BIGINT
+);
+CREATE INDEX api_tokens_tenant ON api_tokens (tenant_id, id);
+
+CREATE TABLE connect_codes (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    owner_user_id TEXT NOT NULL REFERENCES users(id),
+    created_by_user_id TEXT NOT NULL,
+    code_hash BYTEA NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT,
+    runtime_id TEXT
+);
+
+CREATE TABLE runtimes (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    owner_user_id TEXT NOT NULL REFERENCES users(id),
+    name TEXT NOT NULL,
+    machine_id TEXT NOT NULL,
+    token_hash BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    status_at BIGINT NOT NULL,
+    last_seen_at BIGINT,
+    agent_version TEXT NOT NULL,
+    os TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    manifest BYTEA NOT NULL,
+    connection_epoch BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX runtimes_tenant ON runtimes (tenant_id, id);
+
+CREATE TABLE agents (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    runtime_id TEXT,
+    version BIGINT NOT NULL,
+    created_by_user_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    agent_id TEXT NOT NULL,
+    runtime_id TEXT NOT NULL,
+    acp_agent_id TEXT NOT NULL,
+    created_by_user_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    status TEXT NOT NULL,
+    agent_version BIGINT NOT NULL,
+    spec TEXT NOT NULL,
+    acp_session_id TEXT,
+    last_seq BIGINT NOT NULL DEFAULT 0,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX sessions_tenant ON sessions (tenant_id, id);
+CREATE INDEX sessions_agent ON sessions (tenant_id, agent_id, id);
+
+CREATE TABLE session_events (
+    session_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    payload BYTEA NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+
+CREATE TABLE audit_log (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX audit_log_tenant ON audit_log (tenant_id, id);
+CREATE INDEX audit_log_target ON audit_log (tenant_id, target_id, id);

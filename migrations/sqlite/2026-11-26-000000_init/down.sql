@@ -1,0 +1,9 @@
+DROP TABLE audit_log;
+DROP TABLE session_events;
+DROP TABLE sessions;
+DROP TABLE agents;
+DROP TABLE runtimes;
+DROP TABLE connect_codes;
+DROP TABLE api_tokens;
+DROP TABLE users;
+DROP TABLE tenants;
