@@ -1,4 +1,29 @@
-//! `oma-control-plane`: the gRPC API over a service layer over a store.
+//! `oma-control-plane`: the gRPC API (`grpc/`) over a service layer
+//! (`service/`) over a store (`store/`).
 
+pub mod config;
+pub mod grpc;
 pub mod service;
 pub mod store;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
+
+use crate::service::{Service, ServiceConfig};
+use crate::store::Store;
+
+/// Everything `run` needs, already loaded (tests build it directly).
+pub struct RunConfig {
+    pub store: Store,
+    pub service: ServiceConfig,
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// Serves the API on an already-bound listener until `shutdown` fires.
+pub async fn run(config: RunConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+    let service = Arc::new(Service::new(config.store, config.service));
+    grpc::serve(service, listener, config.tls, shutdown).await
+}

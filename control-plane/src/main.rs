@@ -1,1 +1,217 @@
-fn main(){}
+//! The `oma-control-plane` binary: `serve` (the default) and offline `admin`
+//! commands that work straight on the database.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use oma_control_plane::config::{DatabaseArgs, ServeArgs, parse_duration};
+use oma_control_plane::service::identity::offline;
+use oma_control_plane::service::{ServiceConfig, ServiceError};
+use oma_control_plane::store::Store;
+use oma_control_plane::{RunConfig, run};
+use oma_proto::model::Role;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Identity, ServerTlsConfig};
+
+/// The OMA runtime control plane: configure, start, watch and record coding
+/// agents that run on your team's own machines.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the gRPC API (what the binary does with no subcommand).
+    Serve(ServeArgs),
+    /// Administer the database directly, with no server running.
+    Admin {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Create a tenant with an admin user, and print the admin's token once.
+    CreateTenant {
+        /// The tenant's name.
+        name: String,
+        /// The first admin's user name.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+    },
+    /// List tenants.
+    ListTenants,
+    /// Mint an API token for a user (created if missing) and print it once.
+    CreateToken {
+        /// The tenant's name.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The user's name.
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// The role given to the user if it has to be created.
+        #[arg(long, default_value = "admin", value_parser = ["admin", "member"])]
+        role: String,
+        /// A label for the token.
+        #[arg(long, default_value = "admin-cli")]
+        name: String,
+        /// Lifetime, e.g. 30d; default: never expires.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Create the database and apply migrations, then exit.
+    Migrate,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OMA_LOG").unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+
+    match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Admin { database, command }) => admin(&database, command),
+    }
+}
+
+fn open_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
+    let backend = database.backend().map_err(anyhow::Error::msg)?;
+    tracing::info!(database = %backend.describe(), "opening database");
+    Store::open(&backend).with_context(|| format!("cannot open {}", backend.describe()))
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    args.check_tls_policy().map_err(anyhow::Error::msg)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let cert = std::fs::read(cert).with_context(|| format!("cannot read --tls-cert {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("cannot read --tls-key {}", key.display()))?;
+            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        }
+        _ => None,
+    };
+    let store = open_store(&args.database)?;
+    if let Some(new) = offline::bootstrap(&store)? {
+        println!("first start: created tenant {:?} and admin user {:?}", new.tenant.name, new.admin.name);
+        println!("admin token (shown once; store it now): {}", new.bearer);
+        if let Some(path) = &args.bootstrap_token_file {
+            write_secret_file(path, &new.bearer)?;
+        }
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = listener.local_addr()?;
+        println!("oma-control-plane listening on {local}{}", if tls.is_some() { " (tls)" } else { "" });
+        std::io::stdout().flush()?;
+        tracing::info!(%local, tls = tls.is_some(), "serving");
+
+        let shutdown = CancellationToken::new();
+        let mut server = tokio::spawn(run(
+            RunConfig {
+                store,
+                service: ServiceConfig::default(),
+                tls,
+            },
+            listener,
+            shutdown.clone(),
+        ));
+        tokio::select! {
+            result = wait_for_signal() => result?,
+            result = &mut server => {
+                result??;
+                bail!("the server stopped on its own");
+            }
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+        // In-flight calls (and watch streams) get the grace period; then the
+        // process exits anyway.
+        match tokio::time::timeout(args.shutdown_grace, server).await {
+            Ok(result) => result??,
+            Err(_) => tracing::warn!(grace = ?args.shutdown_grace, "calls still running after the grace period; exiting"),
+        }
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    Ok(())
+}
+
+fn admin(database: &DatabaseArgs, command: AdminCommand) -> anyhow::Result<()> {
+    let store = open_store(database)?;
+    let result = match command {
+        AdminCommand::Migrate => {
+            println!("database is migrated");
+            Ok(())
+        }
+        AdminCommand::CreateTenant { name, admin } => offline::create_tenant(&store, &name, &admin).map(|new| {
+            println!("tenant {} ({}) with admin {} ({})", new.tenant.name, new.tenant.id, new.admin.name, new.admin.id);
+            println!("admin token (shown once; store it now): {}", new.bearer);
+        }),
+        AdminCommand::ListTenants => offline::list_tenants(&store).map(|tenants| {
+            for t in tenants {
+                println!("{}\t{}", t.id, t.name);
+            }
+        }),
+        AdminCommand::CreateToken {
+            tenant,
+            user,
+            role,
+            name,
+            ttl,
+        } => {
+            let role = Role::parse_stored(&role).unwrap_or(Role::Member);
+            offline::create_token(&store, &tenant, &user, role, &name, ttl).map(|(user, new)| {
+                println!("token {} for user {} ({}, {})", new.token.id, user.name, user.id, user.role);
+                println!("token (shown once; store it now): {}", new.bearer);
+            })
+        }
+    };
+    result.map_err(|e: ServiceError| anyhow::anyhow!("{e}"))
+}

@@ -109,9 +109,11 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
             // WAL lets readers run beside the writer; NORMAL is durable
             // across process crashes (not power loss) at a fraction of the
             // fsyncs; busy_timeout makes concurrent writers wait, not fail.
+            // busy_timeout comes first so that the other pragmas wait for
+            // a connection that is switching the file to WAL.
             c.batch_execute(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
             )
             .map_err(diesel::r2d2::Error::QueryError)?;
         }

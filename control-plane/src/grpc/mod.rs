@@ -1,0 +1,84 @@
+//! The gRPC layer: thin handlers that authenticate, parse the request into
+//! domain types, call the service and convert back. No SQL, no rules.
+
+mod agent;
+mod audit;
+pub mod auth;
+mod convert;
+mod identity;
+mod runtime;
+mod session;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oma_proto::pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
+
+use crate::service::Service;
+
+/// Serves every gRPC service on `listener` until `shutdown` fires, then
+/// stops accepting and lets in-flight calls finish.
+pub async fn serve(
+    service: Arc<Service>,
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let max = oma_proto::MAX_MESSAGE_BYTES;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::identity_service_server::IdentityServiceServer<identity::IdentityGrpc>>().await;
+    health.set_serving::<pb::runtime_service_server::RuntimeServiceServer<runtime::RuntimeGrpc>>().await;
+    health.set_serving::<pb::agent_service_server::AgentServiceServer<agent::AgentGrpc>>().await;
+    health.set_serving::<pb::session_service_server::SessionServiceServer<session::SessionGrpc>>().await;
+    health.set_serving::<pb::audit_service_server::AuditServiceServer<audit::AuditGrpc>>().await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(oma_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    builder
+        .layer(auth::AuthLayer::new(service.clone()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            pb::identity_service_server::IdentityServiceServer::new(identity::IdentityGrpc { service: service.clone() })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            pb::runtime_service_server::RuntimeServiceServer::new(runtime::RuntimeGrpc { service: service.clone() })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            pb::agent_service_server::AgentServiceServer::new(agent::AgentGrpc { service: service.clone() })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            pb::session_service_server::SessionServiceServer::new(session::SessionGrpc { service: service.clone() })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            pb::audit_service_server::AuditServiceServer::new(audit::AuditGrpc { service })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+}
