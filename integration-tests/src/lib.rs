@@ -1,0 +1,335 @@
+//! Test harness: starts the real OMA binaries as processes on 127.0.0.1 with
+//! port 0, waits for conditions with deadlines (never sleeps to synchronise),
+//! and cleans up (processes killed, temp dirs and PostgreSQL databases
+//! dropped) when its handles drop.
+
+pub mod postgres;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tempfile::TempDir;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub use postgres::TestDatabase;
+
+/// How long a process gets to print its "listening" line.
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The folder holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// The path of a workspace binary. `cargo test --workspace` builds them all
+/// before running any test.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace` (or `cargo build --workspace` first)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`.
+pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A child process killed on drop, whose stdout lines are collected.
+pub struct Process {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    name: String,
+}
+
+impl Process {
+    pub fn spawn(mut command: Command, name: &str) -> anyhow::Result<Process> {
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = command.spawn().with_context(|| format!("cannot start {name}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Process {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Waits for a stdout line for which `pick` returns `Some`.
+    pub fn wait_for_line<T>(&mut self, deadline: Duration, mut pick: impl FnMut(&str) -> Option<T>) -> anyhow::Result<T> {
+        if let Some(found) = self.seen.iter().find_map(|l| pick(l)) {
+            return Ok(found);
+        }
+        let start = Instant::now();
+        loop {
+            let left = deadline.checked_sub(start.elapsed()).unwrap_or_default();
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = pick(&line);
+                    self.seen.push(line);
+                    if let Some(found) = found {
+                        return Ok(found);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("{} printed no expected line within {deadline:?}; stdout so far: {:?}", self.name, self.seen)
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    bail!("{} exited ({status:?}) before printing the expected line; stdout: {:?}", self.name, self.seen)
+                }
+            }
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, up to `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > deadline {
+                bail!("{} did not exit within {deadline:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options for starting a control plane.
+#[derive(Default)]
+pub struct ControlPlaneOptions {
+    /// PEM cert and key to serve TLS with.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// A running `oma-control-plane`.
+pub struct ControlPlane {
+    pub process: Process,
+    pub addr: SocketAddr,
+    /// The bootstrap admin's API token of tenant "default".
+    pub admin_token: String,
+    pub database: TestDatabase,
+    pub tls: bool,
+}
+
+impl ControlPlane {
+    /// Starts on a fresh embedded SQLite database.
+    pub fn start_sqlite() -> anyhow::Result<ControlPlane> {
+        Self::start(TestDatabase::sqlite()?, ControlPlaneOptions::default())
+    }
+
+    /// Starts on `database` (fresh: the bootstrap must run).
+    pub fn start(database: TestDatabase, options: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
+        let mut command = Command::new(bin("oma-control-plane"));
+        command.arg("serve").arg("--listen").arg("127.0.0.1:0").args(database.args());
+        command.env("OMA_LOG", "warn,oma_control_plane=info");
+        let tls = options.tls.is_some();
+        if let Some((cert, key)) = &options.tls {
+            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        let mut process = Process::spawn(command, "oma-control-plane")?;
+        let admin_token = process.wait_for_line(START_DEADLINE, |line| {
+            line.strip_prefix("admin token (shown once; store it now): ").map(str::to_owned)
+        })?;
+        let addr = process.wait_for_line(START_DEADLINE, |line| {
+            line.strip_prefix("oma-control-plane listening on ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        })?;
+        Ok(ControlPlane {
+            process,
+            addr,
+            admin_token,
+            database,
+            tls,
+        })
+    }
+
+    /// The URL clients use.
+    pub fn url(&self) -> String {
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// A plaintext channel to the server.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.url())?.connect().await?)
+    }
+
+    /// Runs an offline `oma-control-plane admin …` command on this server's
+    /// database and returns its stdout.
+    pub fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new(bin("oma-control-plane"))
+            .arg("admin")
+            .args(self.database.args())
+            .args(args)
+            .env("OMA_LOG", "warn")
+            .output()?;
+        anyhow::ensure!(output.status.success(), "admin {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// Creates a tenant offline and returns its admin token.
+    pub fn create_tenant(&self, name: &str) -> anyhow::Result<String> {
+        let out = self.admin(&["create-tenant", name])?;
+        token_line(&out).context("create-tenant printed no token")
+    }
+}
+
+/// The token from a line `… (shown once; store it now): TOKEN`.
+pub fn token_line(out: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.split_once("(shown once; store it now): ").map(|(_, t)| t.trim().to_owned()))
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Bearer {
+        Bearer(Some(format!("Bearer {token}").parse().expect("ascii token")))
+    }
+
+    pub fn none() -> Bearer {
+        Bearer(None)
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// Typed clients of every public service, all with one token.
+pub struct Clients {
+    pub identity: oma_proto::pb::identity_service_client::IdentityServiceClient<Authed>,
+    pub runtimes: oma_proto::pb::runtime_service_client::RuntimeServiceClient<Authed>,
+    pub agents: oma_proto::pb::agent_service_client::AgentServiceClient<Authed>,
+    pub sessions: oma_proto::pb::session_service_client::SessionServiceClient<Authed>,
+    pub audit: oma_proto::pb::audit_service_client::AuditServiceClient<Authed>,
+}
+
+impl Clients {
+    pub fn new(channel: Channel, bearer: Bearer) -> Clients {
+        use oma_proto::pb::*;
+        Clients {
+            identity: identity_service_client::IdentityServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            runtimes: runtime_service_client::RuntimeServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            agents: agent_service_client::AgentServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            sessions: session_service_client::SessionServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            audit: audit_service_client::AuditServiceClient::with_interceptor(channel, bearer),
+        }
+    }
+}
+
+/// Runs the real `omactl` against a control plane with a private config file.
+pub struct Omactl {
+    pub server: String,
+    pub token: String,
+    pub config_dir: TempDir,
+    pub extra: Vec<String>,
+}
+
+impl Omactl {
+    pub fn new(server: &str, token: &str) -> anyhow::Result<Omactl> {
+        Ok(Omactl {
+            server: server.to_owned(),
+            token: token.to_owned(),
+            config_dir: tempfile::tempdir()?,
+            extra: Vec::new(),
+        })
+    }
+
+    /// Runs `omactl --server S --token T <args>`.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(Command::new(bin("omactl"))
+            .env("OMACTL_CONFIG", self.config_dir.path().join("config.toml"))
+            .env_remove("OMA_SERVER")
+            .env_remove("OMA_TOKEN")
+            .arg("--server")
+            .arg(&self.server)
+            .arg("--token")
+            .arg(&self.token)
+            .args(&self.extra)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    /// Runs with `-o json`, requires success, and parses stdout.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        let output = self.run(&full)?;
+        anyhow::ensure!(
+            output.status.success(),
+            "omactl {args:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("omactl {args:?} printed no JSON: {}", String::from_utf8_lossy(&output.stdout)))
+    }
+}

@@ -290,6 +290,9 @@ impl Service {
         let tenant = caller.tenant_id.to_string();
         self.store
             .read(move |conn| {
+                if let Some(user) = &user_filter {
+                    rows::get_user(conn, &tenant, user.as_str())?.ok_or_else(|| ServiceError::not_found("user", user))?;
+                }
                 let rows = rows::list_tokens(conn, &tenant, user_filter.as_ref().map(|u| u.as_str()), &page)?;
                 Ok(Paged::from_rows(rows, &page, |r| &r.id))
             })

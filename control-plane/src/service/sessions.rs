@@ -80,6 +80,9 @@ impl Service {
         let tenant = caller.tenant_id.to_string();
         self.store
             .read(move |conn| {
+                if let Some(agent) = &agent_id {
+                    rows::get_agent(conn, &tenant, agent.as_str())?.ok_or_else(|| ServiceError::not_found("agent", agent))?;
+                }
                 let rows = rows::list_sessions(conn, &tenant, agent_id.as_ref().map(|a| a.as_str()), &page)?;
                 Ok(Paged::from_rows(rows, &page, |r| &r.id))
             })
