@@ -37,11 +37,14 @@ pub async fn serve(
     health.set_serving::<pb::session_service_server::SessionServiceServer<session::SessionGrpc>>().await;
     health.set_serving::<pb::audit_service_server::AuditServiceServer<audit::AuditGrpc>>().await;
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(oma_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor sets are valid");
+    // Both reflection versions: grpcurl and many tools still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(oma_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
+    let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -53,7 +56,8 @@ pub async fn serve(
     builder
         .layer(auth::AuthLayer::new(service.clone()))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             pb::identity_service_server::IdentityServiceServer::new(identity::IdentityGrpc { service: service.clone() })
                 .max_decoding_message_size(max)
