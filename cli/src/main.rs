@@ -1,1 +1,102 @@
-fn main(){}
+//! `omactl`: the admin CLI of the OMA runtime, over the public gRPC API.
+
+mod commands;
+mod config;
+mod connection;
+mod duration;
+mod error;
+mod output;
+mod spec;
+mod view;
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::{error::Failure, output::Format};
+
+/// Administer an OMA runtime control plane: users, tokens, runtimes, agents,
+/// sessions and the audit log.
+#[derive(Debug, Parser)]
+#[command(name = "omactl", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of every command. Each overrides the same setting of the
+/// selected context.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Use this context of the config file instead of the current one.
+    #[arg(long, global = true, env = "OMA_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+    /// Control plane URL: https://HOST:PORT, or http:// to a loopback host.
+    #[arg(long, global = true, env = "OMA_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// API token (oma_…), sent as `authorization: Bearer <token>`.
+    #[arg(long, global = true, env = "OMA_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA to trust for https:// instead of the system roots.
+    #[arg(long, global = true, env = "OMA_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow plaintext http:// to a host that is not loopback.
+    #[arg(long, global = true, env = "OMA_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
+    /// Output format.
+    #[arg(short, long, global = true, env = "OMA_OUTPUT", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Config file [default: $OMACTL_CONFIG, else <config dir>/omactl/config.toml].
+    #[arg(long, global = true, env = "OMACTL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage contexts: named servers and tokens in the config file.
+    #[command(subcommand)]
+    Context(commands::context::Command),
+    /// Show the tenant, user and token the token belongs to.
+    Whoami,
+    /// Manage the users of the tenant.
+    #[command(subcommand)]
+    Users(commands::users::Command),
+    /// Mint, list and revoke API tokens.
+    #[command(subcommand)]
+    Tokens(commands::tokens::Command),
+    /// Pair machines and manage runtimes.
+    #[command(subcommand)]
+    Runtimes(commands::runtimes::Command),
+    /// Manage agent configurations.
+    #[command(subcommand)]
+    Agents(commands::agents::Command),
+    /// Manage sessions of agents.
+    #[command(subcommand)]
+    Sessions(commands::sessions::Command),
+    /// Read the audit log.
+    #[command(subcommand)]
+    Audit(commands::audit::Command),
+}
+
+fn main() -> ExitCode {
+    // One crypto provider for rustls, chosen here rather than by feature
+    // unification.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(error::exit::GENERIC, format!("cannot start the async runtime: {e}")))
+        .and_then(|runtime| runtime.block_on(commands::run(cli, &matches)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let _ = writeln!(std::io::stderr(), "error: {}", failure.message);
+            ExitCode::from(failure.exit)
+        }
+    }
+}

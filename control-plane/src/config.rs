@@ -31,7 +31,9 @@ impl DatabaseArgs {
                 .ok_or("cannot find the user's data directory; pass --data-dir")?
                 .join("oma-control-plane"),
         };
-        Ok(Backend::Sqlite { path: dir.join("oma.db") })
+        Ok(Backend::Sqlite {
+            path: dir.join("oma.db"),
+        })
     }
 }
 
@@ -62,12 +64,30 @@ pub struct ServeArgs {
     #[arg(long, env = "OMA_BOOTSTRAP_TOKEN_FILE")]
     pub bootstrap_token_file: Option<PathBuf>,
 
+    /// How often runtimes must heartbeat; a stream silent for three intervals
+    /// is declared dead and its runtime offline.
+    #[arg(long, env = "OMA_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long a permission request under the `ask` policy waits for a
+    /// person before it is rejected.
+    #[arg(long, env = "OMA_PERMISSION_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub permission_timeout: Duration,
+
     /// How long in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "OMA_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }
 
 impl ServeArgs {
+    pub fn live_config(&self) -> crate::service::live::LiveConfig {
+        crate::service::live::LiveConfig {
+            heartbeat_interval: self.heartbeat_interval,
+            permission_timeout: self.permission_timeout,
+            ..Default::default()
+        }
+    }
+
     /// Refuses to serve plaintext beyond loopback unless told to.
     pub fn check_tls_policy(&self) -> Result<(), String> {
         if self.tls_cert.is_none() && !self.listen.ip().is_loopback() && !self.insecure_plaintext {
@@ -117,7 +137,12 @@ mod tests {
             data_dir: Some("/tmp/x".into()),
             database_url: None,
         };
-        assert_eq!(db.backend().unwrap(), Backend::Sqlite { path: "/tmp/x/oma.db".into() });
+        assert_eq!(
+            db.backend().unwrap(),
+            Backend::Sqlite {
+                path: "/tmp/x/oma.db".into()
+            }
+        );
         let db = DatabaseArgs {
             data_dir: None,
             database_url: Some("postgres://u@h/d".into()),

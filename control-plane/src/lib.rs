@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ServerTlsConfig;
 
+use crate::service::live::LiveConfig;
 use crate::service::{Service, ServiceConfig};
 use crate::store::Store;
 
@@ -19,11 +20,19 @@ use crate::store::Store;
 pub struct RunConfig {
     pub store: Store,
     pub service: ServiceConfig,
+    pub live: LiveConfig,
     pub tls: Option<ServerTlsConfig>,
 }
 
 /// Serves the API on an already-bound listener until `shutdown` fires.
-pub async fn run(config: RunConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
-    let service = Arc::new(Service::new(config.store, config.service));
+pub async fn run(
+    config: RunConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let service = Arc::new(Service::new(config.store, config.service, config.live));
+    if let Err(e) = service.mark_runtimes_offline().await {
+        tracing::error!(error = %e, "could not reset runtime statuses");
+    }
     grpc::serve(service, listener, config.tls, shutdown).await
 }

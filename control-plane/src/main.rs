@@ -113,7 +113,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let store = open_store(&args.database)?;
     if let Some(new) = offline::bootstrap(&store)? {
-        println!("first start: created tenant {:?} and admin user {:?}", new.tenant.name, new.admin.name);
+        println!(
+            "first start: created tenant {:?} and admin user {:?}",
+            new.tenant.name, new.admin.name
+        );
         println!("admin token (shown once; store it now): {}", new.bearer);
         if let Some(path) = &args.bootstrap_token_file {
             write_secret_file(path, &new.bearer)?;
@@ -126,7 +129,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        println!("oma-control-plane listening on {local}{}", if tls.is_some() { " (tls)" } else { "" });
+        println!(
+            "oma-control-plane listening on {local}{}",
+            if tls.is_some() { " (tls)" } else { "" }
+        );
         std::io::stdout().flush()?;
         tracing::info!(%local, tls = tls.is_some(), "serving");
 
@@ -135,6 +141,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             RunConfig {
                 store,
                 service: ServiceConfig::default(),
+                live: args.live_config(),
                 tls,
             },
             listener,
@@ -153,7 +160,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // process exits anyway.
         match tokio::time::timeout(args.shutdown_grace, server).await {
             Ok(result) => result??,
-            Err(_) => tracing::warn!(grace = ?args.shutdown_grace, "calls still running after the grace period; exiting"),
+            Err(_) => {
+                tracing::warn!(grace = ?args.shutdown_grace, "calls still running after the grace period; exiting")
+            }
         }
         Ok(())
     })
@@ -191,7 +200,10 @@ fn admin(database: &DatabaseArgs, command: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::CreateTenant { name, admin } => offline::create_tenant(&store, &name, &admin).map(|new| {
-            println!("tenant {} ({}) with admin {} ({})", new.tenant.name, new.tenant.id, new.admin.name, new.admin.id);
+            println!(
+                "tenant {} ({}) with admin {} ({})",
+                new.tenant.name, new.tenant.id, new.admin.name, new.admin.id
+            );
             println!("admin token (shown once; store it now): {}", new.bearer);
         }),
         AdminCommand::ListTenants => offline::list_tenants(&store).map(|tenants| {
@@ -208,7 +220,10 @@ fn admin(database: &DatabaseArgs, command: AdminCommand) -> anyhow::Result<()> {
         } => {
             let role = Role::parse_stored(&role).unwrap_or(Role::Member);
             offline::create_token(&store, &tenant, &user, role, &name, ttl).map(|(user, new)| {
-                println!("token {} for user {} ({}, {})", new.token.id, user.name, user.id, user.role);
+                println!(
+                    "token {} for user {} ({}, {})",
+                    new.token.id, user.name, user.id, user.role
+                );
                 println!("token (shown once; store it now): {}", new.bearer);
             })
         }

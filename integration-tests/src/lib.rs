@@ -71,7 +71,10 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(mut command: Command, name: &str) -> anyhow::Result<Process> {
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = command.spawn().with_context(|| format!("cannot start {name}"))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -92,7 +95,11 @@ impl Process {
     }
 
     /// Waits for a stdout line for which `pick` returns `Some`.
-    pub fn wait_for_line<T>(&mut self, deadline: Duration, mut pick: impl FnMut(&str) -> Option<T>) -> anyhow::Result<T> {
+    pub fn wait_for_line<T>(
+        &mut self,
+        deadline: Duration,
+        mut pick: impl FnMut(&str) -> Option<T>,
+    ) -> anyhow::Result<T> {
         if let Some(found) = self.seen.iter().find_map(|l| pick(l)) {
             return Ok(found);
         }
@@ -108,11 +115,19 @@ impl Process {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!("{} printed no expected line within {deadline:?}; stdout so far: {:?}", self.name, self.seen)
+                    bail!(
+                        "{} printed no expected line within {deadline:?}; stdout so far: {:?}",
+                        self.name,
+                        self.seen
+                    )
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().ok();
-                    bail!("{} exited ({status:?}) before printing the expected line; stdout: {:?}", self.name, self.seen)
+                    bail!(
+                        "{} exited ({status:?}) before printing the expected line; stdout: {:?}",
+                        self.name,
+                        self.seen
+                    )
                 }
             }
         }
@@ -120,7 +135,10 @@ impl Process {
 
     /// Sends a signal to the process.
     pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status()?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()?;
         anyhow::ensure!(status.success(), "kill -{signal} failed");
         Ok(())
     }
@@ -173,7 +191,11 @@ impl ControlPlane {
     /// Starts on `database` (fresh: the bootstrap must run).
     pub fn start(database: TestDatabase, options: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         let mut command = Command::new(bin("oma-control-plane"));
-        command.arg("serve").arg("--listen").arg("127.0.0.1:0").args(database.args());
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(database.args());
         command.env("OMA_LOG", "warn,oma_control_plane=info");
         let tls = options.tls.is_some();
         if let Some((cert, key)) = &options.tls {
@@ -181,7 +203,8 @@ impl ControlPlane {
         }
         let mut process = Process::spawn(command, "oma-control-plane")?;
         let admin_token = process.wait_for_line(START_DEADLINE, |line| {
-            line.strip_prefix("admin token (shown once; store it now): ").map(str::to_owned)
+            line.strip_prefix("admin token (shown once; store it now): ")
+                .map(str::to_owned)
         })?;
         let addr = process.wait_for_line(START_DEADLINE, |line| {
             line.strip_prefix("oma-control-plane listening on ")
@@ -220,7 +243,11 @@ impl ControlPlane {
             .args(args)
             .env("OMA_LOG", "warn")
             .output()?;
-        anyhow::ensure!(output.status.success(), "admin {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        anyhow::ensure!(
+            output.status.success(),
+            "admin {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         Ok(String::from_utf8(output.stdout)?)
     }
 
@@ -233,8 +260,10 @@ impl ControlPlane {
 
 /// The token from a line `… (shown once; store it now): TOKEN`.
 pub fn token_line(out: &str) -> Option<String> {
-    out.lines()
-        .find_map(|l| l.split_once("(shown once; store it now): ").map(|(_, t)| t.trim().to_owned()))
+    out.lines().find_map(|l| {
+        l.split_once("(shown once; store it now): ")
+            .map(|(_, t)| t.trim().to_owned())
+    })
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -329,7 +358,11 @@ impl Omactl {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-        serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("omactl {args:?} printed no JSON: {}", String::from_utf8_lossy(&output.stdout)))
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "omactl {args:?} printed no JSON: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
     }
 }

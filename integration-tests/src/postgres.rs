@@ -13,13 +13,21 @@ use tempfile::TempDir;
 pub const POSTGRES_URL_ENV: &str = "OMA_TEST_POSTGRES_URL";
 
 pub enum TestDatabase {
-    Sqlite { dir: TempDir },
-    Postgres { admin_url: String, name: String, url: String },
+    Sqlite {
+        dir: TempDir,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+        url: String,
+    },
 }
 
 impl TestDatabase {
     pub fn sqlite() -> anyhow::Result<TestDatabase> {
-        Ok(TestDatabase::Sqlite { dir: tempfile::tempdir()? })
+        Ok(TestDatabase::Sqlite {
+            dir: tempfile::tempdir()?,
+        })
     }
 
     /// A fresh PostgreSQL database, or `None` (with a loud notice) when no

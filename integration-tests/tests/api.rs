@@ -171,7 +171,11 @@ fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
     match result {
         Ok(v) => panic!("expected an error, got {v:?}"),
         Err(status) => {
-            assert!(!status.message().is_empty(), "status {:?} has no message", status.code());
+            assert!(
+                !status.message().is_empty(),
+                "status {:?} has no message",
+                status.code()
+            );
             status.code()
         }
     }
@@ -189,8 +193,18 @@ macro_rules! expect_code {
 async fn tenant_isolation(w: &mut World) {
     use Code::NotFound;
     let b = &mut w.b_admin;
-    expect_code!(NotFound, b.identity.get_user(pb::GetUserRequest { user_id: w.member_id.clone() }));
-    expect_code!(NotFound, b.identity.delete_user(pb::DeleteUserRequest { user_id: w.member_id.clone() }));
+    expect_code!(
+        NotFound,
+        b.identity.get_user(pb::GetUserRequest {
+            user_id: w.member_id.clone()
+        })
+    );
+    expect_code!(
+        NotFound,
+        b.identity.delete_user(pb::DeleteUserRequest {
+            user_id: w.member_id.clone()
+        })
+    );
     expect_code!(
         NotFound,
         b.identity.create_token(pb::CreateTokenRequest {
@@ -206,7 +220,12 @@ async fn tenant_isolation(w: &mut World) {
             page: None
         })
     );
-    expect_code!(NotFound, b.identity.revoke_token(pb::RevokeTokenRequest { token_id: w.member_token_id.clone() }));
+    expect_code!(
+        NotFound,
+        b.identity.revoke_token(pb::RevokeTokenRequest {
+            token_id: w.member_token_id.clone()
+        })
+    );
     expect_code!(
         NotFound,
         b.runtimes.create_connect_code(pb::CreateConnectCodeRequest {
@@ -214,9 +233,24 @@ async fn tenant_isolation(w: &mut World) {
             ttl_seconds: 0
         })
     );
-    expect_code!(NotFound, b.runtimes.get_runtime(pb::GetRuntimeRequest { runtime_id: w.runtime_id.clone() }));
-    expect_code!(NotFound, b.runtimes.delete_runtime(pb::DeleteRuntimeRequest { runtime_id: w.runtime_id.clone() }));
-    expect_code!(NotFound, b.agents.get_agent(pb::GetAgentRequest { agent_id: w.agent_id.clone() }));
+    expect_code!(
+        NotFound,
+        b.runtimes.get_runtime(pb::GetRuntimeRequest {
+            runtime_id: w.runtime_id.clone()
+        })
+    );
+    expect_code!(
+        NotFound,
+        b.runtimes.delete_runtime(pb::DeleteRuntimeRequest {
+            runtime_id: w.runtime_id.clone()
+        })
+    );
+    expect_code!(
+        NotFound,
+        b.agents.get_agent(pb::GetAgentRequest {
+            agent_id: w.agent_id.clone()
+        })
+    );
     expect_code!(
         NotFound,
         b.agents.update_agent(pb::UpdateAgentRequest {
@@ -231,7 +265,12 @@ async fn tenant_isolation(w: &mut World) {
             expected_version: 0,
         })
     );
-    expect_code!(NotFound, b.agents.delete_agent(pb::DeleteAgentRequest { agent_id: w.agent_id.clone() }));
+    expect_code!(
+        NotFound,
+        b.agents.delete_agent(pb::DeleteAgentRequest {
+            agent_id: w.agent_id.clone()
+        })
+    );
     expect_code!(
         NotFound,
         b.agents.create_agent(pb::CreateAgentRequest {
@@ -252,8 +291,18 @@ async fn tenant_isolation(w: &mut World) {
             page: None
         })
     );
-    expect_code!(NotFound, b.sessions.get_session(pb::GetSessionRequest { session_id: w.session_id.clone() }));
-    expect_code!(NotFound, b.sessions.delete_session(pb::DeleteSessionRequest { session_id: w.session_id.clone() }));
+    expect_code!(
+        NotFound,
+        b.sessions.get_session(pb::GetSessionRequest {
+            session_id: w.session_id.clone()
+        })
+    );
+    expect_code!(
+        NotFound,
+        b.sessions.delete_session(pb::DeleteSessionRequest {
+            session_id: w.session_id.clone()
+        })
+    );
     expect_code!(
         NotFound,
         b.sessions.prompt_session(pb::PromptSessionRequest {
@@ -261,7 +310,12 @@ async fn tenant_isolation(w: &mut World) {
             ..Default::default()
         })
     );
-    expect_code!(NotFound, b.sessions.cancel_turn(pb::CancelTurnRequest { session_id: w.session_id.clone() }));
+    expect_code!(
+        NotFound,
+        b.sessions.cancel_turn(pb::CancelTurnRequest {
+            session_id: w.session_id.clone()
+        })
+    );
     expect_code!(
         NotFound,
         b.sessions.answer_permission(pb::AnswerPermissionRequest {
@@ -278,16 +332,64 @@ async fn tenant_isolation(w: &mut World) {
     );
 
     // Lists show nothing of tenant A.
-    let users = b.identity.list_users(pb::ListUsersRequest::default()).await.unwrap().into_inner().users;
+    let users = b
+        .identity
+        .list_users(pb::ListUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
     assert!(users.iter().all(|u| u.id != w.member_id && u.id != w.admin_id));
-    assert!(b.runtimes.list_runtimes(pb::ListRuntimesRequest::default()).await.unwrap().into_inner().runtimes.is_empty());
-    assert!(b.agents.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner().agents.is_empty());
-    assert!(b.sessions.list_sessions(pb::ListSessionsRequest::default()).await.unwrap().into_inner().sessions.is_empty());
-    let audit = b.audit.list_audit_entries(pb::ListAuditEntriesRequest::default()).await.unwrap().into_inner().entries;
-    assert!(audit.iter().all(|e| e.target_id != w.agent_id && e.target_id != w.runtime_id));
+    assert!(
+        b.runtimes
+            .list_runtimes(pb::ListRuntimesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .runtimes
+            .is_empty()
+    );
+    assert!(
+        b.agents
+            .list_agents(pb::ListAgentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .agents
+            .is_empty()
+    );
+    assert!(
+        b.sessions
+            .list_sessions(pb::ListSessionsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+            .is_empty()
+    );
+    let audit = b
+        .audit
+        .list_audit_entries(pb::ListAuditEntriesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(
+        audit
+            .iter()
+            .all(|e| e.target_id != w.agent_id && e.target_id != w.runtime_id)
+    );
 
     // Tenant A's data is intact after all of that.
-    let agent = w.a_admin.agents.get_agent(pb::GetAgentRequest { agent_id: w.agent_id.clone() }).await.unwrap().into_inner();
+    let agent = w
+        .a_admin
+        .agents
+        .get_agent(pb::GetAgentRequest {
+            agent_id: w.agent_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(agent.agent.unwrap().spec.unwrap().description, "reviews pull requests");
 }
 
@@ -303,7 +405,12 @@ async fn member_permissions(w: &mut World) {
             role: pb::Role::Admin as i32
         })
     );
-    expect_code!(PermissionDenied, m.identity.delete_user(pb::DeleteUserRequest { user_id: w.admin_id.clone() }));
+    expect_code!(
+        PermissionDenied,
+        m.identity.delete_user(pb::DeleteUserRequest {
+            user_id: w.admin_id.clone()
+        })
+    );
     expect_code!(
         PermissionDenied,
         m.identity.create_token(pb::CreateTokenRequest {
@@ -319,8 +426,16 @@ async fn member_permissions(w: &mut World) {
             page: None
         })
     );
-    expect_code!(PermissionDenied, m.identity.revoke_token(pb::RevokeTokenRequest { token_id: w.admin_token_id.clone() }));
-    expect_code!(PermissionDenied, m.audit.list_audit_entries(pb::ListAuditEntriesRequest::default()));
+    expect_code!(
+        PermissionDenied,
+        m.identity.revoke_token(pb::RevokeTokenRequest {
+            token_id: w.admin_token_id.clone()
+        })
+    );
+    expect_code!(
+        PermissionDenied,
+        m.audit.list_audit_entries(pb::ListAuditEntriesRequest::default())
+    );
     expect_code!(
         PermissionDenied,
         m.runtimes.create_connect_code(pb::CreateConnectCodeRequest {
@@ -329,7 +444,12 @@ async fn member_permissions(w: &mut World) {
         })
     );
     // The runtime is the admin's: a member may not run code on it.
-    expect_code!(PermissionDenied, m.runtimes.delete_runtime(pb::DeleteRuntimeRequest { runtime_id: w.runtime_id.clone() }));
+    expect_code!(
+        PermissionDenied,
+        m.runtimes.delete_runtime(pb::DeleteRuntimeRequest {
+            runtime_id: w.runtime_id.clone()
+        })
+    );
     expect_code!(
         PermissionDenied,
         m.agents.create_agent(pb::CreateAgentRequest {
@@ -346,9 +466,20 @@ async fn member_permissions(w: &mut World) {
 
     // What a member may do: see its own tokens, pair its own machine, and
     // configure agents on it.
-    let tokens = m.identity.list_tokens(pb::ListTokensRequest::default()).await.unwrap().into_inner().tokens;
+    let tokens = m
+        .identity
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
     assert!(!tokens.is_empty() && tokens.iter().all(|t| t.user_id == w.member_id));
-    let code = m.runtimes.create_connect_code(pb::CreateConnectCodeRequest::default()).await.unwrap().into_inner();
+    let code = m
+        .runtimes
+        .create_connect_code(pb::CreateConnectCodeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(code.owner_user_id, w.member_id);
 }
 
@@ -379,7 +510,10 @@ async fn token_life(cp: &ControlPlane, w: &mut World) {
     })
     .await
     .unwrap();
-    expect_code!(Code::Unauthenticated, short_client.agents.list_agents(pb::ListAgentsRequest::default()));
+    expect_code!(
+        Code::Unauthenticated,
+        short_client.agents.list_agents(pb::ListAgentsRequest::default())
+    );
 
     let doomed = w
         .a_admin
@@ -401,15 +535,25 @@ async fn token_life(cp: &ControlPlane, w: &mut World) {
         })
         .await
         .unwrap();
-    expect_code!(Code::Unauthenticated, doomed_client.identity.who_am_i(pb::WhoAmIRequest {}));
+    expect_code!(
+        Code::Unauthenticated,
+        doomed_client.identity.who_am_i(pb::WhoAmIRequest {})
+    );
 
-    for bad in [Bearer::none(), Bearer::new("oma_nonsense"), Bearer::new(&format!("{}x", &cp.admin_token[..cp.admin_token.len() - 1]))] {
+    for bad in [
+        Bearer::none(),
+        Bearer::new("oma_nonsense"),
+        Bearer::new(&format!("{}x", &cp.admin_token[..cp.admin_token.len() - 1])),
+    ] {
         let mut client = Clients::new(channel.clone(), bad);
         expect_code!(Code::Unauthenticated, client.identity.who_am_i(pb::WhoAmIRequest {}));
     }
 
     let mut machine = Clients::new(channel.clone(), Bearer::new(&w.machine_token));
-    expect_code!(Code::PermissionDenied, machine.agents.list_agents(pb::ListAgentsRequest::default()));
+    expect_code!(
+        Code::PermissionDenied,
+        machine.agents.list_agents(pb::ListAgentsRequest::default())
+    );
     w.a_admin
         .runtimes
         .delete_runtime(pb::DeleteRuntimeRequest {
@@ -417,7 +561,10 @@ async fn token_life(cp: &ControlPlane, w: &mut World) {
         })
         .await
         .unwrap();
-    expect_code!(Code::Unauthenticated, machine.agents.list_agents(pb::ListAgentsRequest::default()));
+    expect_code!(
+        Code::Unauthenticated,
+        machine.agents.list_agents(pb::ListAgentsRequest::default())
+    );
     // The agent bound to the deleted runtime cannot start sessions, and says why.
     let err = w
         .a_admin
@@ -477,12 +624,38 @@ async fn audit_count(w: &mut World) -> usize {
 /// naming what to fix, and nothing is written.
 async fn bad_input(cp: &ControlPlane, w: &mut World) {
     let audit_before = audit_count(w).await;
-    let agents_before = w.a_admin.agents.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner().agents.len();
+    let agents_before = w
+        .a_admin
+        .agents
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .agents
+        .len();
 
     let cases: Vec<(pb::AgentSpec, &str)> = vec![
-        (pb::AgentSpec { name: String::new(), ..Default::default() }, "spec.name: must not be empty"),
-        (pb::AgentSpec { name: "x".repeat(65), ..Default::default() }, "at most 64"),
-        (pb::AgentSpec { name: "Has Spaces".into(), ..Default::default() }, "not a valid name"),
+        (
+            pb::AgentSpec {
+                name: String::new(),
+                ..Default::default()
+            },
+            "spec.name: must not be empty",
+        ),
+        (
+            pb::AgentSpec {
+                name: "x".repeat(65),
+                ..Default::default()
+            },
+            "at most 64",
+        ),
+        (
+            pb::AgentSpec {
+                name: "Has Spaces".into(),
+                ..Default::default()
+            },
+            "not a valid name",
+        ),
         (
             pb::AgentSpec {
                 name: "ok".into(),
@@ -570,11 +743,25 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
         ),
     ];
     for (spec, expected) in cases {
-        let status = status_of(w.a_admin.agents.create_agent(pb::CreateAgentRequest { spec: Some(spec) }).await);
+        let status = status_of(
+            w.a_admin
+                .agents
+                .create_agent(pb::CreateAgentRequest { spec: Some(spec) })
+                .await,
+        );
         assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
-        assert!(status.message().contains(expected), "message {:?} lacks {expected:?}", status.message());
+        assert!(
+            status.message().contains(expected),
+            "message {:?} lacks {expected:?}",
+            status.message()
+        );
     }
-    let status = status_of(w.a_admin.agents.create_agent(pb::CreateAgentRequest { spec: None }).await);
+    let status = status_of(
+        w.a_admin
+            .agents
+            .create_agent(pb::CreateAgentRequest { spec: None })
+            .await,
+    );
     assert_eq!(status.code(), Code::InvalidArgument);
 
     // Duplicate name (agent_round_trip renamed the agent to reviewer-2).
@@ -593,7 +780,12 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
 
     // Malformed ids.
     for bad in ["", "nope", "ses_0123456789abcdef0123456789abcdef", "agt_0123"] {
-        let status = status_of(w.a_admin.agents.get_agent(pb::GetAgentRequest { agent_id: bad.into() }).await);
+        let status = status_of(
+            w.a_admin
+                .agents
+                .get_agent(pb::GetAgentRequest { agent_id: bad.into() })
+                .await,
+        );
         assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}: {}", status.message());
         assert!(status.message().starts_with("agent_id: "), "{}", status.message());
     }
@@ -609,9 +801,21 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
     assert_eq!(status.code(), Code::NotFound);
 
     // Unknown enum in a user.
-    let status = status_of(w.a_admin.identity.create_user(pb::CreateUserRequest { name: "x".into(), role: 7 }).await);
+    let status = status_of(
+        w.a_admin
+            .identity
+            .create_user(pb::CreateUserRequest {
+                name: "x".into(),
+                role: 7,
+            })
+            .await,
+    );
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("unknown role value 7"), "{}", status.message());
+    assert!(
+        status.message().contains("unknown role value 7"),
+        "{}",
+        status.message()
+    );
 
     // Update: empty mask, unknown path, stale version, invalid merged value.
     let update = |mask: Vec<&str>, version: u64, spec: pb::AgentSpec| pb::UpdateAgentRequest {
@@ -622,14 +826,34 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
         }),
         expected_version: version,
     };
-    let status = status_of(w.a_admin.agents.update_agent(update(vec![], 0, pb::AgentSpec::default())).await);
+    let status = status_of(
+        w.a_admin
+            .agents
+            .update_agent(update(vec![], 0, pb::AgentSpec::default()))
+            .await,
+    );
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("valid paths"), "{}", status.message());
-    let status = status_of(w.a_admin.agents.update_agent(update(vec!["colour"], 0, pb::AgentSpec::default())).await);
+    let status = status_of(
+        w.a_admin
+            .agents
+            .update_agent(update(vec!["colour"], 0, pb::AgentSpec::default()))
+            .await,
+    );
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status = status_of(w.a_admin.agents.update_agent(update(vec!["description"], 99, pb::AgentSpec::default())).await);
+    let status = status_of(
+        w.a_admin
+            .agents
+            .update_agent(update(vec!["description"], 99, pb::AgentSpec::default()))
+            .await,
+    );
     assert_eq!(status.code(), Code::Aborted);
-    let status = status_of(w.a_admin.agents.update_agent(update(vec!["name"], 0, pb::AgentSpec::default())).await);
+    let status = status_of(
+        w.a_admin
+            .agents
+            .update_agent(update(vec!["name"], 0, pb::AgentSpec::default()))
+            .await,
+    );
     assert_eq!(status.code(), Code::InvalidArgument);
 
     // Paging input.
@@ -683,9 +907,21 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
     };
     let status = status_of(anonymous.runtimes.exchange_connect_code(exchange("hello")).await);
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status = status_of(anonymous.runtimes.exchange_connect_code(exchange("0000-0000-0000-0000")).await);
+    let status = status_of(
+        anonymous
+            .runtimes
+            .exchange_connect_code(exchange("0000-0000-0000-0000"))
+            .await,
+    );
     assert_eq!(status.code(), Code::NotFound);
-    let code = w.a_admin.runtimes.create_connect_code(pb::CreateConnectCodeRequest::default()).await.unwrap().into_inner().code;
+    let code = w
+        .a_admin
+        .runtimes
+        .create_connect_code(pb::CreateConnectCodeRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .code;
     let mut no_machine = exchange(&code);
     no_machine.machine_id = String::new();
     let status = status_of(anonymous.runtimes.exchange_connect_code(no_machine).await);
@@ -729,7 +965,15 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
 
     // Nothing above wrote an agent; only the successful pairing steps (two
     // connect codes created, one exchange) were audited.
-    let agents_after = w.a_admin.agents.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner().agents.len();
+    let agents_after = w
+        .a_admin
+        .agents
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .agents
+        .len();
     assert_eq!(agents_after, agents_before);
     assert_eq!(audit_count(w).await, audit_before + 3);
 }
@@ -740,7 +984,9 @@ async fn agent_round_trip(w: &mut World) {
     let stored = w
         .a_admin
         .agents
-        .get_agent(pb::GetAgentRequest { agent_id: w.agent_id.clone() })
+        .get_agent(pb::GetAgentRequest {
+            agent_id: w.agent_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -783,7 +1029,9 @@ async fn agent_round_trip(w: &mut World) {
             .update_agent(pb::UpdateAgentRequest {
                 agent_id: w.agent_id.clone(),
                 spec: Some(replacement.clone()),
-                update_mask: Some(prost_types::FieldMask { paths: vec![path.into()] }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec![path.into()],
+                }),
                 expected_version: version,
             })
             .await
@@ -808,7 +1056,9 @@ async fn agent_round_trip(w: &mut World) {
         let fetched = w
             .a_admin
             .agents
-            .get_agent(pb::GetAgentRequest { agent_id: w.agent_id.clone() })
+            .get_agent(pb::GetAgentRequest {
+                agent_id: w.agent_id.clone(),
+            })
             .await
             .unwrap()
             .into_inner()

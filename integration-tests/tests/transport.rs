@@ -12,12 +12,18 @@ async fn health_and_reflection_need_no_token() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for service in ["", "oma.v1.AgentService", "oma.v1.SessionService"] {
         let status = health
-            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner()
             .status;
-        assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service:?}");
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
     }
 
     use tonic_reflection::pb::v1::{
@@ -99,11 +105,19 @@ async fn serves_tls_with_rustls() {
         .await
         .unwrap();
     let mut clients = Clients::new(channel, Bearer::new(&cp.admin_token));
-    let who = clients.identity.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner();
+    let who = clients
+        .identity
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(who.tenant.unwrap().name, "default");
 
     // A plaintext client gets nowhere.
-    let plaintext = Channel::from_shared(format!("http://{}", cp.addr)).unwrap().connect().await;
+    let plaintext = Channel::from_shared(format!("http://{}", cp.addr))
+        .unwrap()
+        .connect()
+        .await;
     if let Ok(channel) = plaintext {
         let mut clients = Clients::new(channel, Bearer::new(&cp.admin_token));
         assert!(clients.identity.who_am_i(pb::WhoAmIRequest {}).await.is_err());

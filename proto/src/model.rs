@@ -213,7 +213,10 @@ impl AgentField {
         if paths.is_empty() {
             return Err(ValidationError::new(
                 "update_mask",
-                format!("must name the fields to change, e.g. `system_prompt`; valid paths: {}", Self::valid_paths()),
+                format!(
+                    "must name the fields to change, e.g. `system_prompt`; valid paths: {}",
+                    Self::valid_paths()
+                ),
             ));
         }
         let mut fields = Vec::new();
@@ -255,7 +258,8 @@ pub fn merge_update(stored: &AgentSpec, request: pb::AgentSpec, fields: &[AgentF
     // Destructuring (not `..`) makes adding a proto field a compile error
     // here until the update path handles it.
     let (mut name, mut description, mut system_prompt) = (Some(name), Some(description), Some(system_prompt));
-    let (mut appendable_prompts, mut skills, mut mcp_servers) = (Some(appendable_prompts), Some(skills), Some(mcp_servers));
+    let (mut appendable_prompts, mut skills, mut mcp_servers) =
+        (Some(appendable_prompts), Some(skills), Some(mcp_servers));
     let mut runtime_binding = Some(runtime_binding);
     for field in fields {
         match field {
@@ -290,7 +294,10 @@ fn unique<'a>(field: &str, names: impl Iterator<Item = &'a str>) -> Validated<()
     let mut seen = HashSet::new();
     for name in names {
         if !seen.insert(name) {
-            return Err(ValidationError::new(field, format!("name {name:?} appears more than once")));
+            return Err(ValidationError::new(
+                field,
+                format!("name {name:?} appears more than once"),
+            ));
         }
     }
     Ok(())
@@ -322,7 +329,10 @@ fn name_values(field: &str, items: Vec<pb::NameValue>) -> Validated<Vec<(String,
 fn url(field: &str, value: &str) -> Validated<String> {
     let value = validate::label(field, value, 2048, true)?;
     if !(value.starts_with("http://") || value.starts_with("https://")) || value.len() <= "https://".len() {
-        return Err(ValidationError::new(field, format!("{value:?} must be an http:// or https:// URL")));
+        return Err(ValidationError::new(
+            field,
+            format!("{value:?} must be an http:// or https:// URL"),
+        ));
     }
     Ok(value)
 }
@@ -350,7 +360,10 @@ impl TryFrom<pb::AgentSpec> for AgentSpec {
                 })
             })
             .collect::<Validated<Vec<_>>>()?;
-        unique("spec.appendable_prompts", appendable_prompts.iter().map(|p| p.name.as_str()))?;
+        unique(
+            "spec.appendable_prompts",
+            appendable_prompts.iter().map(|p| p.name.as_str()),
+        )?;
 
         max_items("spec.skills", spec.skills.len())?;
         let total: usize = spec.skills.iter().flat_map(|s| &s.files).map(|f| f.content.len()).sum();
@@ -443,7 +456,9 @@ impl TryFrom<pb::AgentSpec> for AgentSpec {
 fn mcp_name(field: &str, value: &str) -> Validated<String> {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !ok {
         return Err(ValidationError::new(
             field,
@@ -459,7 +474,9 @@ pub fn local_skill_id(field: &str, value: &str) -> Validated<String> {
     let ok = !value.is_empty()
         && value.len() <= 128
         && !value.starts_with('.')
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
     if !ok {
         return Err(ValidationError::new(
             field,
@@ -477,7 +494,10 @@ impl TryFrom<pb::RuntimeBinding> for RuntimeBinding {
     fn try_from(b: pb::RuntimeBinding) -> Validated<Self> {
         let runtime_id = RuntimeId::parse("spec.runtime_binding.runtime_id", &b.runtime_id)?;
         let acp_agent_id = validate::slug("spec.runtime_binding.acp_agent_id", &b.acp_agent_id)?;
-        max_items("spec.runtime_binding.local_skill_blocklist", b.local_skill_blocklist.len())?;
+        max_items(
+            "spec.runtime_binding.local_skill_blocklist",
+            b.local_skill_blocklist.len(),
+        )?;
         let mut local_skill_blocklist = b
             .local_skill_blocklist
             .iter()
@@ -535,15 +555,19 @@ impl From<AgentSpec> for pb::AgentSpec {
                 .map(|m| pb::McpServer {
                     name: m.name,
                     transport: Some(match m.transport {
-                        McpTransport::Stdio { command, args, env } => {
-                            pb::mcp_server::Transport::Stdio(pb::McpStdio { command, args, env: nv(env) })
-                        }
-                        McpTransport::Http { url, headers } => {
-                            pb::mcp_server::Transport::Http(pb::McpHttp { url, headers: nv(headers) })
-                        }
-                        McpTransport::Sse { url, headers } => {
-                            pb::mcp_server::Transport::Sse(pb::McpHttp { url, headers: nv(headers) })
-                        }
+                        McpTransport::Stdio { command, args, env } => pb::mcp_server::Transport::Stdio(pb::McpStdio {
+                            command,
+                            args,
+                            env: nv(env),
+                        }),
+                        McpTransport::Http { url, headers } => pb::mcp_server::Transport::Http(pb::McpHttp {
+                            url,
+                            headers: nv(headers),
+                        }),
+                        McpTransport::Sse { url, headers } => pb::mcp_server::Transport::Sse(pb::McpHttp {
+                            url,
+                            headers: nv(headers),
+                        }),
                     }),
                 })
                 .collect(),
@@ -590,14 +614,20 @@ mod tests {
                     transport: Some(pb::mcp_server::Transport::Stdio(pb::McpStdio {
                         command: "mcp-fs".into(),
                         args: vec!["--root".into(), "/tmp".into()],
-                        env: vec![pb::NameValue { name: "A".into(), value: "b".into() }],
+                        env: vec![pb::NameValue {
+                            name: "A".into(),
+                            value: "b".into(),
+                        }],
                     })),
                 },
                 pb::McpServer {
                     name: "web".into(),
                     transport: Some(pb::mcp_server::Transport::Http(pb::McpHttp {
                         url: "https://mcp.example".into(),
-                        headers: vec![pb::NameValue { name: "X".into(), value: "y".into() }],
+                        headers: vec![pb::NameValue {
+                            name: "X".into(),
+                            value: "y".into(),
+                        }],
                     })),
                 },
                 pb::McpServer {
@@ -638,18 +668,38 @@ mod tests {
         let blank = AgentSpec::try_from(request.clone()).unwrap();
         // `project(spec, f)` is the wire form of `spec` with only field `f`
         // kept (the rest from `blank`).
-        let project = |spec: &AgentSpec, f: AgentField| merge_update(&blank, pb::AgentSpec::from(spec.clone()), &[f]).unwrap();
+        let project =
+            |spec: &AgentSpec, f: AgentField| merge_update(&blank, pb::AgentSpec::from(spec.clone()), &[f]).unwrap();
         for field in AgentField::ALL {
             let updated = merge_update(&stored, request.clone(), &[field]).unwrap();
-            assert_eq!(project(&updated, field), project(&blank, field), "{field:?} not applied");
+            assert_eq!(
+                project(&updated, field),
+                project(&blank, field),
+                "{field:?} not applied"
+            );
             assert_ne!(project(&updated, field), project(&stored, field), "{field:?} unchanged");
             for other in AgentField::ALL.into_iter().filter(|o| *o != field) {
-                assert_eq!(project(&updated, other), project(&stored, other), "updating {field:?} changed {other:?}");
+                assert_eq!(
+                    project(&updated, other),
+                    project(&stored, other),
+                    "updating {field:?} changed {other:?}"
+                );
             }
         }
-        let bad = pb::AgentSpec { name: "Bad Name".into(), ..Default::default() };
-        assert_eq!(merge_update(&stored, bad.clone(), &[AgentField::Name]).unwrap_err().field, "spec.name");
-        assert_eq!(merge_update(&stored, bad, &[AgentField::SystemPrompt]).unwrap().name, "reviewer");
+        let bad = pb::AgentSpec {
+            name: "Bad Name".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            merge_update(&stored, bad.clone(), &[AgentField::Name])
+                .unwrap_err()
+                .field,
+            "spec.name"
+        );
+        assert_eq!(
+            merge_update(&stored, bad, &[AgentField::SystemPrompt]).unwrap().name,
+            "reviewer"
+        );
     }
 
     #[test]
@@ -660,18 +710,39 @@ mod tests {
 
         let mut spec = full_spec();
         spec.skills[0].files[1].path = "../../etc/passwd".into();
-        assert_eq!(AgentSpec::try_from(spec).unwrap_err().field, "spec.skills[0].files[1].path");
+        assert_eq!(
+            AgentSpec::try_from(spec).unwrap_err().field,
+            "spec.skills[0].files[1].path"
+        );
 
         let mut spec = full_spec();
         spec.runtime_binding.as_mut().unwrap().local_skill_blocklist = vec!["../x".into()];
-        assert!(AgentSpec::try_from(spec).unwrap_err().field.contains("local_skill_blocklist"));
+        assert!(
+            AgentSpec::try_from(spec)
+                .unwrap_err()
+                .field
+                .contains("local_skill_blocklist")
+        );
 
         let mut spec = full_spec();
         spec.mcp_servers[1].transport = None;
-        assert!(AgentSpec::try_from(spec).unwrap_err().message.contains("stdio, http or sse"));
+        assert!(
+            AgentSpec::try_from(spec)
+                .unwrap_err()
+                .message
+                .contains("stdio, http or sse")
+        );
 
         assert!(AgentField::parse_mask(&[]).is_err());
-        assert!(AgentField::parse_mask(&["nope".into()]).unwrap_err().message.contains("valid paths"));
-        assert_eq!(AgentField::parse_mask(&["spec.name".into()]).unwrap(), vec![AgentField::Name]);
+        assert!(
+            AgentField::parse_mask(&["nope".into()])
+                .unwrap_err()
+                .message
+                .contains("valid paths")
+        );
+        assert_eq!(
+            AgentField::parse_mask(&["spec.name".into()]).unwrap(),
+            vec![AgentField::Name]
+        );
     }
 }

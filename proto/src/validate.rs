@@ -42,10 +42,16 @@ pub fn slug(field: &str, value: &str) -> Validated<String> {
     if value.chars().count() > MAX_SLUG_CHARS {
         return Err(ValidationError::new(
             field,
-            format!("must be at most {MAX_SLUG_CHARS} characters, got {}", value.chars().count()),
+            format!(
+                "must be at most {MAX_SLUG_CHARS} characters, got {}",
+                value.chars().count()
+            ),
         ));
     }
-    let first_ok = value.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let first_ok = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     let all_ok = value
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
@@ -73,7 +79,10 @@ pub fn text(field: &str, value: &str, max_chars: usize, required: bool) -> Valid
             format!("must be at most {max_chars} characters, got {count}"),
         ));
     }
-    if let Some(c) = value.chars().find(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')) {
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+    {
         return Err(ValidationError::new(
             field,
             format!("must not contain control character U+{:04X}", c as u32),

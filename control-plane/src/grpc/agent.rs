@@ -22,7 +22,10 @@ fn required_spec(spec: Option<pb::AgentSpec>) -> Result<pb::AgentSpec, Status> {
 
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
-    async fn create_agent(&self, request: Request<pb::CreateAgentRequest>) -> Result<Response<pb::CreateAgentResponse>, Status> {
+    async fn create_agent(
+        &self,
+        request: Request<pb::CreateAgentRequest>,
+    ) -> Result<Response<pb::CreateAgentResponse>, Status> {
         let caller = caller(&request)?;
         let spec = AgentSpec::try_from(required_spec(request.into_inner().spec)?).map_err(invalid)?;
         let agent = self.service.create_agent(&caller, spec).await?;
@@ -40,16 +43,25 @@ impl AgentService for AgentGrpc {
         }))
     }
 
-    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let caller = caller(&request)?;
-        let page = self.service.list_agents(&caller, convert::page(request.into_inner().page)).await?;
+        let page = self
+            .service
+            .list_agents(&caller, convert::page(request.into_inner().page))
+            .await?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: page.items.into_iter().map(convert::agent).collect(),
             next_page_token: page.next_page_token,
         }))
     }
 
-    async fn update_agent(&self, request: Request<pb::UpdateAgentRequest>) -> Result<Response<pb::UpdateAgentResponse>, Status> {
+    async fn update_agent(
+        &self,
+        request: Request<pb::UpdateAgentRequest>,
+    ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let id = AgentId::parse("agent_id", &req.agent_id).map_err(invalid)?;
@@ -64,7 +76,10 @@ impl AgentService for AgentGrpc {
         }))
     }
 
-    async fn delete_agent(&self, request: Request<pb::DeleteAgentRequest>) -> Result<Response<pb::DeleteAgentResponse>, Status> {
+    async fn delete_agent(
+        &self,
+        request: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         let caller = caller(&request)?;
         let id = AgentId::parse("agent_id", &request.get_ref().agent_id).map_err(invalid)?;
         self.service.delete_agent(&caller, id).await?;

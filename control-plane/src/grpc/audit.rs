@@ -19,7 +19,10 @@ impl AuditService for AuditGrpc {
     ) -> Result<Response<pb::ListAuditEntriesResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let page = self.service.list_audit(&caller, req.target_id, convert::page(req.page)).await?;
+        let page = self
+            .service
+            .list_audit(&caller, req.target_id, convert::page(req.page))
+            .await?;
         Ok(Response::new(pb::ListAuditEntriesResponse {
             entries: page.items.into_iter().map(convert::audit).collect(),
             next_page_token: page.next_page_token,

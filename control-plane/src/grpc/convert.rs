@@ -8,12 +8,7 @@ use crate::service::runtimes::STATUS_ONLINE;
 use crate::service::sessions;
 use crate::store::rows::{ApiTokenRow, AuditRow, RuntimeRow, SessionRow, TenantRow, UserRow};
 
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+pub use crate::service::timestamp;
 
 pub fn tenant(row: TenantRow) -> pb::Tenant {
     pb::Tenant {

@@ -27,7 +27,10 @@ impl IdentityService for IdentityGrpc {
         }))
     }
 
-    async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::CreateUserResponse>, Status> {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let role = Role::from_wire("role", req.role).map_err(invalid)?;
@@ -37,9 +40,15 @@ impl IdentityService for IdentityGrpc {
         }))
     }
 
-    async fn list_users(&self, request: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let caller = caller(&request)?;
-        let page = self.service.list_users(&caller, convert::page(request.into_inner().page)).await?;
+        let page = self
+            .service
+            .list_users(&caller, convert::page(request.into_inner().page))
+            .await?;
         Ok(Response::new(pb::ListUsersResponse {
             users: page.items.into_iter().map(convert::user).collect(),
             next_page_token: page.next_page_token,
@@ -55,14 +64,20 @@ impl IdentityService for IdentityGrpc {
         }))
     }
 
-    async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Result<Response<pb::DeleteUserResponse>, Status> {
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let caller = caller(&request)?;
         let id = UserId::parse("user_id", &request.get_ref().user_id).map_err(invalid)?;
         self.service.delete_user(&caller, id).await?;
         Ok(Response::new(pb::DeleteUserResponse {}))
     }
 
-    async fn create_token(&self, request: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let user = UserId::parse_optional("user_id", &req.user_id).map_err(invalid)?;
@@ -74,7 +89,10 @@ impl IdentityService for IdentityGrpc {
         }))
     }
 
-    async fn list_tokens(&self, request: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let user = UserId::parse_optional("user_id", &req.user_id).map_err(invalid)?;
@@ -85,7 +103,10 @@ impl IdentityService for IdentityGrpc {
         }))
     }
 
-    async fn revoke_token(&self, request: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let caller = caller(&request)?;
         let id = TokenId::parse("token_id", &request.get_ref().token_id).map_err(invalid)?;
         let token = self.service.revoke_token(&caller, id).await?;

@@ -9,6 +9,7 @@ mod identity;
 mod runtime;
 mod session;
 pub mod status;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,11 +32,24 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let max = oma_proto::MAX_MESSAGE_BYTES;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<pb::identity_service_server::IdentityServiceServer<identity::IdentityGrpc>>().await;
-    health.set_serving::<pb::runtime_service_server::RuntimeServiceServer<runtime::RuntimeGrpc>>().await;
-    health.set_serving::<pb::agent_service_server::AgentServiceServer<agent::AgentGrpc>>().await;
-    health.set_serving::<pb::session_service_server::SessionServiceServer<session::SessionGrpc>>().await;
-    health.set_serving::<pb::audit_service_server::AuditServiceServer<audit::AuditGrpc>>().await;
+    health
+        .set_serving::<pb::identity_service_server::IdentityServiceServer<identity::IdentityGrpc>>()
+        .await;
+    health
+        .set_serving::<pb::runtime_service_server::RuntimeServiceServer<runtime::RuntimeGrpc>>()
+        .await;
+    health
+        .set_serving::<pb::agent_service_server::AgentServiceServer<agent::AgentGrpc>>()
+        .await;
+    health
+        .set_serving::<pb::session_service_server::SessionServiceServer<session::SessionGrpc>>()
+        .await;
+    health
+        .set_serving::<pb::audit_service_server::AuditServiceServer<audit::AuditGrpc>>()
+        .await;
+    health
+        .set_serving::<pb::runtime_stream_service_server::RuntimeStreamServiceServer<stream::StreamGrpc>>()
+        .await;
 
     // Both reflection versions: grpcurl and many tools still ask v1alpha.
     let reflection = || {
@@ -44,7 +58,9 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
-    let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid");
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -59,24 +75,39 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            pb::identity_service_server::IdentityServiceServer::new(identity::IdentityGrpc { service: service.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            pb::identity_service_server::IdentityServiceServer::new(identity::IdentityGrpc {
+                service: service.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
         .add_service(
-            pb::runtime_service_server::RuntimeServiceServer::new(runtime::RuntimeGrpc { service: service.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            pb::runtime_service_server::RuntimeServiceServer::new(runtime::RuntimeGrpc {
+                service: service.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
         .add_service(
-            pb::agent_service_server::AgentServiceServer::new(agent::AgentGrpc { service: service.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            pb::agent_service_server::AgentServiceServer::new(agent::AgentGrpc {
+                service: service.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
         .add_service(
-            pb::session_service_server::SessionServiceServer::new(session::SessionGrpc { service: service.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            pb::session_service_server::SessionServiceServer::new(session::SessionGrpc {
+                service: service.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        )
+        .add_service(
+            pb::runtime_stream_service_server::RuntimeStreamServiceServer::new(stream::StreamGrpc {
+                service: service.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
         .add_service(
             pb::audit_service_server::AuditServiceServer::new(audit::AuditGrpc { service })

@@ -55,16 +55,25 @@ impl RuntimeService for RuntimeGrpc {
         }))
     }
 
-    async fn list_runtimes(&self, request: Request<pb::ListRuntimesRequest>) -> Result<Response<pb::ListRuntimesResponse>, Status> {
+    async fn list_runtimes(
+        &self,
+        request: Request<pb::ListRuntimesRequest>,
+    ) -> Result<Response<pb::ListRuntimesResponse>, Status> {
         let caller = caller(&request)?;
-        let page = self.service.list_runtimes(&caller, convert::page(request.into_inner().page)).await?;
+        let page = self
+            .service
+            .list_runtimes(&caller, convert::page(request.into_inner().page))
+            .await?;
         Ok(Response::new(pb::ListRuntimesResponse {
             runtimes: page.items.into_iter().map(convert::runtime).collect(),
             next_page_token: page.next_page_token,
         }))
     }
 
-    async fn get_runtime(&self, request: Request<pb::GetRuntimeRequest>) -> Result<Response<pb::GetRuntimeResponse>, Status> {
+    async fn get_runtime(
+        &self,
+        request: Request<pb::GetRuntimeRequest>,
+    ) -> Result<Response<pb::GetRuntimeResponse>, Status> {
         let caller = caller(&request)?;
         let id = RuntimeId::parse("runtime_id", &request.get_ref().runtime_id).map_err(invalid)?;
         let runtime = self.service.get_runtime(&caller, id).await?;
@@ -73,7 +82,10 @@ impl RuntimeService for RuntimeGrpc {
         }))
     }
 
-    async fn delete_runtime(&self, request: Request<pb::DeleteRuntimeRequest>) -> Result<Response<pb::DeleteRuntimeResponse>, Status> {
+    async fn delete_runtime(
+        &self,
+        request: Request<pb::DeleteRuntimeRequest>,
+    ) -> Result<Response<pb::DeleteRuntimeResponse>, Status> {
         let caller = caller(&request)?;
         let id = RuntimeId::parse("runtime_id", &request.get_ref().runtime_id).map_err(invalid)?;
         self.service.delete_runtime(&caller, id).await?;

@@ -1,32 +1,29 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use oma_proto::ids::{AgentId, SessionId};
 use oma_proto::pb::{self, session_service_server::SessionService};
+use oma_proto::validate::ValidationError;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::caller;
 use super::convert;
 use super::status::invalid;
 use crate::service::Service;
+use crate::service::live::turns::{PermissionChoice, PromptRequest};
 
 pub struct SessionGrpc {
     pub service: Arc<Service>,
 }
 
-/// The live path needs a connected `oma-agent`, which speaks
-/// `RuntimeStreamService.OpenStream`; until a release serves that stream no
-/// runtime can run a turn, and these RPCs say so instead of pretending.
-fn live_path_unavailable(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} needs the runtime stream, which this control plane version does not serve yet"
-    ))
-}
-
 #[tonic::async_trait]
 impl SessionService for SessionGrpc {
-    async fn create_session(&self, request: Request<pb::CreateSessionRequest>) -> Result<Response<pb::CreateSessionResponse>, Status> {
+    async fn create_session(
+        &self,
+        request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let agent = AgentId::parse("agent_id", &req.agent_id).map_err(invalid)?;
@@ -36,7 +33,10 @@ impl SessionService for SessionGrpc {
         }))
     }
 
-    async fn get_session(&self, request: Request<pb::GetSessionRequest>) -> Result<Response<pb::GetSessionResponse>, Status> {
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let caller = caller(&request)?;
         let id = SessionId::parse("session_id", &request.get_ref().session_id).map_err(invalid)?;
         let session = self.service.get_session(&caller, id).await?;
@@ -45,36 +45,62 @@ impl SessionService for SessionGrpc {
         }))
     }
 
-    async fn list_sessions(&self, request: Request<pb::ListSessionsRequest>) -> Result<Response<pb::ListSessionsResponse>, Status> {
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let agent = AgentId::parse_optional("agent_id", &req.agent_id).map_err(invalid)?;
-        let page = self.service.list_sessions(&caller, agent, convert::page(req.page)).await?;
+        let page = self
+            .service
+            .list_sessions(&caller, agent, convert::page(req.page))
+            .await?;
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: page.items.into_iter().map(convert::session).collect(),
             next_page_token: page.next_page_token,
         }))
     }
 
-    async fn delete_session(&self, request: Request<pb::DeleteSessionRequest>) -> Result<Response<pb::DeleteSessionResponse>, Status> {
+    async fn delete_session(
+        &self,
+        request: Request<pb::DeleteSessionRequest>,
+    ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
         let caller = caller(&request)?;
         let id = SessionId::parse("session_id", &request.get_ref().session_id).map_err(invalid)?;
         self.service.delete_session(&caller, id).await?;
         Ok(Response::new(pb::DeleteSessionResponse {}))
     }
 
-    async fn prompt_session(&self, request: Request<pb::PromptSessionRequest>) -> Result<Response<pb::PromptSessionResponse>, Status> {
+    async fn prompt_session(
+        &self,
+        request: Request<pb::PromptSessionRequest>,
+    ) -> Result<Response<pb::PromptSessionResponse>, Status> {
         let caller = caller(&request)?;
-        let id = SessionId::parse("session_id", &request.get_ref().session_id).map_err(invalid)?;
-        self.service.get_session(&caller, id).await?;
-        Err(live_path_unavailable("PromptSession"))
+        let req = request.into_inner();
+        let session_id = SessionId::parse("session_id", &req.session_id).map_err(invalid)?;
+        let (turn_id, from_seq) = self
+            .service
+            .prompt_session(
+                &caller,
+                PromptRequest {
+                    session_id,
+                    turn_id: req.turn_id,
+                    prompt: req.prompt,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::PromptSessionResponse { turn_id, from_seq }))
     }
 
-    async fn cancel_turn(&self, request: Request<pb::CancelTurnRequest>) -> Result<Response<pb::CancelTurnResponse>, Status> {
+    async fn cancel_turn(
+        &self,
+        request: Request<pb::CancelTurnRequest>,
+    ) -> Result<Response<pb::CancelTurnResponse>, Status> {
         let caller = caller(&request)?;
         let id = SessionId::parse("session_id", &request.get_ref().session_id).map_err(invalid)?;
-        self.service.get_session(&caller, id).await?;
-        Err(live_path_unavailable("CancelTurn"))
+        self.service.cancel_turn(&caller, id).await?;
+        Ok(Response::new(pb::CancelTurnResponse {}))
     }
 
     async fn answer_permission(
@@ -82,17 +108,41 @@ impl SessionService for SessionGrpc {
         request: Request<pb::AnswerPermissionRequest>,
     ) -> Result<Response<pb::AnswerPermissionResponse>, Status> {
         let caller = caller(&request)?;
-        let id = SessionId::parse("session_id", &request.get_ref().session_id).map_err(invalid)?;
-        self.service.get_session(&caller, id).await?;
-        Err(live_path_unavailable("AnswerPermission"))
+        let req = request.into_inner();
+        let id = SessionId::parse("session_id", &req.session_id).map_err(invalid)?;
+        let choice = match req.answer {
+            Some(pb::answer_permission_request::Answer::OptionId(option)) if !option.is_empty() => {
+                PermissionChoice::Option(option)
+            }
+            Some(pb::answer_permission_request::Answer::Reject(true)) => PermissionChoice::Reject,
+            _ => {
+                return Err(invalid(ValidationError::new(
+                    "answer",
+                    "is required: set option_id or reject",
+                )));
+            }
+        };
+        self.service
+            .answer_permission(&caller, id, &req.request_id, choice)
+            .await?;
+        Ok(Response::new(pb::AnswerPermissionResponse {}))
     }
 
     type WatchSessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
 
-    async fn watch_session(&self, request: Request<pb::WatchSessionRequest>) -> Result<Response<Self::WatchSessionStream>, Status> {
+    async fn watch_session(
+        &self,
+        request: Request<pb::WatchSessionRequest>,
+    ) -> Result<Response<Self::WatchSessionStream>, Status> {
         let caller = caller(&request)?;
-        let id = SessionId::parse("session_id", &request.get_ref().session_id).map_err(invalid)?;
-        self.service.get_session(&caller, id).await?;
-        Err(live_path_unavailable("WatchSession"))
+        let req = request.into_inner();
+        let id = SessionId::parse("session_id", &req.session_id).map_err(invalid)?;
+        let events = self
+            .service
+            .watch_session(&caller, id, req.from_seq, req.until_turn_end)
+            .await?;
+        let stream =
+            ReceiverStream::new(events).map(|item| item.map(|e| Arc::unwrap_or_clone(e)).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -46,7 +46,10 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let status = invalid(oma_proto::validate::ValidationError::new("spec.name", "must not be empty"));
+        let status = invalid(oma_proto::validate::ValidationError::new(
+            "spec.name",
+            "must not be empty",
+        ));
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "spec.name: must not be empty");
     }

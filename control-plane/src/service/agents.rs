@@ -21,7 +21,8 @@ pub struct Agent {
 
 impl Agent {
     pub(crate) fn from_row(row: AgentRow) -> Result<Agent, StoreError> {
-        let spec = serde_json::from_str(&row.spec).map_err(|e| StoreError::Corrupt(format!("agent {} spec: {e}", row.id)))?;
+        let spec =
+            serde_json::from_str(&row.spec).map_err(|e| StoreError::Corrupt(format!("agent {} spec: {e}", row.id)))?;
         Ok(Agent { row, spec })
     }
 }
@@ -99,8 +100,18 @@ impl Service {
                     updated_at: now,
                 };
                 rows::insert_agent(conn, &row).map_err(name_taken(&spec.name))?;
-                record(conn, &row.tenant_id, &caller.actor(), "agent.create", &row.id, json!({"name": spec.name, "runtime_id": row.runtime_id}))?;
-                Ok(Agent { row, spec: spec.clone() })
+                record(
+                    conn,
+                    &row.tenant_id,
+                    &caller.actor(),
+                    "agent.create",
+                    &row.id,
+                    json!({"name": spec.name, "runtime_id": row.runtime_id}),
+                )?;
+                Ok(Agent {
+                    row,
+                    spec: spec.clone(),
+                })
             })
             .await
     }
@@ -109,7 +120,8 @@ impl Service {
         let tenant = caller.tenant_id.to_string();
         self.store
             .read(move |conn| {
-                let row = rows::get_agent(conn, &tenant, agent_id.as_str())?.ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
+                let row = rows::get_agent(conn, &tenant, agent_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
                 Ok(Agent::from_row(row)?)
             })
             .await
@@ -133,7 +145,8 @@ impl Service {
         self.store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
-                let row = rows::get_agent(conn, tenant, agent_id.as_str())?.ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
+                let row = rows::get_agent(conn, tenant, agent_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
                 let current = Agent::from_row(row)?;
                 if update.expected_version != 0 && update.expected_version != current.row.version as u64 {
                     return Err(ServiceError::Aborted(format!(
@@ -156,10 +169,19 @@ impl Service {
                     ..current.row.clone()
                 };
                 if !rows::update_agent(conn, &row, current.row.version).map_err(name_taken(&spec.name))? {
-                    return Err(ServiceError::Aborted(format!("agent {agent_id} changed concurrently; retry")));
+                    return Err(ServiceError::Aborted(format!(
+                        "agent {agent_id} changed concurrently; retry"
+                    )));
                 }
                 let paths: Vec<&str> = fields.iter().map(|f| f.path()).collect();
-                record(conn, tenant, &caller.actor(), "agent.update", &row.id, json!({"fields": paths, "version": row.version}))?;
+                record(
+                    conn,
+                    tenant,
+                    &caller.actor(),
+                    "agent.update",
+                    &row.id,
+                    json!({"fields": paths, "version": row.version}),
+                )?;
                 Ok(Agent { row, spec })
             })
             .await
@@ -170,9 +192,17 @@ impl Service {
         self.store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
-                let row = rows::get_agent(conn, tenant, agent_id.as_str())?.ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
+                let row = rows::get_agent(conn, tenant, agent_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
                 rows::delete_agent(conn, tenant, agent_id.as_str())?;
-                record(conn, tenant, &caller.actor(), "agent.delete", agent_id.as_str(), json!({"name": row.name}))?;
+                record(
+                    conn,
+                    tenant,
+                    &caller.actor(),
+                    "agent.delete",
+                    agent_id.as_str(),
+                    json!({"name": row.name}),
+                )?;
                 Ok(())
             })
             .await

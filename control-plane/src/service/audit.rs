@@ -34,7 +34,12 @@ pub fn record(
 
 impl Service {
     /// Newest first. Admin only.
-    pub async fn list_audit(&self, caller: &Caller, target_id: String, page: PageRequest) -> ServiceResult<Paged<AuditRow>> {
+    pub async fn list_audit(
+        &self,
+        caller: &Caller,
+        target_id: String,
+        page: PageRequest,
+    ) -> ServiceResult<Paged<AuditRow>> {
         caller.require_admin("reading the audit log")?;
         let page = page.to_page()?;
         let tenant = caller.tenant_id.to_string();

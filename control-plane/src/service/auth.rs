@@ -17,15 +17,18 @@ impl Service {
     pub async fn authenticate(&self, header: Option<&str>) -> ServiceResult<Principal> {
         let unauthenticated = |m: &str| ServiceError::Unauthenticated(m.to_owned());
         let header = header.ok_or_else(|| {
-            unauthenticated("missing credentials: send `authorization: Bearer <token>` (omactl: set a context with a token)")
+            unauthenticated(
+                "missing credentials: send `authorization: Bearer <token>` (omactl: set a context with a token)",
+            )
         })?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or_else(|| unauthenticated("the authorization header must be `Bearer <token>`"))?
             .trim();
-        let bearer = secrets::parse_bearer(token)
-            .ok_or_else(|| unauthenticated("the bearer token is malformed: expected an `oma_…` or `sk_machine_…` token"))?;
+        let bearer = secrets::parse_bearer(token).ok_or_else(|| {
+            unauthenticated("the bearer token is malformed: expected an `oma_…` or `sk_machine_…` token")
+        })?;
         match bearer {
             Bearer::Api { token_id, secret } => {
                 let secret = secret.to_owned();
@@ -46,8 +49,9 @@ impl Service {
                         if token.last_used_at.is_none_or(|at| now - at >= LAST_USED_GRANULARITY_MS) {
                             rows::touch_token(conn, &token.id, now)?;
                         }
-                        let role = Role::parse_stored(&user.role)
-                            .ok_or_else(|| ServiceError::Internal(format!("user {} has unknown role {:?}", user.id, user.role)))?;
+                        let role = Role::parse_stored(&user.role).ok_or_else(|| {
+                            ServiceError::Internal(format!("user {} has unknown role {:?}", user.id, user.role))
+                        })?;
                         Ok(Principal::User(Caller {
                             tenant_id: TenantId::from_trusted(token.tenant_id),
                             user_id: UserId::from_trusted(user.id),

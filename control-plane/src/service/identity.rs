@@ -94,7 +94,14 @@ fn create_tenant_tx(conn: &mut DbConn, name: &str, admin_name: &str, actor: &str
     };
     rows::insert_user(conn, &admin)?;
     let NewToken { token, bearer } = insert_token_row(conn, &tenant.id, &admin.id, "bootstrap", None)?;
-    record(conn, &tenant.id, actor, "tenant.create", &tenant.id, json!({"name": name, "admin": admin_name}))?;
+    record(
+        conn,
+        &tenant.id,
+        actor,
+        "tenant.create",
+        &tenant.id,
+        json!({"name": name, "admin": admin_name}),
+    )?;
     Ok(NewTenant {
         tenant,
         admin,
@@ -144,8 +151,9 @@ pub mod offline {
             return Err(ValidationError::new("ttl", "must be at most 10 years").into());
         }
         store.write_blocking(|conn| {
-            let tenant = rows::find_tenant_by_name(conn, tenant)?
-                .ok_or_else(|| ServiceError::NotFound(format!("no tenant named {tenant:?}; see `admin list-tenants`")))?;
+            let tenant = rows::find_tenant_by_name(conn, tenant)?.ok_or_else(|| {
+                ServiceError::NotFound(format!("no tenant named {tenant:?}; see `admin list-tenants`"))
+            })?;
             let user_row = match rows::find_user_by_name(conn, &tenant.id, &user)? {
                 Some(u) => u,
                 None => {
@@ -157,12 +165,26 @@ pub mod offline {
                         created_at: now_ms(),
                     };
                     rows::insert_user(conn, &row)?;
-                    record(conn, &tenant.id, "system", "user.create", &row.id, json!({"name": user, "role": role.as_str()}))?;
+                    record(
+                        conn,
+                        &tenant.id,
+                        "system",
+                        "user.create",
+                        &row.id,
+                        json!({"name": user, "role": role.as_str()}),
+                    )?;
                     row
                 }
             };
             let new = insert_token_row(conn, &tenant.id, &user_row.id, &name, ttl)?;
-            record(conn, &tenant.id, "system", "token.create", &new.token.id, json!({"user_id": user_row.id, "name": name}))?;
+            record(
+                conn,
+                &tenant.id,
+                "system",
+                "token.create",
+                &new.token.id,
+                json!({"user_id": user_row.id, "name": name}),
+            )?;
             Ok((user_row, new))
         })
     }
@@ -204,7 +226,14 @@ impl Service {
                         e.into()
                     }
                 })?;
-                record(conn, &row.tenant_id, &caller.actor(), "user.create", &row.id, json!({"name": name, "role": role.as_str()}))?;
+                record(
+                    conn,
+                    &row.tenant_id,
+                    &caller.actor(),
+                    "user.create",
+                    &row.id,
+                    json!({"name": name, "role": role.as_str()}),
+                )?;
                 Ok(row)
             })
             .await
@@ -224,7 +253,10 @@ impl Service {
     pub async fn get_user(&self, caller: &Caller, user_id: UserId) -> ServiceResult<UserRow> {
         let tenant = caller.tenant_id.to_string();
         self.store
-            .read(move |conn| rows::get_user(conn, &tenant, user_id.as_str())?.ok_or_else(|| ServiceError::not_found("user", &user_id)))
+            .read(move |conn| {
+                rows::get_user(conn, &tenant, user_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("user", &user_id))
+            })
             .await
     }
 
@@ -234,7 +266,8 @@ impl Service {
         self.store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
-                let user = rows::get_user(conn, tenant, user_id.as_str())?.ok_or_else(|| ServiceError::not_found("user", &user_id))?;
+                let user = rows::get_user(conn, tenant, user_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("user", &user_id))?;
                 if user.role == Role::Admin.as_str() && rows::count_admins(conn, tenant)? <= 1 {
                     return Err(ServiceError::FailedPrecondition(format!(
                         "user {} is the tenant's last admin; make another admin first",
@@ -249,14 +282,27 @@ impl Service {
                     )));
                 }
                 rows::delete_user(conn, tenant, user_id.as_str())?;
-                record(conn, tenant, &caller.actor(), "user.delete", user_id.as_str(), json!({"name": user.name}))?;
+                record(
+                    conn,
+                    tenant,
+                    &caller.actor(),
+                    "user.delete",
+                    user_id.as_str(),
+                    json!({"name": user.name}),
+                )?;
                 Ok(())
             })
             .await
     }
 
     /// `user_id` `None` means the caller.
-    pub async fn create_token(&self, caller: &Caller, user_id: Option<UserId>, name: &str, ttl: Option<Duration>) -> ServiceResult<NewToken> {
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        user_id: Option<UserId>,
+        name: &str,
+        ttl: Option<Duration>,
+    ) -> ServiceResult<NewToken> {
         let name = validate::label("name", name, 100, true)?;
         if ttl.is_some_and(|t| t > MAX_TOKEN_TTL) {
             return Err(ValidationError::new("ttl_seconds", "must be at most 10 years (315360000 seconds)").into());
@@ -269,21 +315,36 @@ impl Service {
         self.store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
-                rows::get_user(conn, tenant, user_id.as_str())?.ok_or_else(|| ServiceError::not_found("user", &user_id))?;
+                rows::get_user(conn, tenant, user_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("user", &user_id))?;
                 let new = insert_token_row(conn, tenant, user_id.as_str(), &name, ttl)?;
-                record(conn, tenant, &caller.actor(), "token.create", &new.token.id, json!({"user_id": user_id.as_str(), "name": name, "expires_at": new.token.expires_at}))?;
+                record(
+                    conn,
+                    tenant,
+                    &caller.actor(),
+                    "token.create",
+                    &new.token.id,
+                    json!({"user_id": user_id.as_str(), "name": name, "expires_at": new.token.expires_at}),
+                )?;
                 Ok(new)
             })
             .await
     }
 
-    pub async fn list_tokens(&self, caller: &Caller, user_id: Option<UserId>, page: PageRequest) -> ServiceResult<Paged<ApiTokenRow>> {
+    pub async fn list_tokens(
+        &self,
+        caller: &Caller,
+        user_id: Option<UserId>,
+        page: PageRequest,
+    ) -> ServiceResult<Paged<ApiTokenRow>> {
         let page = page.to_page()?;
         // Members see only their own tokens, whatever they ask for.
         let user_filter = match (caller.is_admin(), user_id) {
             (true, filter) => filter,
             (false, Some(other)) if other != caller.user_id => {
-                return Err(ServiceError::PermissionDenied("listing other users' tokens needs the admin role".into()));
+                return Err(ServiceError::PermissionDenied(
+                    "listing other users' tokens needs the admin role".into(),
+                ));
             }
             (false, _) => Some(caller.user_id.clone()),
         };
@@ -291,7 +352,8 @@ impl Service {
         self.store
             .read(move |conn| {
                 if let Some(user) = &user_filter {
-                    rows::get_user(conn, &tenant, user.as_str())?.ok_or_else(|| ServiceError::not_found("user", user))?;
+                    rows::get_user(conn, &tenant, user.as_str())?
+                        .ok_or_else(|| ServiceError::not_found("user", user))?;
                 }
                 let rows = rows::list_tokens(conn, &tenant, user_filter.as_ref().map(|u| u.as_str()), &page)?;
                 Ok(Paged::from_rows(rows, &page, |r| &r.id))
@@ -304,15 +366,24 @@ impl Service {
         self.store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
-                let token = rows::get_token(conn, tenant, token_id.as_str())?.ok_or_else(|| ServiceError::not_found("token", &token_id))?;
+                let token = rows::get_token(conn, tenant, token_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("token", &token_id))?;
                 if token.user_id != caller.user_id.as_str() {
                     caller.require_admin("revoking other users' tokens")?;
                 }
                 rows::revoke_token(conn, tenant, token_id.as_str(), now_ms())?;
                 if token.revoked_at.is_none() {
-                    record(conn, tenant, &caller.actor(), "token.revoke", token_id.as_str(), json!({"user_id": token.user_id}))?;
+                    record(
+                        conn,
+                        tenant,
+                        &caller.actor(),
+                        "token.revoke",
+                        token_id.as_str(),
+                        json!({"user_id": token.user_id}),
+                    )?;
                 }
-                rows::get_token(conn, tenant, token_id.as_str())?.ok_or_else(|| ServiceError::not_found("token", &token_id))
+                rows::get_token(conn, tenant, token_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("token", &token_id))
             })
             .await
     }

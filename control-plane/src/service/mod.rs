@@ -5,10 +5,12 @@ pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod identity;
+pub mod live;
 pub mod runtimes;
 pub mod secrets;
 pub mod sessions;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -114,17 +116,21 @@ pub enum Principal {
 pub struct ServiceConfig {
     /// Lifetime of a connect code when the request does not say.
     pub default_connect_code_ttl: Duration,
-    /// How often the agent must heartbeat (sent in Welcome).
-    pub heartbeat_interval: Duration,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             default_connect_code_ttl: Duration::from_secs(600),
-            heartbeat_interval: Duration::from_secs(10),
         }
     }
+}
+
+/// The live state shared by all clones of the service.
+pub(crate) struct LiveState {
+    pub registry: live::registry::Registry,
+    pub hub: Arc<live::hub::Hub>,
+    pub event_log: live::event_log::EventLog,
 }
 
 /// The service: one per process, shared by every gRPC handler.
@@ -132,11 +138,32 @@ impl Default for ServiceConfig {
 pub struct Service {
     pub(crate) store: Store,
     pub(crate) config: ServiceConfig,
+    pub(crate) live_config: live::LiveConfig,
+    pub(crate) live: Arc<LiveState>,
 }
 
 impl Service {
-    pub fn new(store: Store, config: ServiceConfig) -> Self {
-        Service { store, config }
+    /// Starts the service and its event writer; needs a tokio runtime.
+    pub fn new(store: Store, config: ServiceConfig, live_config: live::LiveConfig) -> Self {
+        let hub = Arc::new(live::hub::Hub::default());
+        let event_log = live::event_log::EventLog::start(store.clone(), hub.clone());
+        Service {
+            store,
+            config,
+            live_config,
+            live: Arc::new(LiveState {
+                registry: live::registry::Registry::default(),
+                hub,
+                event_log,
+            }),
+        }
+    }
+
+    /// After a restart no stream is live yet: every runtime starts offline.
+    pub async fn mark_runtimes_offline(&self) -> ServiceResult<usize> {
+        self.store
+            .write(|conn| Ok::<_, ServiceError>(crate::store::rows::mark_all_offline(conn, crate::store::now_ms())?))
+            .await
     }
 
     pub fn store(&self) -> &Store {
@@ -158,7 +185,12 @@ impl PageRequest {
         let after_id = if self.page_token.is_empty() {
             None
         } else {
-            let bad = || ValidationError::new("page.page_token", "is not a page token this server issued; start again without it");
+            let bad = || {
+                ValidationError::new(
+                    "page.page_token",
+                    "is not a page token this server issued; start again without it",
+                )
+            };
             let bytes = URL_SAFE_NO_PAD.decode(&self.page_token).map_err(|_| bad())?;
             Some(String::from_utf8(bytes).map_err(|_| bad())?)
         };
@@ -181,4 +213,18 @@ impl<T> Paged<T> {
             next_page_token: next.map(|n| URL_SAFE_NO_PAD.encode(n)).unwrap_or_default(),
         }
     }
+}
+
+/// A stored time (ms since the epoch) as a protobuf timestamp.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// A stored time as RFC 3339 UTC, for messages.
+pub fn rfc3339(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
 }

@@ -59,7 +59,12 @@ pub(crate) fn runtime_for_use(conn: &mut DbConn, caller: &Caller, runtime_id: &R
 }
 
 impl Service {
-    pub async fn create_connect_code(&self, caller: &Caller, owner: Option<UserId>, ttl: Option<Duration>) -> ServiceResult<NewConnectCode> {
+    pub async fn create_connect_code(
+        &self,
+        caller: &Caller,
+        owner: Option<UserId>,
+        ttl: Option<Duration>,
+    ) -> ServiceResult<NewConnectCode> {
         let ttl = ttl.unwrap_or(self.config.default_connect_code_ttl);
         if ttl > MAX_CONNECT_CODE_TTL {
             return Err(ValidationError::new("ttl_seconds", "must be at most 3600 (one hour)").into());
@@ -89,7 +94,14 @@ impl Service {
                     runtime_id: None,
                 };
                 rows::insert_connect_code(conn, &row)?;
-                record(conn, tenant, &caller.actor(), "connect_code.create", &row.id, json!({"owner_user_id": row.owner_user_id, "expires_at": row.expires_at}))?;
+                record(
+                    conn,
+                    tenant,
+                    &caller.actor(),
+                    "connect_code.create",
+                    &row.id,
+                    json!({"owner_user_id": row.owner_user_id, "expires_at": row.expires_at}),
+                )?;
                 Ok(NewConnectCode {
                     code,
                     expires_at: row.expires_at,
@@ -102,10 +114,15 @@ impl Service {
     /// Unauthenticated: the code is the credential.
     pub async fn exchange_connect_code(&self, request: ExchangeRequest) -> ServiceResult<Paired> {
         if request.code.trim().is_empty() {
-            return Err(ValidationError::new("code", "is required: the connect code from `omactl runtimes connect`").into());
+            return Err(
+                ValidationError::new("code", "is required: the connect code from `omactl runtimes connect`").into(),
+            );
         }
         let canonical = secrets::normalize_connect_code(&request.code).ok_or_else(|| {
-            ValidationError::new("code", "is not a connect code: expected 16 letters and digits like ABCD-EFGH-JKMN-PQRS")
+            ValidationError::new(
+                "code",
+                "is not a connect code: expected 16 letters and digits like ABCD-EFGH-JKMN-PQRS",
+            )
         })?;
         let machine_id = validate::label("machine_id", &request.machine_id, 128, true)?;
         let name = if request.name.is_empty() {
@@ -187,7 +204,8 @@ impl Service {
         let tenant = caller.tenant_id.to_string();
         self.store
             .read(move |conn| {
-                rows::get_runtime(conn, &tenant, runtime_id.as_str())?.ok_or_else(|| ServiceError::not_found("runtime", &runtime_id))
+                rows::get_runtime(conn, &tenant, runtime_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("runtime", &runtime_id))
             })
             .await
     }
@@ -196,13 +214,24 @@ impl Service {
     /// looks the runtime up on every request.
     pub async fn delete_runtime(&self, caller: &Caller, runtime_id: RuntimeId) -> ServiceResult<()> {
         let caller = caller.clone();
-        self.store
+        let runtime_id: String = self
+            .store
             .write(move |conn| {
                 let runtime = runtime_for_use(conn, &caller, &runtime_id)?;
                 rows::delete_runtime(conn, caller.tenant_id.as_str(), runtime_id.as_str())?;
-                record(conn, caller.tenant_id.as_str(), &caller.actor(), "runtime.delete", runtime_id.as_str(), json!({"name": runtime.name, "machine_id": runtime.machine_id}))?;
-                Ok(())
+                record(
+                    conn,
+                    caller.tenant_id.as_str(),
+                    &caller.actor(),
+                    "runtime.delete",
+                    runtime_id.as_str(),
+                    json!({"name": runtime.name, "machine_id": runtime.machine_id}),
+                )?;
+                Ok::<_, ServiceError>(runtime.id)
             })
-            .await
+            .await?;
+        // Its token is revoked: end its stream now, not at the next frame.
+        self.disconnect_runtime(&runtime_id);
+        Ok(())
     }
 }

@@ -36,7 +36,10 @@ pub struct MintedToken {
 }
 
 fn mint(prefix: &str, id: &str, id_prefix: &str) -> MintedToken {
-    let hex = id.strip_prefix(id_prefix).and_then(|s| s.strip_prefix('_')).unwrap_or(id);
+    let hex = id
+        .strip_prefix(id_prefix)
+        .and_then(|s| s.strip_prefix('_'))
+        .unwrap_or(id);
     let secret = random_secret();
     MintedToken {
         bearer: format!("{prefix}{hex}.{secret}"),
@@ -95,7 +98,11 @@ pub fn new_connect_code() -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     let chars: Vec<char> = bytes.iter().map(|b| CODE_ALPHABET[(b & 31) as usize] as char).collect();
-    chars.chunks(4).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-")
+    chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// The canonical form of a typed connect code: upper case, no separators,
@@ -142,12 +149,21 @@ mod tests {
         let id = oma_proto::ids::RuntimeId::generate();
         let minted = mint_machine_token(id.as_str());
         assert!(minted.bearer.starts_with("sk_machine_"));
-        assert!(matches!(parse_bearer(&minted.bearer), Some(Bearer::Machine { runtime_id, .. }) if runtime_id == id.as_str()));
+        assert!(
+            matches!(parse_bearer(&minted.bearer), Some(Bearer::Machine { runtime_id, .. }) if runtime_id == id.as_str())
+        );
     }
 
     #[test]
     fn garbage_is_not_a_bearer() {
-        for bad in ["", "oma_", "oma_abc.def", "Bearer x", "sk_machine_zz.zz", "oma_0123456789abcdef0123456789abcdef.short"] {
+        for bad in [
+            "",
+            "oma_",
+            "oma_abc.def",
+            "Bearer x",
+            "sk_machine_zz.zz",
+            "oma_0123456789abcdef0123456789abcdef.short",
+        ] {
             assert_eq!(parse_bearer(bad), None, "{bad}");
         }
     }

@@ -22,10 +22,12 @@ impl Service {
     pub async fn create_session(&self, caller: &Caller, agent_id: AgentId, title: &str) -> ServiceResult<SessionRow> {
         let title = validate::label("title", title, 200, false)?;
         let caller = caller.clone();
-        self.store
+        let session: SessionRow = self
+            .store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
-                let row = rows::get_agent(conn, tenant, agent_id.as_str())?.ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
+                let row = rows::get_agent(conn, tenant, agent_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
                 let agent = Agent::from_row(row)?;
                 let binding = agent.spec.runtime_binding.as_ref().ok_or_else(|| {
                     ServiceError::FailedPrecondition(format!(
@@ -55,33 +57,51 @@ impl Service {
                     agent_version: agent.row.version,
                     spec: agent.row.spec.clone(),
                     acp_session_id: None,
+                    current_turn_id: None,
+                    current_prompt: None,
                     last_seq: 0,
                     created_at: now,
                     updated_at: now,
                 };
                 rows::insert_session(conn, &session)?;
-                record(conn, tenant, &caller.actor(), "session.create", &session.id, json!({"agent_id": session.agent_id, "runtime_id": session.runtime_id}))?;
-                Ok(session)
+                record(
+                    conn,
+                    tenant,
+                    &caller.actor(),
+                    "session.create",
+                    &session.id,
+                    json!({"agent_id": session.agent_id, "runtime_id": session.runtime_id}),
+                )?;
+                Ok::<_, ServiceError>(session)
             })
-            .await
+            .await?;
+        self.offer_start(&session).await;
+        Ok(session)
     }
 
     pub async fn get_session(&self, caller: &Caller, session_id: SessionId) -> ServiceResult<SessionRow> {
         let tenant = caller.tenant_id.to_string();
         self.store
             .read(move |conn| {
-                rows::get_session(conn, &tenant, session_id.as_str())?.ok_or_else(|| ServiceError::not_found("session", &session_id))
+                rows::get_session(conn, &tenant, session_id.as_str())?
+                    .ok_or_else(|| ServiceError::not_found("session", &session_id))
             })
             .await
     }
 
-    pub async fn list_sessions(&self, caller: &Caller, agent_id: Option<AgentId>, page: PageRequest) -> ServiceResult<Paged<SessionRow>> {
+    pub async fn list_sessions(
+        &self,
+        caller: &Caller,
+        agent_id: Option<AgentId>,
+        page: PageRequest,
+    ) -> ServiceResult<Paged<SessionRow>> {
         let page = page.to_page()?;
         let tenant = caller.tenant_id.to_string();
         self.store
             .read(move |conn| {
                 if let Some(agent) = &agent_id {
-                    rows::get_agent(conn, &tenant, agent.as_str())?.ok_or_else(|| ServiceError::not_found("agent", agent))?;
+                    rows::get_agent(conn, &tenant, agent.as_str())?
+                        .ok_or_else(|| ServiceError::not_found("agent", agent))?;
                 }
                 let rows = rows::list_sessions(conn, &tenant, agent_id.as_ref().map(|a| a.as_str()), &page)?;
                 Ok(Paged::from_rows(rows, &page, |r| &r.id))
@@ -91,15 +111,26 @@ impl Service {
 
     pub async fn delete_session(&self, caller: &Caller, session_id: SessionId) -> ServiceResult<()> {
         let caller = caller.clone();
-        self.store
+        let session = self
+            .store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 let session = rows::get_session(conn, tenant, session_id.as_str())?
                     .ok_or_else(|| ServiceError::not_found("session", &session_id))?;
-                rows::delete_session(conn, tenant, session_id.as_str())?;
-                record(conn, tenant, &caller.actor(), "session.delete", session_id.as_str(), json!({"agent_id": session.agent_id}))?;
-                Ok(())
+                rows::tombstone_session(conn, tenant, session_id.as_str(), now_ms())?;
+                record(
+                    conn,
+                    tenant,
+                    &caller.actor(),
+                    "session.delete",
+                    session_id.as_str(),
+                    json!({"agent_id": session.agent_id}),
+                )?;
+                Ok::<_, ServiceError>(session)
             })
-            .await
+            .await?;
+        // If the machine is offline it gets the dispose in its next Welcome.
+        self.offer_dispose(&session.id, &session.runtime_id).await;
+        Ok(())
     }
 }

@@ -51,7 +51,11 @@ pub fn insert_tenant(conn: &mut DbConn, row: &TenantRow) -> QueryResult<()> {
 }
 
 pub fn get_tenant(conn: &mut DbConn, id: &str) -> QueryResult<Option<TenantRow>> {
-    Ok(tenants::table.find(id).select(TenantRow::as_select()).first(conn).optional()?)
+    Ok(tenants::table
+        .find(id)
+        .select(TenantRow::as_select())
+        .first(conn)
+        .optional()?)
 }
 
 pub fn find_tenant_by_name(conn: &mut DbConn, name: &str) -> QueryResult<Option<TenantRow>> {
@@ -63,7 +67,10 @@ pub fn find_tenant_by_name(conn: &mut DbConn, name: &str) -> QueryResult<Option<
 }
 
 pub fn list_tenants(conn: &mut DbConn) -> QueryResult<Vec<TenantRow>> {
-    Ok(tenants::table.order(tenants::id.asc()).select(TenantRow::as_select()).load(conn)?)
+    Ok(tenants::table
+        .order(tenants::id.asc())
+        .select(TenantRow::as_select())
+        .load(conn)?)
 }
 
 pub fn count_tenants(conn: &mut DbConn) -> QueryResult<i64> {
@@ -240,7 +247,10 @@ pub fn find_connect_code(conn: &mut DbConn, code_hash: &[u8]) -> QueryResult<Opt
 /// exchange won the race.
 pub fn use_connect_code(conn: &mut DbConn, id: &str, runtime_id: &str, at: i64) -> QueryResult<bool> {
     let n = diesel::update(connect_codes::table.filter(connect_codes::id.eq(id).and(connect_codes::used_at.is_null())))
-        .set((connect_codes::used_at.eq(Some(at)), connect_codes::runtime_id.eq(Some(runtime_id))))
+        .set((
+            connect_codes::used_at.eq(Some(at)),
+            connect_codes::runtime_id.eq(Some(runtime_id)),
+        ))
         .execute(conn)?;
     Ok(n == 1)
 }
@@ -282,7 +292,11 @@ pub fn get_runtime(conn: &mut DbConn, tenant: &str, id: &str) -> QueryResult<Opt
 
 /// Looks a runtime up by id alone: used to authenticate a machine token.
 pub fn get_runtime_for_auth(conn: &mut DbConn, id: &str) -> QueryResult<Option<RuntimeRow>> {
-    Ok(runtimes::table.find(id).select(RuntimeRow::as_select()).first(conn).optional()?)
+    Ok(runtimes::table
+        .find(id)
+        .select(RuntimeRow::as_select())
+        .first(conn)
+        .optional()?)
 }
 
 pub fn list_runtimes(conn: &mut DbConn, tenant: &str, page: &Page) -> QueryResult<Vec<RuntimeRow>> {
@@ -370,8 +384,7 @@ pub fn update_agent(conn: &mut DbConn, row: &AgentRow, prior_version: i64) -> Qu
 }
 
 pub fn delete_agent(conn: &mut DbConn, tenant: &str, id: &str) -> QueryResult<bool> {
-    let n =
-        diesel::delete(agents::table.filter(agents::tenant_id.eq(tenant).and(agents::id.eq(id)))).execute(conn)?;
+    let n = diesel::delete(agents::table.filter(agents::tenant_id.eq(tenant).and(agents::id.eq(id)))).execute(conn)?;
     Ok(n > 0)
 }
 
@@ -391,6 +404,8 @@ pub struct SessionRow {
     pub agent_version: i64,
     pub spec: String,
     pub acp_session_id: Option<String>,
+    pub current_turn_id: Option<String>,
+    pub current_prompt: Option<Vec<u8>>,
     pub last_seq: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -401,18 +416,27 @@ pub fn insert_session(conn: &mut DbConn, row: &SessionRow) -> QueryResult<()> {
     Ok(())
 }
 
+/// Deleted sessions (tombstones awaiting the machine's dispose) are not
+/// found.
 pub fn get_session(conn: &mut DbConn, tenant: &str, id: &str) -> QueryResult<Option<SessionRow>> {
     Ok(sessions::table
         .filter(sessions::tenant_id.eq(tenant).and(sessions::id.eq(id)))
+        .filter(sessions::status.ne(SESSION_TOMBSTONE))
         .select(SessionRow::as_select())
         .first(conn)
         .optional()?)
 }
 
 /// Newest first.
-pub fn list_sessions(conn: &mut DbConn, tenant: &str, agent: Option<&str>, page: &Page) -> QueryResult<Vec<SessionRow>> {
+pub fn list_sessions(
+    conn: &mut DbConn,
+    tenant: &str,
+    agent: Option<&str>,
+    page: &Page,
+) -> QueryResult<Vec<SessionRow>> {
     let mut q = sessions::table
         .filter(sessions::tenant_id.eq(tenant))
+        .filter(sessions::status.ne(SESSION_TOMBSTONE))
         .order(sessions::id.desc())
         .limit(page.limit())
         .select(SessionRow::as_select())
@@ -426,13 +450,289 @@ pub fn list_sessions(conn: &mut DbConn, tenant: &str, agent: Option<&str>, page:
     Ok(q.load(conn)?)
 }
 
-pub fn delete_session(conn: &mut DbConn, tenant: &str, id: &str) -> QueryResult<bool> {
-    let n = diesel::delete(sessions::table.filter(sessions::tenant_id.eq(tenant).and(sessions::id.eq(id))))
+/// The status of a deleted session whose machine has not yet confirmed the
+/// dispose. Such rows are invisible to the API.
+pub const SESSION_TOMBSTONE: &str = "disposed";
+
+/// Deletes the session's events and leaves a tombstone until the machine
+/// confirms it disposed of the session.
+pub fn tombstone_session(conn: &mut DbConn, tenant: &str, id: &str, at: i64) -> QueryResult<bool> {
+    let n = diesel::update(sessions::table.filter(sessions::tenant_id.eq(tenant).and(sessions::id.eq(id))))
+        .set((
+            sessions::status.eq(SESSION_TOMBSTONE),
+            sessions::current_turn_id.eq(None::<String>),
+            sessions::current_prompt.eq(None::<Vec<u8>>),
+            sessions::updated_at.eq(at),
+        ))
         .execute(conn)?;
     if n > 0 {
         diesel::delete(session_events::table.filter(session_events::session_id.eq(id))).execute(conn)?;
+        diesel::delete(permission_requests::table.filter(permission_requests::session_id.eq(id))).execute(conn)?;
     }
     Ok(n > 0)
+}
+
+/// Removes a tombstone once the machine has disposed of the session.
+pub fn purge_session(conn: &mut DbConn, runtime_id: &str, id: &str) -> QueryResult<()> {
+    diesel::delete(
+        sessions::table.filter(
+            sessions::id
+                .eq(id)
+                .and(sessions::runtime_id.eq(runtime_id))
+                .and(sessions::status.eq(SESSION_TOMBSTONE)),
+        ),
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Every session row of a runtime, tombstones included.
+pub fn sessions_of_runtime(conn: &mut DbConn, runtime_id: &str) -> QueryResult<Vec<SessionRow>> {
+    Ok(sessions::table
+        .filter(sessions::runtime_id.eq(runtime_id))
+        .order(sessions::id.asc())
+        .select(SessionRow::as_select())
+        .load(conn)?)
+}
+
+/// A session of `runtime_id`, tombstones included (the stream's view).
+pub fn session_of_runtime(conn: &mut DbConn, runtime_id: &str, id: &str) -> QueryResult<Option<SessionRow>> {
+    Ok(sessions::table
+        .filter(sessions::id.eq(id).and(sessions::runtime_id.eq(runtime_id)))
+        .select(SessionRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The runtime of a session, by session id alone (internal timers).
+pub fn session_of_runtime_any(conn: &mut DbConn, id: &str) -> QueryResult<Option<String>> {
+    Ok(sessions::table
+        .find(id)
+        .select(sessions::runtime_id)
+        .first(conn)
+        .optional()?)
+}
+
+pub fn set_session_status(conn: &mut DbConn, id: &str, status: &str, at: i64) -> QueryResult<()> {
+    diesel::update(sessions::table.find(id).filter(sessions::status.ne(SESSION_TOMBSTONE)))
+        .set((sessions::status.eq(status), sessions::updated_at.eq(at)))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn set_acp_session_id(conn: &mut DbConn, id: &str, acp_session_id: &str) -> QueryResult<()> {
+    diesel::update(sessions::table.find(id))
+        .set(sessions::acp_session_id.eq(Some(acp_session_id)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Records a started turn, unless one is already running.
+pub fn begin_turn(
+    conn: &mut DbConn,
+    id: &str,
+    turn_id: &str,
+    prompt: &[u8],
+    status: &str,
+    at: i64,
+) -> QueryResult<bool> {
+    let n = diesel::update(sessions::table.find(id).filter(sessions::current_turn_id.is_null()))
+        .set((
+            sessions::current_turn_id.eq(Some(turn_id)),
+            sessions::current_prompt.eq(Some(prompt)),
+            sessions::status.eq(status),
+            sessions::updated_at.eq(at),
+        ))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Clears the running turn if it is `turn_id` (or any, when `None`).
+pub fn finish_turn(conn: &mut DbConn, id: &str, turn_id: Option<&str>, status: &str, at: i64) -> QueryResult<()> {
+    let mut q = diesel::update(sessions::table)
+        .filter(sessions::id.eq(id).and(sessions::status.ne(SESSION_TOMBSTONE)))
+        .into_boxed();
+    if let Some(turn_id) = turn_id {
+        q = q.filter(sessions::current_turn_id.eq(turn_id.to_owned()));
+    }
+    q.set((
+        sessions::current_turn_id.eq(None::<String>),
+        sessions::current_prompt.eq(None::<Vec<u8>>),
+        sessions::status.eq(status),
+        sessions::updated_at.eq(at),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+// ---- session events ----------------------------------------------------------
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = session_events)]
+pub struct EventRow {
+    pub session_id: String,
+    pub seq: i64,
+    pub created_at: i64,
+    pub payload: Vec<u8>,
+}
+
+pub fn insert_events(conn: &mut DbConn, rows: &[EventRow]) -> QueryResult<()> {
+    // Bounded chunks keep each statement under the backends' parameter limits.
+    // Multi-row inserts are not expressible through MultiConnection, so each
+    // backend runs its own.
+    for chunk in rows.chunks(200) {
+        let insert = diesel::insert_into(session_events::table).values(chunk);
+        match conn {
+            DbConn::Sqlite(c) => insert.execute(c)?,
+            DbConn::Postgres(c) => insert.execute(c)?,
+        };
+    }
+    Ok(())
+}
+
+pub fn set_last_seq(conn: &mut DbConn, id: &str, last_seq: i64, at: i64) -> QueryResult<()> {
+    diesel::update(sessions::table.find(id))
+        .set((sessions::last_seq.eq(last_seq), sessions::updated_at.eq(at)))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn events_from(conn: &mut DbConn, session_id: &str, from_seq: i64, limit: i64) -> QueryResult<Vec<EventRow>> {
+    Ok(session_events::table
+        .filter(
+            session_events::session_id
+                .eq(session_id)
+                .and(session_events::seq.ge(from_seq)),
+        )
+        .order(session_events::seq.asc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .load(conn)?)
+}
+
+// ---- permission requests -----------------------------------------------------
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = permission_requests)]
+pub struct PermissionRow {
+    pub session_id: String,
+    pub request_id: String,
+    pub tenant_id: String,
+    /// Comma-free JSON array of the offered option ids.
+    pub option_ids: String,
+    pub reject_option_id: Option<String>,
+    pub created_at: i64,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub option_id: Option<String>,
+}
+
+/// Inserts a request unless it is already recorded (a resent event).
+pub fn insert_permission(conn: &mut DbConn, row: &PermissionRow) -> QueryResult<()> {
+    if get_permission(conn, &row.session_id, &row.request_id)?.is_none() {
+        diesel::insert_into(permission_requests::table)
+            .values(row)
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+pub fn get_permission(conn: &mut DbConn, session_id: &str, request_id: &str) -> QueryResult<Option<PermissionRow>> {
+    Ok(permission_requests::table
+        .find((session_id, request_id))
+        .select(PermissionRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn undecided_permissions(conn: &mut DbConn, session_id: &str) -> QueryResult<Vec<PermissionRow>> {
+    Ok(permission_requests::table
+        .filter(
+            permission_requests::session_id
+                .eq(session_id)
+                .and(permission_requests::decided_at.is_null()),
+        )
+        .select(PermissionRow::as_select())
+        .load(conn)?)
+}
+
+/// Decides a request if it is still undecided; false when it was decided
+/// already (each request is decided exactly once).
+pub fn decide_permission(
+    conn: &mut DbConn,
+    session_id: &str,
+    request_id: &str,
+    option_id: Option<&str>,
+    decided_by: &str,
+    at: i64,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        permission_requests::table
+            .find((session_id, request_id))
+            .filter(permission_requests::decided_at.is_null()),
+    )
+    .set((
+        permission_requests::decided_at.eq(Some(at)),
+        permission_requests::decided_by.eq(Some(decided_by)),
+        permission_requests::option_id.eq(option_id),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+// ---- runtime connections -----------------------------------------------------
+
+/// What a Hello changes on the runtime row.
+#[derive(Debug, Clone, AsChangeset)]
+#[diesel(table_name = runtimes)]
+pub struct RuntimeHello {
+    pub status: String,
+    pub status_at: i64,
+    pub last_seen_at: Option<i64>,
+    pub agent_version: String,
+    pub os: String,
+    pub arch: String,
+    pub manifest: Vec<u8>,
+    pub connection_epoch: i64,
+}
+
+pub fn runtime_hello(conn: &mut DbConn, id: &str, hello: &RuntimeHello) -> QueryResult<()> {
+    diesel::update(runtimes::table.find(id)).set(hello).execute(conn)?;
+    Ok(())
+}
+
+/// Marks the runtime offline if `epoch` is still its current connection.
+pub fn runtime_gone(conn: &mut DbConn, id: &str, epoch: i64, at: i64) -> QueryResult<()> {
+    diesel::update(runtimes::table.find(id).filter(runtimes::connection_epoch.eq(epoch)))
+        .set((
+            runtimes::status.eq("offline"),
+            runtimes::status_at.eq(at),
+            runtimes::last_seen_at.eq(Some(at)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn touch_runtime(conn: &mut DbConn, id: &str, epoch: i64, at: i64) -> QueryResult<()> {
+    diesel::update(runtimes::table.find(id).filter(runtimes::connection_epoch.eq(epoch)))
+        .set(runtimes::last_seen_at.eq(Some(at)))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn set_runtime_manifest(conn: &mut DbConn, id: &str, manifest: &[u8]) -> QueryResult<()> {
+    diesel::update(runtimes::table.find(id))
+        .set(runtimes::manifest.eq(manifest))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Every runtime marked online (for the startup sweep: after a restart no
+/// stream is live yet).
+pub fn mark_all_offline(conn: &mut DbConn, at: i64) -> QueryResult<usize> {
+    Ok(diesel::update(runtimes::table.filter(runtimes::status.eq("online")))
+        .set((runtimes::status.eq("offline"), runtimes::status_at.eq(at)))
+        .execute(conn)?)
 }
 
 // ---- audit -----------------------------------------------------------------

@@ -93,6 +93,8 @@ diesel::table! {
         agent_version -> BigInt,
         spec -> Text,
         acp_session_id -> Nullable<Text>,
+        current_turn_id -> Nullable<Text>,
+        current_prompt -> Nullable<Binary>,
         last_seq -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
@@ -105,6 +107,20 @@ diesel::table! {
         seq -> BigInt,
         created_at -> BigInt,
         payload -> Binary,
+    }
+}
+
+diesel::table! {
+    permission_requests (session_id, request_id) {
+        session_id -> Text,
+        request_id -> Text,
+        tenant_id -> Text,
+        option_ids -> Text,
+        reject_option_id -> Nullable<Text>,
+        created_at -> BigInt,
+        decided_at -> Nullable<BigInt>,
+        decided_by -> Nullable<Text>,
+        option_id -> Nullable<Text>,
     }
 }
 
@@ -129,5 +145,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     agents,
     sessions,
     session_events,
+    permission_requests,
     audit_log,
 );

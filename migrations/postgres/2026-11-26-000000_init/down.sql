@@ -1,4 +1,5 @@
 DROP TABLE audit_log;
+DROP TABLE permission_requests;
 DROP TABLE session_events;
 DROP TABLE sessions;
 DROP TABLE agents;

@@ -84,6 +84,10 @@ CREATE TABLE sessions (
     agent_version BIGINT NOT NULL,
     spec TEXT NOT NULL,
     acp_session_id TEXT,
+    -- The running turn and its encoded Prompt frame, resent to the machine
+    -- after a reconnect (the machine runs a turn id at most once).
+    current_turn_id TEXT,
+    current_prompt BYTEA,
     last_seq BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
@@ -97,6 +101,20 @@ CREATE TABLE session_events (
     created_at BIGINT NOT NULL,
     payload BYTEA NOT NULL,
     PRIMARY KEY (session_id, seq)
+);
+
+-- Permission requests of ACP agents: each is decided exactly once.
+CREATE TABLE permission_requests (
+    session_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    option_ids TEXT NOT NULL,
+    reject_option_id TEXT,
+    created_at BIGINT NOT NULL,
+    decided_at BIGINT,
+    decided_by TEXT,
+    option_id TEXT,
+    PRIMARY KEY (session_id, request_id)
 );
 
 CREATE TABLE audit_log (

@@ -1,0 +1,569 @@
+//! `omactl agents …`: agent configurations.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use oma_proto::{
+    ids::{AgentId, RuntimeId},
+    model::{self, AgentField},
+    pb,
+};
+use serde_json::{Value, json};
+
+use super::{Ctx, ListArgs, required};
+use crate::{
+    connection::collect_pages,
+    error::Failure,
+    output::{self, Table},
+    spec::{self, BindingPatch, Edit, Policy},
+    view,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an agent from flags, a spec file, or both (flags replace the
+    /// file's fields).
+    Create(Box<CreateArgs>),
+    /// Change exactly the fields given by flags (or present in --from-file);
+    /// every other field stays as stored.
+    Update(Box<UpdateArgs>),
+    /// Show an agent.
+    Get {
+        /// The agent's id (agt_…).
+        id: String,
+    },
+    /// List the tenant's agents.
+    List(ListArgs),
+    /// Delete an agent; its sessions keep their records.
+    Delete {
+        /// The agent's id (agt_…).
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The agent's name: lowercase letters, digits, '.', '_' and '-'
+    /// [required unless the spec file has one].
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The agent's id (agt_…).
+    pub id: String,
+    /// Rename the agent.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Remove the runtime binding; the agent cannot start sessions until
+    /// bound again.
+    #[arg(long, conflicts_with_all = ["runtime", "acp_agent", "skill_blocklist"])]
+    pub unbind: bool,
+    /// Update only if the agent is still at this version (else the update
+    /// is aborted).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub expected_version: Option<u64>,
+}
+
+/// The agent fields settable by flags. A list flag replaces the whole list.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// Read an agent spec: YAML, or JSON when the name ends in .json; `-`
+    /// reads stdin. The format is what `agents get -o yaml` prints under
+    /// `spec`.
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+    /// Free text for humans.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// The system prompt.
+    #[arg(long, value_name = "TEXT", conflicts_with = "system_prompt_file")]
+    pub system_prompt: Option<String>,
+    /// Read the system prompt from a file.
+    #[arg(long, value_name = "FILE")]
+    pub system_prompt_file: Option<PathBuf>,
+    /// A prompt appended after the system prompt, read from FILE; repeat in
+    /// order. Replaces the agent's appendable prompts.
+    #[arg(long, value_name = "NAME=FILE")]
+    pub append_prompt: Vec<String>,
+    /// A skill folder holding SKILL.md, read recursively and named after
+    /// the folder; repeatable. Replaces the agent's skills.
+    #[arg(long, value_name = "DIR")]
+    pub skill: Vec<PathBuf>,
+    /// An MCP server run as a command, e.g. 'fs=mcp-fs --root /srv'
+    /// (shell-style quoting); repeatable. The --mcp-* flags together replace
+    /// the agent's MCP servers.
+    #[arg(long, value_name = "NAME=CMD ARGS...")]
+    pub mcp_stdio: Vec<String>,
+    /// An MCP server over streamable HTTP; repeatable.
+    #[arg(long, value_name = "NAME=URL")]
+    pub mcp_http: Vec<String>,
+    /// An MCP server over SSE; repeatable.
+    #[arg(long, value_name = "NAME=URL")]
+    pub mcp_sse: Vec<String>,
+    /// How the ACP agent's permission requests are answered.
+    #[arg(long, value_enum)]
+    pub permission_policy: Option<Policy>,
+    /// The runtime (rt_…) sessions run on. With --acp-agent and
+    /// --skill-blocklist it sets the runtime binding; on update, the parts
+    /// not given are kept from the stored binding.
+    #[arg(long, value_name = "RT_ID")]
+    pub runtime: Option<String>,
+    /// The ACP agent on the runtime, by its id in the manifest, e.g. claude.
+    #[arg(long, value_name = "ID")]
+    pub acp_agent: Option<String>,
+    /// Local skill ids the ACP agent must not see, comma-separated ('' for
+    /// none).
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub skill_blocklist: Option<Vec<String>>,
+}
+
+pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
+    match command {
+        Command::Create(args) => {
+            let mut edit = build_edit(&args.spec, args.name)?;
+            if edit.spec.name.is_empty() {
+                bail!(Failure::usage(
+                    "give the agent a NAME (omactl agents create NAME …), or a name in the --from-file spec"
+                ));
+            }
+            if edit.binding.touched() {
+                edit.spec.runtime_binding = edit.binding.resolve(None)?;
+            }
+            model::AgentSpec::try_from(edit.spec.clone())?;
+            let request = pb::CreateAgentRequest { spec: Some(edit.spec) };
+            let response = ctx.api().await?.agents().create_agent(request).await?.into_inner();
+            show(ctx, &required(response.agent, "agent")?)
+        }
+        Command::Update(args) => {
+            let agent_id = AgentId::parse("agent id", &args.id)?.to_string();
+            let mut edit = update_edit(&args)?;
+            let mask = edit.mask();
+            if mask.is_empty() {
+                bail!(Failure::usage(
+                    "nothing to update: give the fields to change, e.g. --system-prompt TEXT (see `omactl agents update --help`)"
+                ));
+            }
+            let client = ctx.api().await?.agents();
+            let mut expected_version = args.expected_version.unwrap_or(0);
+            if edit.binding.touched() {
+                let stored = if edit.binding.complete() {
+                    None
+                } else {
+                    // Fill in the parts not given from the stored binding,
+                    // and make sure nobody changed it in between.
+                    let request = pb::GetAgentRequest {
+                        agent_id: agent_id.clone(),
+                    };
+                    let agent = required(client.clone().get_agent(request).await?.into_inner().agent, "agent")?;
+                    if expected_version == 0 {
+                        expected_version = agent.version;
+                    }
+                    agent.spec.and_then(|s| s.runtime_binding)
+                };
+                edit.spec.runtime_binding = edit.binding.resolve(stored.as_ref())?;
+            }
+            let request = pb::UpdateAgentRequest {
+                agent_id,
+                spec: Some(edit.spec),
+                update_mask: Some(prost_types::FieldMask { paths: mask }),
+                expected_version,
+            };
+            let response = client.clone().update_agent(request).await?.into_inner();
+            show(ctx, &required(response.agent, "agent")?)
+        }
+        Command::Get { id } => {
+            let agent_id = AgentId::parse("agent id", &id)?.to_string();
+            let response = ctx
+                .api()
+                .await?
+                .agents()
+                .get_agent(pb::GetAgentRequest { agent_id })
+                .await?
+                .into_inner();
+            show(ctx, &required(response.agent, "agent")?)
+        }
+        Command::List(list) => {
+            let client = ctx.api().await?.agents();
+            let agents = collect_pages(list.limit, |page| {
+                let mut client = client.clone();
+                async move {
+                    let r = client
+                        .list_agents(pb::ListAgentsRequest { page: Some(page) })
+                        .await?
+                        .into_inner();
+                    Ok((r.agents, r.next_page_token))
+                }
+            })
+            .await?;
+            ctx.emit(&Value::Array(agents.iter().map(view::agent).collect()), || {
+                let mut table = Table::new(&["ID", "NAME", "VERSION", "POLICY", "RUNTIME", "ACP AGENT", "UPDATED"]);
+                for a in &agents {
+                    let spec = a.spec.clone().unwrap_or_default();
+                    let binding = spec.runtime_binding.unwrap_or_default();
+                    table.row([
+                        a.id.clone(),
+                        spec.name,
+                        a.version.to_string(),
+                        Policy::from_pb(spec.permission_policy).word().to_owned(),
+                        binding.runtime_id,
+                        binding.acp_agent_id,
+                        output::time(a.update_time.as_ref()),
+                    ]);
+                }
+                table.render()
+            })
+        }
+        Command::Delete { id } => {
+            let agent_id = AgentId::parse("agent id", &id)?.to_string();
+            let request = pb::DeleteAgentRequest {
+                agent_id: agent_id.clone(),
+            };
+            ctx.api().await?.agents().delete_agent(request).await?;
+            ctx.emit(&json!({ "deleted": agent_id }), || {
+                format!("Agent {agent_id} deleted.\n")
+            })
+        }
+    }
+}
+
+/// The edit of `agents update`: the flags, `--unbind` and the spec file.
+fn update_edit(args: &UpdateArgs) -> Result<Edit> {
+    let mut edit = build_edit(&args.spec, args.name.clone())?;
+    if args.unbind {
+        edit.binding = BindingPatch {
+            unbind: true,
+            ..Default::default()
+        };
+    }
+    Ok(edit)
+}
+
+/// The fields the spec file and the flags set (flags win), with `name`.
+fn build_edit(args: &SpecArgs, name: Option<String>) -> Result<Edit> {
+    let mut edit = Edit::default();
+    if let Some(path) = &args.from_file {
+        let file = spec::load_file(path)?;
+        let base = match path.parent() {
+            Some(dir) if path != Path::new("-") && !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        edit.apply_file(file, base)?;
+    }
+    if let Some(name) = name {
+        edit.spec.name = name;
+        edit.set(AgentField::Name);
+    }
+    if let Some(description) = &args.description {
+        edit.spec.description = description.clone();
+        edit.set(AgentField::Description);
+    }
+    if let Some(prompt) = &args.system_prompt {
+        edit.set_system_prompt(prompt.clone());
+    } else if let Some(path) = &args.system_prompt_file {
+        edit.set_system_prompt(read_text(path)?);
+    }
+    if !args.append_prompt.is_empty() {
+        let prompts = args
+            .append_prompt
+            .iter()
+            .map(|item| {
+                let (name, file) = split_pair("--append-prompt", "NAME=FILE", item)?;
+                Ok(pb::AppendablePrompt {
+                    name: name.to_owned(),
+                    content: read_text(Path::new(file))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        edit.set_appendable_prompts(prompts);
+    }
+    if !args.skill.is_empty() {
+        let skills = args
+            .skill
+            .iter()
+            .map(|dir| spec::load_skill_dir(dir))
+            .collect::<Result<_>>()?;
+        edit.set_skills(skills);
+    }
+    if !(args.mcp_stdio.is_empty() && args.mcp_http.is_empty() && args.mcp_sse.is_empty()) {
+        edit.set_mcp_servers(mcp_servers(args)?);
+    }
+    if let Some(policy) = args.permission_policy {
+        edit.set_policy(policy);
+    }
+    if let Some(runtime) = &args.runtime {
+        edit.binding.runtime_id = Some(RuntimeId::parse("--runtime", runtime)?.to_string());
+    }
+    if let Some(acp_agent) = &args.acp_agent {
+        edit.binding.acp_agent_id = Some(acp_agent.clone());
+    }
+    if let Some(blocklist) = &args.skill_blocklist {
+        edit.binding.blocklist = Some(blocklist.iter().filter(|s| !s.is_empty()).cloned().collect());
+    }
+    Ok(edit)
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))
+}
+
+/// Splits `NAME=VALUE`; both parts must be non-empty.
+fn split_pair<'a>(flag: &str, form: &str, item: &'a str) -> Result<(&'a str, &'a str)> {
+    match item.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !value.trim().is_empty() => Ok((name, value)),
+        _ => Err(Failure::usage(format!("{flag} takes {form}, got {item:?}")).into()),
+    }
+}
+
+fn mcp_servers(args: &SpecArgs) -> Result<Vec<pb::McpServer>> {
+    use pb::mcp_server::Transport;
+    let mut servers = Vec::new();
+    for item in &args.mcp_stdio {
+        let (name, command_line) = split_pair("--mcp-stdio", "'NAME=CMD ARGS...'", item)?;
+        let mut words = split_words(command_line)
+            .map_err(|why| Failure::usage(format!("--mcp-stdio {item:?}: {why}")))?
+            .into_iter();
+        let command = words.next().unwrap_or_default();
+        servers.push(pb::McpServer {
+            name: name.to_owned(),
+            transport: Some(Transport::Stdio(pb::McpStdio {
+                command,
+                args: words.collect(),
+                env: Vec::new(),
+            })),
+        });
+    }
+    for (flag, items) in [("--mcp-http", &args.mcp_http), ("--mcp-sse", &args.mcp_sse)] {
+        for item in items {
+            let (name, url) = split_pair(flag, "NAME=URL", item)?;
+            let http = pb::McpHttp {
+                url: url.to_owned(),
+                headers: Vec::new(),
+            };
+            servers.push(pb::McpServer {
+                name: name.to_owned(),
+                transport: Some(if flag == "--mcp-http" {
+                    Transport::Http(http)
+                } else {
+                    Transport::Sse(http)
+                }),
+            });
+        }
+    }
+    Ok(servers)
+}
+
+/// Splits a command line into words as a POSIX shell would, for quotes and
+/// backslashes (no expansions).
+fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated single quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err("unterminated double quote".into()),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated double quote".into()),
+                    }
+                }
+            }
+            '\\' => {
+                let next = chars.next().ok_or("trailing backslash")?;
+                word.get_or_insert_with(String::new).push(next);
+            }
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    if words.is_empty() {
+        return Err("no command given".into());
+    }
+    Ok(words)
+}
+
+fn show(ctx: &Ctx, agent: &pb::Agent) -> Result<()> {
+    ctx.emit(&view::agent(agent), || describe(agent))
+}
+
+/// The table form of one agent: a record, the system prompt, then tables of
+/// prompts, skills and MCP servers.
+fn describe(agent: &pb::Agent) -> String {
+    let spec = agent.spec.clone().unwrap_or_default();
+    let (runtime, blocklist) = match &spec.runtime_binding {
+        Some(b) => (
+            format!("{} (ACP agent {})", b.runtime_id, b.acp_agent_id),
+            b.local_skill_blocklist.join(", "),
+        ),
+        None => ("unbound".to_owned(), String::new()),
+    };
+    let mut text = output::record(&[
+        ("id", agent.id.clone()),
+        ("name", spec.name.clone()),
+        ("description", spec.description.clone()),
+        ("version", agent.version.to_string()),
+        (
+            "permission policy",
+            Policy::from_pb(spec.permission_policy).word().to_owned(),
+        ),
+        ("runtime", runtime),
+        ("skill blocklist", blocklist),
+        ("created by", agent.created_by_user_id.clone()),
+        ("created", output::time(agent.create_time.as_ref())),
+        ("updated", output::time(agent.update_time.as_ref())),
+    ]);
+    if !spec.system_prompt.is_empty() {
+        text.push_str("\nSystem prompt:\n");
+        for line in spec.system_prompt.lines() {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
+    if !spec.appendable_prompts.is_empty() {
+        let mut table = Table::new(&["APPENDABLE PROMPT", "BYTES"]);
+        for p in &spec.appendable_prompts {
+            table.row([p.name.clone(), p.content.len().to_string()]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    if !spec.skills.is_empty() {
+        let mut table = Table::new(&["SKILL", "FILES", "BYTES"]);
+        for s in &spec.skills {
+            let bytes: usize = s.files.iter().map(|f| f.content.len()).sum();
+            table.row([s.name.clone(), s.files.len().to_string(), bytes.to_string()]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    if !spec.mcp_servers.is_empty() {
+        use pb::mcp_server::Transport;
+        let mut table = Table::new(&["MCP SERVER", "TRANSPORT", "TARGET"]);
+        for m in &spec.mcp_servers {
+            let (kind, target) = match &m.transport {
+                Some(Transport::Stdio(s)) => (
+                    "stdio",
+                    std::iter::once(&s.command)
+                        .chain(&s.args)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                Some(Transport::Http(h)) => ("http", h.url.clone()),
+                Some(Transport::Sse(h)) => ("sse", h.url.clone()),
+                None => ("none", String::new()),
+            };
+            table.row([m.name.clone(), kind.to_owned(), target]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Update {
+        #[command(flatten)]
+        args: UpdateArgs,
+    }
+
+    const RT: &str = "rt_0123456789abcdef0123456789abcdef";
+
+    fn mask(flags: &[&str]) -> Vec<String> {
+        let argv = ["update", "agt_0123456789abcdef0123456789abcdef"].iter().chain(flags);
+        let parsed = Update::try_parse_from(argv).unwrap();
+        update_edit(&parsed.args).unwrap().mask()
+    }
+
+    #[test]
+    fn mask_names_exactly_the_flags_given() {
+        assert_eq!(mask(&["--system-prompt", "Be brief."]), ["system_prompt"]);
+        assert_eq!(mask(&["--description", ""]), ["description"]);
+        assert_eq!(
+            mask(&["--permission-policy", "allow-once", "--name", "x"]),
+            ["name", "permission_policy"]
+        );
+        assert_eq!(mask(&["--mcp-http", "web=https://mcp.example"]), ["mcp_servers"]);
+        assert_eq!(mask(&["--acp-agent", "codex"]), ["runtime_binding"]);
+        assert_eq!(mask(&["--skill-blocklist", "a,b"]), ["runtime_binding"]);
+        assert_eq!(mask(&["--unbind"]), ["runtime_binding"]);
+        assert!(mask(&[]).is_empty());
+    }
+
+    #[test]
+    fn binding_flags_fill_a_patch() {
+        let argv = [
+            "update",
+            "agt_0123456789abcdef0123456789abcdef",
+            "--runtime",
+            RT,
+            "--skill-blocklist",
+            "",
+        ];
+        let parsed = Update::try_parse_from(argv).unwrap();
+        let edit = update_edit(&parsed.args).unwrap();
+        assert_eq!(edit.binding.runtime_id.as_deref(), Some(RT));
+        assert_eq!(edit.binding.blocklist, Some(vec![]));
+        assert!(!edit.binding.complete());
+        assert!(Update::try_parse_from(["update", "agt_x", "--unbind", "--runtime", RT]).is_err());
+        let bad = Update::try_parse_from(["update", "agt_x", "--runtime", "rt_nope"]).unwrap();
+        assert!(update_edit(&bad.args).is_err());
+    }
+
+    #[test]
+    fn mcp_stdio_is_split_like_a_shell() {
+        assert_eq!(
+            split_words(r#"mcp-fs --root "/srv/my data" 'a b' c\ d"#).unwrap(),
+            ["mcp-fs", "--root", "/srv/my data", "a b", "c d"]
+        );
+        assert!(split_words("'open").is_err());
+        assert!(split_words("  ").is_err());
+        let argv = [
+            "update",
+            "agt_0123456789abcdef0123456789abcdef",
+            "--mcp-stdio",
+            "fs=mcp-fs --root /srv",
+        ];
+        let parsed = Update::try_parse_from(argv).unwrap();
+        let edit = update_edit(&parsed.args).unwrap();
+        let Some(pb::mcp_server::Transport::Stdio(stdio)) = &edit.spec.mcp_servers[0].transport else {
+            panic!("not stdio");
+        };
+        assert_eq!(
+            (stdio.command.as_str(), stdio.args.as_slice()),
+            ("mcp-fs", ["--root".to_owned(), "/srv".to_owned()].as_slice())
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! The commands, one module per noun.
+
+pub mod agents;
+pub mod audit;
+pub mod context;
+pub mod runtimes;
+pub mod sessions;
+pub mod tokens;
+pub mod users;
+pub mod whoami;
+
+use std::{cell::OnceCell, path::PathBuf};
+
+use anyhow::{Result, anyhow};
+use clap::{ArgMatches, Args};
+use serde_json::Value;
+
+use crate::{
+    Cli, Command, GlobalArgs,
+    config::{self, Config},
+    connection::{Api, Settings},
+    error::{Failure, classify},
+    output::{self, Format},
+};
+
+/// What every command needs: the options, the config file and, once
+/// resolved, the connection settings.
+pub struct Ctx {
+    pub global: GlobalArgs,
+    pub config_path: PathBuf,
+    settings: OnceCell<Settings>,
+}
+
+impl Ctx {
+    pub fn format(&self) -> Format {
+        self.global.output
+    }
+
+    /// The connection settings: flags over the selected context.
+    pub fn settings(&self) -> Result<&Settings> {
+        if let Some(settings) = self.settings.get() {
+            return Ok(settings);
+        }
+        let config = Config::load(&self.config_path)?;
+        let settings = Settings::resolve(&self.global, &config)?;
+        Ok(self.settings.get_or_init(|| settings))
+    }
+
+    /// A connection that sends the API token.
+    pub async fn api(&self) -> Result<Api> {
+        Api::connect(self.settings()?, true).await
+    }
+
+    /// A connection without credentials (for `ExchangeConnectCode`).
+    pub async fn anonymous(&self) -> Result<Api> {
+        Api::connect(self.settings()?, false).await
+    }
+
+    /// Prints `data` in the chosen format; `table` renders the table form.
+    pub fn emit(&self, data: &Value, table: impl FnOnce() -> String) -> Result<()> {
+        output::emit(self.format(), data, table)
+    }
+}
+
+/// `--limit` of list commands.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Stop after this many items [default: all, following every page].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+}
+
+/// A field the server must send, or an error saying it did not.
+pub fn required<T>(value: Option<T>, what: &str) -> Result<T> {
+    value.ok_or_else(|| anyhow!("the control plane answered without the {what}"))
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), Failure> {
+    let config_path = config::path(cli.global.config.as_deref()).map_err(|e| classify(e, None))?;
+    let ctx = Ctx {
+        global: cli.global,
+        config_path,
+        settings: OnceCell::new(),
+    };
+    let result = match cli.command {
+        Command::Context(command) => context::run(command, &ctx, matches),
+        Command::Whoami => whoami::run(&ctx).await,
+        Command::Users(command) => users::run(command, &ctx).await,
+        Command::Tokens(command) => tokens::run(command, &ctx).await,
+        Command::Runtimes(command) => runtimes::run(command, &ctx).await,
+        Command::Agents(command) => agents::run(command, &ctx).await,
+        Command::Sessions(command) => sessions::run(command, &ctx).await,
+        Command::Audit(command) => audit::run(command, &ctx).await,
+    };
+    result.map_err(|e| classify(e, ctx.settings.get().map(|s| s.server.as_str())))
+}

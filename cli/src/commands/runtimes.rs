@@ -1,0 +1,288 @@
+//! `omactl runtimes …`: pairing machines and managing runtimes.
+
+use std::time::SystemTime;
+
+use anyhow::Result;
+use clap::Subcommand;
+use oma_proto::{
+    ids::{RuntimeId, UserId},
+    pb,
+};
+use serde_json::{Value, json};
+
+use super::{Ctx, ListArgs, required};
+use crate::{
+    connection::collect_pages,
+    duration,
+    error::Failure,
+    output::{self, Table},
+    view,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a single-use connect code and print the `oma-agent setup`
+    /// command that pairs a machine with it.
+    Connect {
+        /// The user who will own the runtime [default: you]; only admins may
+        /// name another user.
+        #[arg(long, value_name = "USER_ID")]
+        owner: Option<String>,
+        /// How long the code stays valid, e.g. 10m [default: 10m; at most 1h].
+        #[arg(long, value_parser = duration::parse_seconds)]
+        ttl: Option<u64>,
+    },
+    /// Exchange a connect code for a new runtime and its machine token, as
+    /// `oma-agent setup` does (for scripts and tests; needs no API token).
+    Exchange {
+        /// The connect code.
+        #[arg(long)]
+        code: String,
+        /// The machine's stable id (1–128 printable characters).
+        #[arg(long)]
+        machine_id: String,
+        /// A label for the runtime [default: the machine id].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the tenant's runtimes.
+    List(ListArgs),
+    /// Show a runtime with its manifest: ACP agents and their local skills.
+    Get {
+        /// The runtime's id (rt_…).
+        id: String,
+    },
+    /// Delete a runtime and revoke its machine token at once.
+    Delete {
+        /// The runtime's id (rt_…).
+        id: String,
+    },
+}
+
+pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
+    match command {
+        Command::Connect { owner, ttl } => {
+            let owner_user_id = match owner {
+                Some(owner) => UserId::parse("--owner", &owner)?.to_string(),
+                None => String::new(),
+            };
+            let ttl_seconds = u32::try_from(ttl.unwrap_or(0))
+                .map_err(|_| Failure::usage("--ttl is far too long: a connect code lives at most 1h"))?;
+            let api = ctx.api().await?;
+            let settings = ctx.settings()?;
+            let request = pb::CreateConnectCodeRequest {
+                owner_user_id,
+                ttl_seconds,
+            };
+            let response = api.runtimes().create_connect_code(request).await?.into_inner();
+            let mut setup = vec![
+                "oma-agent",
+                "setup",
+                "--server",
+                &settings.server,
+                "--code",
+                &response.code,
+            ];
+            let ca_file = settings.ca_file.as_ref().map(|p| p.display().to_string());
+            if let Some(ca_file) = &ca_file {
+                setup.extend(["--ca-file", ca_file]);
+            }
+            let setup_command = setup.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ");
+            let data = json!({
+                "code": response.code,
+                "expire_time": output::time_value(response.expire_time.as_ref()),
+                "owner_user_id": response.owner_user_id,
+                "setup_command": setup_command,
+            });
+            ctx.emit(&data, || {
+                let left = response.expire_time.as_ref().map(|e| {
+                    let now = prost_types::Timestamp::from(SystemTime::now());
+                    format!(
+                        " (in {})",
+                        duration::human(e.seconds.saturating_sub(now.seconds).max(0) as u64)
+                    )
+                });
+                let mut text = output::record(&[
+                    ("code", response.code.clone()),
+                    (
+                        "expires",
+                        output::time(response.expire_time.as_ref()) + left.as_deref().unwrap_or(""),
+                    ),
+                    ("owner", response.owner_user_id.clone()),
+                ]);
+                text.push_str("\nRun this on the machine to pair it (the code works once):\n\n");
+                text.push_str(&format!("  {setup_command}\n"));
+                text
+            })
+        }
+        Command::Exchange { code, machine_id, name } => {
+            let request = pb::ExchangeConnectCodeRequest {
+                code,
+                machine_id,
+                name: name.unwrap_or_default(),
+                ..Default::default()
+            };
+            let response = ctx
+                .anonymous()
+                .await?
+                .runtimes()
+                .exchange_connect_code(request)
+                .await?
+                .into_inner();
+            let runtime = required(response.runtime, "runtime")?;
+            let machine_token = response.machine_token;
+            let data = json!({ "runtime": view::runtime(&runtime), "machine_token": machine_token });
+            ctx.emit(&data, || {
+                output::record(&[
+                    ("runtime", runtime.id.clone()),
+                    ("name", runtime.name.clone()),
+                    ("machine id", runtime.machine_id.clone()),
+                    ("owner", runtime.owner_user_id.clone()),
+                    ("machine token", machine_token.clone()),
+                ])
+            })
+        }
+        Command::List(list) => {
+            let client = ctx.api().await?.runtimes();
+            let runtimes = collect_pages(list.limit, |page| {
+                let mut client = client.clone();
+                async move {
+                    let r = client
+                        .list_runtimes(pb::ListRuntimesRequest { page: Some(page) })
+                        .await?
+                        .into_inner();
+                    Ok((r.runtimes, r.next_page_token))
+                }
+            })
+            .await?;
+            ctx.emit(&Value::Array(runtimes.iter().map(view::runtime).collect()), || {
+                let mut table = Table::new(&["ID", "NAME", "OWNER", "STATUS", "LAST SEEN", "ACP AGENTS"]);
+                for r in &runtimes {
+                    let agents: Vec<&str> = r
+                        .manifest
+                        .iter()
+                        .flat_map(|m| &m.acp_agents)
+                        .map(|a| a.id.as_str())
+                        .collect();
+                    table.row([
+                        r.id.clone(),
+                        r.name.clone(),
+                        r.owner_user_id.clone(),
+                        view::runtime_status(r.status),
+                        output::time(r.last_seen_time.as_ref()),
+                        agents.join(","),
+                    ]);
+                }
+                table.render()
+            })
+        }
+        Command::Get { id } => {
+            let runtime_id = RuntimeId::parse("runtime id", &id)?.to_string();
+            let response = ctx
+                .api()
+                .await?
+                .runtimes()
+                .get_runtime(pb::GetRuntimeRequest { runtime_id })
+                .await?
+                .into_inner();
+            let runtime = required(response.runtime, "runtime")?;
+            ctx.emit(&view::runtime(&runtime), || describe(&runtime))
+        }
+        Command::Delete { id } => {
+            let runtime_id = RuntimeId::parse("runtime id", &id)?.to_string();
+            let request = pb::DeleteRuntimeRequest {
+                runtime_id: runtime_id.clone(),
+            };
+            ctx.api().await?.runtimes().delete_runtime(request).await?;
+            ctx.emit(&json!({ "deleted": runtime_id }), || {
+                format!("Runtime {runtime_id} deleted; its machine token is revoked.\n")
+            })
+        }
+    }
+}
+
+/// The table form of `runtimes get`: the runtime, its ACP agents, and the
+/// local skills of each.
+fn describe(r: &pb::Runtime) -> String {
+    let status = match &r.status_time {
+        Some(since) => format!("{} since {}", view::runtime_status(r.status), output::time(Some(since))),
+        None => view::runtime_status(r.status),
+    };
+    let mut text = output::record(&[
+        ("id", r.id.clone()),
+        ("name", r.name.clone()),
+        ("owner", r.owner_user_id.clone()),
+        ("machine id", r.machine_id.clone()),
+        ("status", status),
+        ("last seen", output::time(r.last_seen_time.as_ref())),
+        ("agent version", r.agent_version.clone()),
+        (
+            "os/arch",
+            if r.os.is_empty() {
+                String::new()
+            } else {
+                format!("{}/{}", r.os, r.arch)
+            },
+        ),
+        ("created", output::time(r.create_time.as_ref())),
+    ]);
+    let agents: Vec<&pb::AcpAgentInfo> = r.manifest.iter().flat_map(|m| &m.acp_agents).collect();
+    if agents.is_empty() {
+        text.push_str("\nNo ACP agents reported yet.\n");
+        return text;
+    }
+    let mut table = Table::new(&["ACP AGENT", "NAME", "VERSION", "LOCAL SKILLS"]);
+    for a in &agents {
+        table.row([
+            a.id.clone(),
+            a.name.clone(),
+            a.version.clone(),
+            a.local_skills.len().to_string(),
+        ]);
+    }
+    text.push('\n');
+    text.push_str(&table.render());
+    if agents.iter().any(|a| !a.local_skills.is_empty()) {
+        let mut skills = Table::new(&["ACP AGENT", "SKILL", "SOURCE", "PLUGIN", "DESCRIPTION"]);
+        for a in &agents {
+            for s in &a.local_skills {
+                skills.row([
+                    a.id.clone(),
+                    s.id.clone(),
+                    view::skill_source(s.source),
+                    s.plugin_name.clone(),
+                    s.description.clone(),
+                ]);
+            }
+        }
+        text.push('\n');
+        text.push_str(&skills.render());
+    }
+    text
+}
+
+/// `word` as one POSIX shell word.
+pub fn shell_quote(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':' | '@' | '%' | '+' | '=' | ',')
+        });
+    if safe {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_only_when_needed() {
+        assert_eq!(shell_quote("https://oma.example:443"), "https://oma.example:443");
+        assert_eq!(shell_quote("/tmp/my ca.pem"), "'/tmp/my ca.pem'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

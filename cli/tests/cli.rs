@@ -1,0 +1,688 @@
+//! Runs the real `omactl` binary: offline behaviour, and RPCs against a
+//! small in-process fake of the control plane.
+
+use std::{
+    net::TcpListener as StdListener,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use oma_proto::pb::{
+    self,
+    agent_service_server::{AgentService, AgentServiceServer},
+    identity_service_server::{IdentityService, IdentityServiceServer},
+    runtime_service_server::{RuntimeService, RuntimeServiceServer},
+};
+use prost_types::Timestamp;
+use tonic::{Request, Response, Status};
+
+const TOKEN: &str = "oma_0123456789abcdef0123456789abcdef.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const AGENT: &str = "agt_0123456789abcdef0123456789abcdef";
+const RUNTIME: &str = "rt_0123456789abcdef0123456789abcdef";
+const USER: &str = "usr_0123456789abcdef0123456789abcdef";
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// `omactl` with a private config file and none of the `OMA_*` variables of
+/// the environment running the tests.
+fn omactl(config: &Path, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_omactl"));
+    for var in [
+        "OMA_CONTEXT",
+        "OMA_SERVER",
+        "OMA_TOKEN",
+        "OMA_CA_FILE",
+        "OMA_INSECURE",
+        "OMA_OUTPUT",
+    ] {
+        command.env_remove(var);
+    }
+    let out = command.env("OMACTL_CONFIG", config).args(args).output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn config_in(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("omactl").join("config.toml")
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = omactl(&config_in(&dir), &["--help"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for noun in [
+        "context", "whoami", "users", "tokens", "runtimes", "agents", "sessions", "audit",
+    ] {
+        assert!(out.stdout.contains(noun), "{noun} missing from:\n{}", out.stdout);
+    }
+    let out = omactl(&config_in(&dir), &["agents", "update", "--help"]);
+    assert!(out.stdout.contains("--expected-version"), "{}", out.stdout);
+    assert_eq!(omactl(&config_in(&dir), &["users", "frobnicate"]).code, 2);
+}
+
+#[test]
+fn contexts_round_trip_through_a_private_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(&dir);
+    let set = omactl(
+        &config,
+        &[
+            "context",
+            "set",
+            "local",
+            "--server",
+            "http://127.0.0.1:50051",
+            "--token",
+            TOKEN,
+        ],
+    );
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    let set = omactl(
+        &config,
+        &["context", "set", "prod", "--server", "https://oma.example.com"],
+    );
+    assert_eq!(set.code, 0, "{}", set.stderr);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    let list = omactl(&config, &["context", "list"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{}", list.stdout);
+    assert!(
+        lines.iter().any(|l| l.starts_with("local") && l.ends_with("yes")),
+        "{}",
+        list.stdout
+    );
+    assert!(
+        !list.stdout.contains(TOKEN),
+        "the token must be masked:\n{}",
+        list.stdout
+    );
+
+    assert_eq!(omactl(&config, &["context", "use", "prod"]).code, 0);
+    let list = omactl(&config, &["context", "list", "-o", "json"]);
+    let contexts: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let current: Vec<&str> = contexts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["current"] == true)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(current, ["prod"]);
+
+    let show = omactl(&config, &["context", "show", "local"]);
+    assert!(
+        show.stdout.contains("oma_0123…") && !show.stdout.contains(TOKEN),
+        "{}",
+        show.stdout
+    );
+
+    let missing = omactl(&config, &["context", "use", "nope"]);
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.starts_with("error: no context named \"nope\""),
+        "{}",
+        missing.stderr
+    );
+
+    assert_eq!(omactl(&config, &["context", "delete", "prod"]).code, 0);
+    let list = omactl(&config, &["context", "list"]);
+    assert!(!list.stdout.contains("prod"), "{}", list.stdout);
+}
+
+#[test]
+fn plaintext_to_a_remote_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = omactl(
+        &config_in(&dir),
+        &["--server", "http://oma.example.com:50051", "--token", TOKEN, "whoami"],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        "error: refusing plaintext http:// to oma.example.com, which is not a loopback host: use an https:// URL, or pass --insecure if the network is trusted"
+    );
+}
+
+#[test]
+fn an_unreachable_server_is_one_sentence_and_exit_7() {
+    let port = {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let server = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = omactl(
+        &config_in(&dir),
+        &["--server", &server, "--token", TOKEN, "users", "list"],
+    );
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    let prefix = format!("error: cannot reach the control plane at {server}: ");
+    assert!(out.stderr.starts_with(&prefix), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn local_checks_need_no_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(&dir);
+    let out = omactl(&config, &["--server", "http://127.0.0.1:1", "whoami"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.starts_with("error: no API token given"), "{}", out.stderr);
+    let out = omactl(
+        &config,
+        &[
+            "--server",
+            "http://127.0.0.1:1",
+            "--token",
+            TOKEN,
+            "agents",
+            "get",
+            "agt_nope",
+        ],
+    );
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("error: invalid argument: agent id:"),
+        "{}",
+        out.stderr
+    );
+    let out = omactl(&config, &["whoami"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = omactl(
+        &config,
+        &[
+            "--server",
+            "http://127.0.0.1:1",
+            "--token",
+            TOKEN,
+            "tokens",
+            "create",
+            "--name",
+            "x",
+            "--ttl",
+            "3x",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}
+
+// ---- A fake control plane -------------------------------------------------
+
+#[derive(Default, Clone)]
+struct Fake {
+    updates: Arc<Mutex<Vec<pb::UpdateAgentRequest>>>,
+    exchange_auth: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+fn authorize<T>(request: &Request<T>) -> Result<(), Status> {
+    let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+    if header == Some(&format!("Bearer {TOKEN}")) {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated(
+            "the token is missing, malformed, expired or revoked",
+        ))
+    }
+}
+
+fn now() -> Option<Timestamp> {
+    Some(Timestamp::from(SystemTime::now()))
+}
+
+fn user(i: usize) -> pb::User {
+    pb::User {
+        id: format!("usr_{i:032x}"),
+        tenant_id: "ten_1".into(),
+        name: format!("user{i}"),
+        role: if i == 0 { pb::Role::Admin } else { pb::Role::Member } as i32,
+        create_time: now(),
+    }
+}
+
+fn stored_agent(version: u64) -> pb::Agent {
+    pb::Agent {
+        id: AGENT.into(),
+        tenant_id: "ten_1".into(),
+        version,
+        spec: Some(pb::AgentSpec {
+            name: "reviewer".into(),
+            system_prompt: "You review code.".into(),
+            permission_policy: pb::PermissionPolicy::AllowOnce as i32,
+            runtime_binding: Some(pb::RuntimeBinding {
+                runtime_id: RUNTIME.into(),
+                acp_agent_id: "claude".into(),
+                local_skill_blocklist: vec!["pdf".into()],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityService for Fake {
+    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        authorize(&request)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            tenant: Some(pb::Tenant {
+                id: "ten_1".into(),
+                name: "acme".into(),
+                create_time: now(),
+            }),
+            user: Some(user(0)),
+            token: Some(pb::ApiToken {
+                id: "tok_1".into(),
+                name: "ci".into(),
+                ..Default::default()
+            }),
+        }))
+    }
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        if r.name == "taken" {
+            return Err(Status::already_exists("a user named \"taken\" already exists"));
+        }
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(pb::User {
+                name: r.name,
+                role: r.role,
+                ..user(9)
+            }),
+        }))
+    }
+    /// Five users, at most two per page.
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        authorize(&request)?;
+        let page = request.into_inner().page.unwrap_or_default();
+        let start: usize = page.page_token.parse().unwrap_or(0);
+        let end = (start + (page.page_size as usize).clamp(1, 2)).min(5);
+        Ok(Response::new(pb::ListUsersResponse {
+            users: (start..end).map(user).collect(),
+            next_page_token: if end < 5 { end.to_string() } else { String::new() },
+        }))
+    }
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
+        authorize(&request)?;
+        Err(Status::not_found(format!(
+            "user {} not found",
+            request.into_inner().user_id
+        )))
+    }
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        authorize(&request)?;
+        Err(Status::permission_denied("only admins may delete users"))
+    }
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(pb::ApiToken {
+                id: "tok_2".into(),
+                user_id: USER.into(),
+                name: r.name,
+                expire_time: (r.ttl_seconds > 0).then_some(Timestamp {
+                    seconds: 2_000_000_000,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            secret: format!("oma_fedcba9876543210fedcba9876543210.{}", "s".repeat(43)),
+        }))
+    }
+    async fn list_tokens(&self, _: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn revoke_token(
+        &self,
+        _: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for Fake {
+    async fn create_connect_code(
+        &self,
+        request: Request<pb::CreateConnectCodeRequest>,
+    ) -> Result<Response<pb::CreateConnectCodeResponse>, Status> {
+        authorize(&request)?;
+        Ok(Response::new(pb::CreateConnectCodeResponse {
+            code: "K7QX-2MPD-9WRT".into(),
+            expire_time: Some(Timestamp::from(SystemTime::now() + Duration::from_secs(600))),
+            owner_user_id: USER.into(),
+        }))
+    }
+    async fn exchange_connect_code(
+        &self,
+        request: Request<pb::ExchangeConnectCodeRequest>,
+    ) -> Result<Response<pb::ExchangeConnectCodeResponse>, Status> {
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or("?").to_owned());
+        self.exchange_auth.lock().unwrap().push(auth);
+        let r = request.into_inner();
+        if r.code != "K7QX-2MPD-9WRT" {
+            return Err(Status::not_found("unknown connect code"));
+        }
+        Ok(Response::new(pb::ExchangeConnectCodeResponse {
+            runtime: Some(pb::Runtime {
+                id: RUNTIME.into(),
+                owner_user_id: USER.into(),
+                name: if r.name.is_empty() {
+                    r.machine_id.clone()
+                } else {
+                    r.name
+                },
+                machine_id: r.machine_id,
+                status: pb::RuntimeStatus::Offline as i32,
+                ..Default::default()
+            }),
+            machine_token: "sk_machine_secret".into(),
+        }))
+    }
+    async fn list_runtimes(
+        &self,
+        _: Request<pb::ListRuntimesRequest>,
+    ) -> Result<Response<pb::ListRuntimesResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn get_runtime(
+        &self,
+        request: Request<pb::GetRuntimeRequest>,
+    ) -> Result<Response<pb::GetRuntimeResponse>, Status> {
+        authorize(&request)?;
+        let skill = |id: &str, source: pb::local_skill::Source, plugin: &str| pb::LocalSkill {
+            id: id.into(),
+            name: id.into(),
+            description: format!("the {id} skill"),
+            source: source as i32,
+            plugin_name: plugin.into(),
+        };
+        Ok(Response::new(pb::GetRuntimeResponse {
+            runtime: Some(pb::Runtime {
+                id: RUNTIME.into(),
+                name: "laptop".into(),
+                status: pb::RuntimeStatus::Online as i32,
+                manifest: Some(pb::Manifest {
+                    acp_agents: vec![pb::AcpAgentInfo {
+                        id: "claude".into(),
+                        name: "Claude Code".into(),
+                        version: "1.2.3".into(),
+                        capabilities_json: r#"{"loadSession":true}"#.into(),
+                        local_skills: vec![
+                            skill("pdf", pb::local_skill::Source::Global, ""),
+                            skill("review", pb::local_skill::Source::Plugin, "superpowers"),
+                        ],
+                    }],
+                }),
+                ..Default::default()
+            }),
+        }))
+    }
+    async fn delete_runtime(
+        &self,
+        _: Request<pb::DeleteRuntimeRequest>,
+    ) -> Result<Response<pb::DeleteRuntimeResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for Fake {
+    async fn create_agent(
+        &self,
+        _: Request<pb::CreateAgentRequest>,
+    ) -> Result<Response<pb::CreateAgentResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::GetAgentResponse>, Status> {
+        authorize(&request)?;
+        Ok(Response::new(pb::GetAgentResponse {
+            agent: Some(stored_agent(7)),
+        }))
+    }
+    async fn list_agents(&self, _: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn update_agent(
+        &self,
+        request: Request<pb::UpdateAgentRequest>,
+    ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
+        authorize(&request)?;
+        self.updates.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(pb::UpdateAgentResponse {
+            agent: Some(stored_agent(8)),
+        }))
+    }
+    async fn delete_agent(
+        &self,
+        _: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+}
+
+/// Serves the fake on a loopback port; the runtime must outlive the test.
+fn serve(fake: &Fake) -> (tokio::runtime::Runtime, String) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = tonic::transport::Server::builder()
+        .add_service(IdentityServiceServer::new(fake.clone()))
+        .add_service(RuntimeServiceServer::new(fake.clone()))
+        .add_service(AgentServiceServer::new(fake.clone()));
+    runtime.spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    (runtime, url)
+}
+
+#[test]
+fn talks_to_a_control_plane() {
+    let fake = Fake::default();
+    let (_runtime, url) = serve(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(&dir);
+    assert_eq!(
+        omactl(&config, &["context", "set", "fake", "--server", &url, "--token", TOKEN]).code,
+        0
+    );
+    let run = |args: &[&str]| omactl(&config, args);
+
+    let who = run(&["whoami"]);
+    assert_eq!(who.code, 0, "{}", who.stderr);
+    assert!(who.stdout.contains("tenant:  acme (ten_1)"), "{}", who.stdout);
+    assert!(who.stdout.contains("role:    admin"), "{}", who.stdout);
+    assert!(who.stdout.contains("expires: never"), "{}", who.stdout);
+    let who: serde_json::Value = serde_json::from_str(&run(&["whoami", "-o", "json"]).stdout).unwrap();
+    assert_eq!(who["user"]["role"], "admin");
+
+    // Paging follows next_page_token to the end, or stops at --limit.
+    let users: serde_json::Value = serde_json::from_str(&run(&["users", "list", "-o", "json"]).stdout).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 5);
+    let limited = run(&["users", "list", "--limit", "3"]);
+    assert_eq!(limited.stdout.lines().count(), 4, "{}", limited.stdout);
+    assert!(
+        limited.stdout.lines().nth(1).unwrap().contains("admin"),
+        "{}",
+        limited.stdout
+    );
+    let yaml = run(&["users", "list", "-o", "yaml", "--limit", "1"]);
+    assert!(yaml.stdout.contains("role: admin"), "{}", yaml.stdout);
+
+    // Statuses become one sentence and an exit code.
+    let missing = run(&["users", "get", USER]);
+    assert_eq!(
+        (missing.code, missing.stderr.trim()),
+        (5, format!("error: not found: user {USER} not found").as_str())
+    );
+    let denied = run(&["users", "delete", USER]);
+    assert_eq!(
+        (denied.code, denied.stderr.trim()),
+        (4, "error: permission denied: only admins may delete users")
+    );
+    let taken = run(&["users", "create", "taken"]);
+    assert_eq!(taken.code, 6, "{}", taken.stderr);
+    let bad_token = run(&["--token", "oma_wrong", "whoami"]);
+    assert_eq!(bad_token.code, 3, "{}", bad_token.stderr);
+    assert!(
+        bad_token.stderr.starts_with("error: unauthenticated: "),
+        "{}",
+        bad_token.stderr
+    );
+    let created = run(&["users", "create", "bob", "--role", "admin", "-o", "json"]);
+    let created: serde_json::Value = serde_json::from_str(&created.stdout).unwrap();
+    assert_eq!(
+        (created["name"].as_str(), created["role"].as_str()),
+        (Some("bob"), Some("admin"))
+    );
+
+    // Tokens: the secret is printed once, on its own `secret:` line.
+    let token = run(&["tokens", "create", "--name", "ci", "--ttl", "30d"]);
+    assert_eq!(token.code, 0, "{}", token.stderr);
+    let secret_line = token.stdout.lines().find(|l| l.starts_with("secret:")).unwrap();
+    assert!(
+        secret_line.split_whitespace().nth(1).unwrap().starts_with("oma_fedcba"),
+        "{}",
+        token.stdout
+    );
+    let token: serde_json::Value =
+        serde_json::from_str(&run(&["tokens", "create", "--name", "ci", "-o", "json"]).stdout).unwrap();
+    assert!(token["secret"].as_str().unwrap().starts_with("oma_"));
+    assert_eq!(token["token"]["expire_time"], serde_json::Value::Null);
+
+    // Pairing: the code and the exact setup line.
+    let connect = run(&["runtimes", "connect"]);
+    assert_eq!(connect.code, 0, "{}", connect.stderr);
+    assert!(
+        connect.stdout.starts_with("code:    K7QX-2MPD-9WRT\n"),
+        "{}",
+        connect.stdout
+    );
+    let setup = format!("oma-agent setup --server {url} --code K7QX-2MPD-9WRT");
+    assert!(connect.stdout.lines().any(|l| l.trim() == setup), "{}", connect.stdout);
+    let connect: serde_json::Value = serde_json::from_str(&run(&["runtimes", "connect", "-o", "json"]).stdout).unwrap();
+    assert_eq!(
+        (connect["code"].as_str(), connect["setup_command"].as_str()),
+        (Some("K7QX-2MPD-9WRT"), Some(setup.as_str()))
+    );
+
+    // Exchange sends no token.
+    let exchange = run(&[
+        "runtimes",
+        "exchange",
+        "--code",
+        "K7QX-2MPD-9WRT",
+        "--machine-id",
+        "m-1",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(exchange.code, 0, "{}", exchange.stderr);
+    let exchange: serde_json::Value = serde_json::from_str(&exchange.stdout).unwrap();
+    assert_eq!(
+        (exchange["runtime"]["id"].as_str(), exchange["machine_token"].as_str()),
+        (Some(RUNTIME), Some("sk_machine_secret"))
+    );
+    assert_eq!(fake.exchange_auth.lock().unwrap().as_slice(), [None]);
+    let exchange = run(&[
+        "runtimes",
+        "exchange",
+        "--code",
+        "K7QX-2MPD-9WRT",
+        "--machine-id",
+        "m-1",
+    ]);
+    assert!(
+        exchange.stdout.contains("machine token: sk_machine_secret"),
+        "{}",
+        exchange.stdout
+    );
+
+    // The manifest: ACP agents with versions, local skills with source and plugin.
+    let runtime = run(&["runtimes", "get", RUNTIME]);
+    assert!(
+        runtime.stdout.contains("claude     Claude Code  1.2.3"),
+        "{}",
+        runtime.stdout
+    );
+    assert!(
+        runtime
+            .stdout
+            .lines()
+            .any(|l| l.contains("review") && l.contains("plugin") && l.contains("superpowers")),
+        "{}",
+        runtime.stdout
+    );
+    let runtime: serde_json::Value =
+        serde_json::from_str(&run(&["runtimes", "get", RUNTIME, "-o", "json"]).stdout).unwrap();
+    assert_eq!(runtime["status"], "online");
+    assert_eq!(
+        runtime["manifest"]["acp_agents"][0]["local_skills"][0]["source"],
+        "global"
+    );
+
+    // Updates name exactly the fields given; a partial binding keeps the rest.
+    assert_eq!(
+        run(&["agents", "update", AGENT, "--system-prompt", "Be brief."]).code,
+        0
+    );
+    let bound = run(&["agents", "update", AGENT, "--acp-agent", "codex", "-o", "json"]);
+    assert_eq!(bound.code, 0, "{}", bound.stderr);
+    let shown: serde_json::Value = serde_json::from_str(&bound.stdout).unwrap();
+    assert_eq!(shown["spec"]["permission_policy"], "allow_once");
+    let nothing = run(&["agents", "update", AGENT]);
+    assert_eq!(nothing.code, 2);
+    assert!(
+        nothing.stderr.starts_with("error: nothing to update"),
+        "{}",
+        nothing.stderr
+    );
+    let updates = fake.updates.lock().unwrap();
+    assert_eq!(updates.len(), 2);
+    assert_eq!(updates[0].update_mask.as_ref().unwrap().paths, ["system_prompt"]);
+    assert_eq!(updates[0].spec.as_ref().unwrap().system_prompt, "Be brief.");
+    assert_eq!(updates[0].expected_version, 0);
+    assert_eq!(updates[1].update_mask.as_ref().unwrap().paths, ["runtime_binding"]);
+    let binding = updates[1].spec.as_ref().unwrap().runtime_binding.clone().unwrap();
+    assert_eq!(
+        (
+            binding.runtime_id.as_str(),
+            binding.acp_agent_id.as_str(),
+            binding.local_skill_blocklist
+        ),
+        (RUNTIME, "codex", vec!["pdf".to_owned()])
+    );
+    assert_eq!(updates[1].expected_version, 7);
+}

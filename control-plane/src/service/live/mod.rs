@@ -1,0 +1,41 @@
+//! The live path: runtime streams, the session event log, and watchers.
+//!
+//! - [`registry`]: which runtime has which live stream (one per runtime,
+//!   fenced by a connection epoch).
+//! - [`event_log`]: the group-commit writer. Events arrive numbered by the
+//!   machine; each (session, seq) is stored once, in order, and only then
+//!   acknowledged and fanned out.
+//! - [`hub`]: fan-out of committed events to watchers.
+//! - [`stream`]: one runtime stream from Hello to its end.
+//! - [`turns`]: prompts, cancels, permission answers, disposes and watches.
+
+pub mod event_log;
+pub mod hub;
+pub mod registry;
+pub mod stream;
+pub mod turns;
+
+use std::time::Duration;
+
+/// Tunables of the live path.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// How often the agent must heartbeat (sent in Welcome). The stream is
+    /// declared dead after three intervals without any frame.
+    pub heartbeat_interval: Duration,
+    /// How long the first frame (Hello) may take.
+    pub hello_timeout: Duration,
+    /// How long an `ask` permission request waits for a person before it is
+    /// rejected.
+    pub permission_timeout: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            heartbeat_interval: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(15),
+            permission_timeout: Duration::from_secs(600),
+        }
+    }
+}
