@@ -307,7 +307,10 @@ async fn tenant_isolation(w: &mut World) {
         NotFound,
         b.sessions.prompt_session(pb::PromptSessionRequest {
             session_id: w.session_id.clone(),
-            ..Default::default()
+            turn_id: String::new(),
+            prompt: vec![pb::ContentBlock {
+                block: Some(pb::content_block::Block::Text(pb::TextContent { text: "hi".into() })),
+            }],
         })
     );
     expect_code!(
@@ -320,7 +323,8 @@ async fn tenant_isolation(w: &mut World) {
         NotFound,
         b.sessions.answer_permission(pb::AnswerPermissionRequest {
             session_id: w.session_id.clone(),
-            ..Default::default()
+            request_id: "perm-1".into(),
+            answer: Some(pb::answer_permission_request::Answer::Reject(true)),
         })
     );
     expect_code!(
