@@ -196,7 +196,7 @@ impl ControlPlane {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(database.args());
-        command.env("OMA_LOG", "warn,oma_control_plane=info");
+        command.env("OMA_LOG", "warn");
         let tls = options.tls.is_some();
         if let Some((cert, key)) = &options.tls {
             command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
@@ -364,5 +364,152 @@ impl Omactl {
                 String::from_utf8_lossy(&output.stdout)
             )
         })
+    }
+}
+
+/// A paired `oma-agent` with private config and data dirs, whose agent
+/// table holds the scripted test agent as `test`.
+pub struct AgentDaemon {
+    pub config_dir: TempDir,
+    pub data_dir: TempDir,
+    pub server: String,
+    pub process: Option<Process>,
+    pub runtime_id: String,
+}
+
+impl AgentDaemon {
+    /// Pairs a new machine with `code` (no daemon started yet).
+    pub fn setup(server: &str, code: &str) -> anyhow::Result<AgentDaemon> {
+        let config_dir = tempfile::tempdir()?;
+        let data_dir = tempfile::tempdir()?;
+        let agents_toml = format!(
+            "[[agent]]\nid = \"test\"\nname = \"Scripted test agent\"\ncommand = \"{}\"\n",
+            bin("oma-test-agent").display()
+        );
+        std::fs::write(config_dir.path().join("agents.toml"), agents_toml)?;
+        let output = Command::new(bin("oma-agent"))
+            .arg("--config-dir")
+            .arg(config_dir.path())
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["setup", "--server", server, "--code", code, "--name", "test-machine"])
+            .env("OMA_LOG", "warn")
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "oma-agent setup failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout)?;
+        let runtime_id = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("paired as runtime "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("setup printed no runtime id")?
+            .to_owned();
+        Ok(AgentDaemon {
+            config_dir,
+            data_dir,
+            server: server.to_owned(),
+            process: None,
+            runtime_id,
+        })
+    }
+
+    /// The `oma-agent` command with this machine's dirs.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(bin("oma-agent"));
+        command
+            .arg("--config-dir")
+            .arg(self.config_dir.path())
+            .arg("--data-dir")
+            .arg(self.data_dir.path());
+        command
+    }
+
+    /// Starts `oma-agent run` and waits for it to say it is running.
+    pub fn start(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
+        let mut command = self.command();
+        command
+            .args(["run", "--reconnect-max", "2"])
+            .args(extra_args)
+            .env("OMA_LOG", "warn");
+        let mut process = Process::spawn(command, "oma-agent")?;
+        process.wait_for_line(START_DEADLINE, |l| l.starts_with("oma-agent ").then_some(()))?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// The folder of a session on this machine.
+    pub fn session_dir(&self, session_id: &str) -> PathBuf {
+        self.data_dir.path().join("sessions").join(session_id)
+    }
+}
+
+/// A text prompt.
+pub fn text_prompt(text: &str) -> Vec<oma_proto::pb::ContentBlock> {
+    vec![oma_proto::pb::ContentBlock {
+        block: Some(oma_proto::pb::content_block::Block::Text(oma_proto::pb::TextContent {
+            text: text.to_owned(),
+        })),
+    }]
+}
+
+/// Waits until the runtime is online (its stream is up).
+pub async fn wait_online(
+    clients: &mut Clients,
+    runtime_id: &str,
+    deadline: Duration,
+) -> anyhow::Result<oma_proto::pb::Runtime> {
+    let runtimes = clients.runtimes.clone();
+    wait_until("the runtime to come online", deadline, || {
+        let mut runtimes = runtimes.clone();
+        let runtime_id = runtime_id.to_owned();
+        async move {
+            let runtime = runtimes
+                .get_runtime(oma_proto::pb::GetRuntimeRequest { runtime_id })
+                .await
+                .ok()?
+                .into_inner()
+                .runtime?;
+            (runtime.status == oma_proto::pb::RuntimeStatus::Online as i32).then_some(runtime)
+        }
+    })
+    .await
+}
+
+/// Collects a session's events from `from_seq` until the turn `turn_id` ends.
+pub async fn collect_turn(
+    clients: &mut Clients,
+    session_id: &str,
+    from_seq: u64,
+    turn_id: &str,
+    deadline: Duration,
+) -> anyhow::Result<Vec<oma_proto::pb::SessionEvent>> {
+    let mut stream = clients
+        .sessions
+        .watch_session(oma_proto::pb::WatchSessionRequest {
+            session_id: session_id.to_owned(),
+            from_seq,
+            until_turn_end: false,
+        })
+        .await?
+        .into_inner();
+    let mut events = Vec::new();
+    let result = tokio::time::timeout(deadline, async {
+        while let Some(event) = stream.message().await? {
+            let done = event.turn_id == turn_id
+                && matches!(event.kind, Some(oma_proto::pb::session_event::Kind::TurnEnded(_)));
+            events.push(event);
+            if done {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+        bail!("the watch ended before turn {turn_id} did")
+    })
+    .await;
+    match result {
+        Ok(r) => r.map(|_| events),
+        Err(_) => bail!("turn {turn_id} did not end within {deadline:?}; events so far: {events:#?}"),
     }
 }

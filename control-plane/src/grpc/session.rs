@@ -141,8 +141,7 @@ impl SessionService for SessionGrpc {
             .service
             .watch_session(&caller, id, req.from_seq, req.until_turn_end)
             .await?;
-        let stream =
-            ReceiverStream::new(events).map(|item| item.map(|e| Arc::unwrap_or_clone(e)).map_err(Status::from));
+        let stream = ReceiverStream::new(events).map(|item| item.map(Arc::unwrap_or_clone).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 }

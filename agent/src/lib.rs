@@ -1,0 +1,11 @@
+//! `oma-agent`: pairs a machine with the control plane, holds one stream to
+//! it, and runs one ACP agent child process per session.
+
+pub mod connection;
+pub mod credentials;
+pub mod detect;
+pub mod outbox;
+pub mod paths;
+pub mod process;
+pub mod service_unit;
+pub mod session;

@@ -1,0 +1,479 @@
+//! The `oma-agent` binary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use oma_agent::connection::{Backoff, Daemon, DaemonExit, endpoint};
+use oma_agent::credentials::{self, Credentials};
+use oma_agent::detect::{self, DetectReport};
+use oma_agent::paths::Paths;
+use oma_agent::service_unit::{self, ServiceManager, UnitSpec};
+use oma_agent::session::manager::{Manager, ManagerConfig};
+use oma_proto::pb;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// Runs coding agents (ACP) on this machine for an OMA runtime control plane.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Where credentials, the machine id and agents.toml live.
+    #[arg(long, global = true, env = "OMA_AGENT_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Where sessions, the outbox and logs live.
+    #[arg(long, global = true, env = "OMA_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pair this machine with a control plane using a connect code.
+    Setup {
+        /// The control plane's URL, e.g. https://oma.example.com:443.
+        #[arg(long)]
+        server: String,
+        /// The connect code from `omactl runtimes connect`.
+        #[arg(long)]
+        code: String,
+        /// A name for this machine (default: its host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// A PEM file of CA certificates to trust instead of the system's.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Replace credentials of another server.
+        #[arg(long)]
+        force: bool,
+        /// Allow plaintext to a non-loopback server.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Run the daemon (what the service unit starts).
+    Run(RunArgs),
+    /// Show whether this machine is paired and connected, and its agents.
+    Status,
+    /// List the ACP agents found on this machine and how each is launched.
+    Agents,
+    /// Remove credentials, sessions and the service unit.
+    Uninstall,
+    /// Manage the systemd user unit / launchd agent that runs the daemon.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// A turn ends with an error after the agent printed nothing this long.
+    #[arg(long, env = "OMA_AGENT_IDLE_TIMEOUT", default_value = "600", value_parser = parse_secs)]
+    idle_timeout: Duration,
+    /// An agent must answer initialize and session/new within this.
+    #[arg(long, env = "OMA_AGENT_STARTUP_TIMEOUT", default_value = "60", value_parser = parse_secs)]
+    startup_timeout: Duration,
+    /// The longest wait between reconnect attempts (seconds).
+    #[arg(long, env = "OMA_AGENT_RECONNECT_MAX", default_value = "30", value_parser = parse_secs)]
+    reconnect_max: Duration,
+    /// Allow plaintext to a non-loopback server.
+    #[arg(long, env = "OMA_AGENT_INSECURE")]
+    insecure: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCommand {
+    /// Write the unit and start it (restart on failure, logs to journald or ~/Library/Logs).
+    Install {
+        /// Print what would be done without doing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop the service and remove its unit.
+    Uninstall {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show the service manager's view of the service.
+    Status,
+}
+
+/// Seconds, or a number with s/m/h.
+fn parse_secs(value: &str) -> Result<Duration, String> {
+    let (digits, mult) = match value.chars().last() {
+        Some('s') => (&value[..value.len() - 1], 1),
+        Some('m') => (&value[..value.len() - 1], 60),
+        Some('h') => (&value[..value.len() - 1], 3600),
+        _ => (value, 1),
+    };
+    if let Some(ms) = value.strip_suffix("ms") {
+        return ms
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{value:?} is not a duration"));
+    }
+    digits
+        .parse::<u64>()
+        .map(|n| Duration::from_secs(n * mult))
+        .map_err(|_| format!("{value:?} is not a duration: use e.g. 90, 90s, 5m, 1h"))
+}
+
+/// What the running daemon writes for `oma-agent status`.
+#[derive(Debug, Serialize, Deserialize)]
+struct DaemonState {
+    pid: u32,
+    connected: bool,
+    status: String,
+    since_unix: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OMA_LOG").unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let paths = Paths::resolve(cli.config_dir, cli.data_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Setup {
+            server,
+            code,
+            name,
+            ca_file,
+            force,
+            insecure,
+        } => runtime.block_on(setup(&paths, server, code, name, ca_file, force, insecure)),
+        Command::Run(args) => runtime.block_on(daemon(&paths, args)),
+        Command::Status => status(&paths),
+        Command::Agents => agents(&paths),
+        Command::Uninstall => uninstall(&paths),
+        Command::Service { command } => service(&paths, command),
+    }
+}
+
+async fn setup(
+    paths: &Paths,
+    server: String,
+    code: String,
+    name: Option<String>,
+    ca_file: Option<PathBuf>,
+    force: bool,
+    insecure: bool,
+) -> anyhow::Result<i32> {
+    // Refuse before spending the single-use code.
+    if let Some(existing) = credentials::load(paths)?
+        && existing.server_url != server
+        && !force
+    {
+        bail!(
+            "this machine is already paired with {}; pass --force to pair it with {server} instead",
+            existing.server_url
+        );
+    }
+    let ca_file = ca_file
+        .map(|p| std::fs::canonicalize(&p).with_context(|| format!("cannot find --ca-file {}", p.display())))
+        .transpose()?;
+    let endpoint = endpoint(&server, ca_file.as_deref(), insecure).map_err(anyhow::Error::msg)?;
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the control plane at {server}"))?;
+    let machine_id = credentials::machine_id(paths)?;
+    let mut client = pb::runtime_service_client::RuntimeServiceClient::new(channel);
+    let response = client
+        .exchange_connect_code(pb::ExchangeConnectCodeRequest {
+            code,
+            machine_id,
+            name: name.unwrap_or_else(credentials::default_runtime_name),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("the control plane refused the code: {}", s.message()))?
+        .into_inner();
+    let runtime = response.runtime.context("the control plane returned no runtime")?;
+    let creds = Credentials {
+        server_url: server,
+        runtime_id: runtime.id.clone(),
+        machine_token: response.machine_token,
+        ca_file,
+        tenant_id: Some(runtime.tenant_id.clone()),
+        paired_at: credentials::paired_at_now(),
+    };
+    credentials::save(paths, &creds, true)?;
+    println!("paired as runtime {} ({})", runtime.id, runtime.name);
+    println!("credentials: {}", paths.credentials_file().display());
+    println!("start the daemon with `oma-agent run`, or install it as a service with `oma-agent service install`");
+    Ok(0)
+}
+
+fn detect_agents(paths: &Paths) -> anyhow::Result<DetectReport> {
+    Ok(detect::detect_with_process_path(&paths.agents_config_file())?)
+}
+
+fn manifest(report: &DetectReport) -> pb::Manifest {
+    pb::Manifest {
+        acp_agents: report
+            .agents
+            .iter()
+            .map(|a| pb::AcpAgentInfo {
+                id: a.id.clone(),
+                name: a.name.clone(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
+    let creds = credentials::load(paths)?.context(
+        "this machine is not paired: run `oma-agent setup --server URL --code CODE` (a code comes from `omactl runtimes connect`)",
+    )?;
+    let machine_id = credentials::machine_id(paths)?;
+    let report = detect_agents(paths)?;
+    for missing in &report.missing {
+        tracing::info!("{missing}");
+    }
+    tracing::info!(agents = ?report.agents.iter().map(|a| &a.id).collect::<Vec<_>>(), "detected ACP agents");
+    let hello = pb::Hello {
+        machine_id,
+        instance_id: uuid::Uuid::new_v4().simple().to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+        manifest: Some(manifest(&report)),
+        sessions: Vec::new(),
+    };
+    let manager = Manager::load(ManagerConfig {
+        paths: paths.clone(),
+        agents: report,
+        idle_timeout: args.idle_timeout,
+        startup_timeout: args.startup_timeout,
+        shutdown_grace: Duration::from_secs(5),
+    });
+    let state_file = paths.state_file();
+    let endpoint = endpoint(&creds.server_url, creds.ca_file.as_deref(), args.insecure).map_err(anyhow::Error::msg)?;
+    let daemon = Daemon {
+        endpoint,
+        machine_token: creds.machine_token.clone(),
+        hello,
+        manager: manager.clone(),
+        backoff: Backoff {
+            cap: args.reconnect_max,
+            ..Backoff::default()
+        },
+        on_status: Box::new(move |status, connected| {
+            let state = DaemonState {
+                pid: std::process::id(),
+                connected,
+                status: status.to_owned(),
+                since_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            };
+            if let Some(parent) = state_file.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let _ = std::fs::write(&state_file, serde_json::to_vec(&state).unwrap_or_default());
+        }),
+    };
+    let shutdown = CancellationToken::new();
+    let signals = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            shutdown.cancel();
+        })
+    };
+    println!(
+        "oma-agent {} running as runtime {}",
+        env!("CARGO_PKG_VERSION"),
+        creds.runtime_id
+    );
+    let exit = daemon.run(shutdown).await;
+    signals.abort();
+    manager.shutdown().await;
+    let _ = std::fs::remove_file(paths.state_file());
+    Ok(match exit {
+        DaemonExit::Shutdown => {
+            tracing::info!("stopped");
+            0
+        }
+        DaemonExit::Superseded => {
+            println!("another oma-agent with these credentials took over; exiting");
+            0
+        }
+        DaemonExit::Refused(why) => {
+            eprintln!(
+                "error: the control plane refused this machine's credentials ({why}); pair it again with \
+                 `oma-agent setup --server {} --code CODE --force` (a code comes from `omactl runtimes connect`)",
+                creds.server_url
+            );
+            3
+        }
+    })
+}
+
+fn pid_alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+fn status(paths: &Paths) -> anyhow::Result<i32> {
+    match credentials::load(paths)? {
+        None => println!("paired:    no (run `oma-agent setup --server URL --code CODE`)"),
+        Some(c) => {
+            println!("paired:    yes, runtime {} at {}", c.runtime_id, c.server_url);
+        }
+    }
+    let state: Option<DaemonState> = std::fs::read(paths.state_file())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|s: &DaemonState| pid_alive(s.pid));
+    match state {
+        Some(s) => println!("daemon:    running (pid {}), {}", s.pid, s.status),
+        None => println!("daemon:    not running"),
+    }
+    let report = detect_agents(paths)?;
+    let ids: Vec<&str> = report.agents.iter().map(|a| a.id.as_str()).collect();
+    println!(
+        "agents:    {}",
+        if ids.is_empty() {
+            "none found".to_owned()
+        } else {
+            ids.join(", ")
+        }
+    );
+    Ok(0)
+}
+
+fn agents(paths: &Paths) -> anyhow::Result<i32> {
+    let report = detect_agents(paths)?;
+    if report.agents.is_empty() {
+        println!(
+            "no ACP agent found on PATH or in {}",
+            paths.agents_config_file().display()
+        );
+    }
+    for agent in &report.agents {
+        let mut line = format!("{:<10} {}", agent.id, agent.command.display());
+        for arg in &agent.args {
+            line.push(' ');
+            line.push_str(arg);
+        }
+        println!("{line}    ({:?})", agent.source);
+    }
+    for missing in &report.missing {
+        println!("missing    {missing}");
+    }
+    for disabled in &report.disabled {
+        println!("disabled   {disabled}");
+    }
+    Ok(0)
+}
+
+fn uninstall(paths: &Paths) -> anyhow::Result<i32> {
+    if let Ok(manager) = ServiceManager::current() {
+        match service_unit::uninstall(manager, false) {
+            Ok(report) => {
+                for warning in report.warnings {
+                    println!("note: {warning}");
+                }
+            }
+            Err(e) => println!("note: {e}"),
+        }
+    }
+    if credentials::remove(paths)? {
+        println!("removed credentials {}", paths.credentials_file().display());
+    }
+    match std::fs::remove_dir_all(&paths.data_dir) {
+        Ok(()) => println!("removed {}", paths.data_dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("cannot remove {}: {e}", paths.data_dir.display()),
+    }
+    println!(
+        "the machine id in {} is kept, so pairing again keeps this machine's identity",
+        paths.config_dir.display()
+    );
+    Ok(0)
+}
+
+fn service(paths: &Paths, command: ServiceCommand) -> anyhow::Result<i32> {
+    let manager = ServiceManager::current()?;
+    match command {
+        ServiceCommand::Install { dry_run } => {
+            let mut args = vec!["run".to_owned()];
+            args.extend(["--config-dir".to_owned(), paths.config_dir.display().to_string()]);
+            args.extend(["--data-dir".to_owned(), paths.data_dir.display().to_string()]);
+            let spec = UnitSpec::for_current_exe(args)?;
+            let report = service_unit::install(&spec, manager, dry_run)?;
+            println!("{} unit: {}", report.manager, report.unit_path.display());
+            if dry_run {
+                println!("{}", report.contents);
+            }
+            for command in report.commands {
+                println!("{}: {command}", if dry_run { "would run" } else { "ran" });
+            }
+            for note in report.notes {
+                println!("note: {note}");
+            }
+        }
+        ServiceCommand::Uninstall { dry_run } => {
+            let report = service_unit::uninstall(manager, dry_run)?;
+            println!(
+                "{} unit {}: {}",
+                report.manager,
+                report.unit_path.display(),
+                if report.removed { "removed" } else { "not present" }
+            );
+            for warning in report.warnings {
+                println!("note: {warning}");
+            }
+        }
+        ServiceCommand::Status => {
+            let report = service_unit::status(manager)?;
+            println!("{}", report.output);
+            return Ok(report.exit_code.unwrap_or(1));
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_secs("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_secs("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_secs("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_secs("x").is_err());
+    }
+}

@@ -1,0 +1,244 @@
+//! The outbox: every session event the daemon has read from a child, kept
+//! on disk until the control plane acknowledges that it is durable.
+//!
+//! One append-only log per session (`<outbox>/<session>.log`: records of a
+//! u32 little-endian length and a protobuf `SessionEvent`), plus the highest
+//! acknowledged seq (`<session>.ack`). A daemon restart (even SIGKILL: the
+//! data is in the page cache) reloads the unacknowledged tail and resends it
+//! after the next Welcome. The log is compacted once most of it is acked.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use oma_proto::pb;
+use prost::Message as _;
+
+/// Unacknowledged bytes after which the session stops reading its child
+/// until acks arrive (backpressure instead of unbounded memory).
+pub const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
+
+/// Rewrite the log when this many acknowledged records precede the tail.
+const COMPACT_AFTER: usize = 4096;
+
+pub struct SessionOutbox {
+    log_path: PathBuf,
+    ack_path: PathBuf,
+    file: File,
+    pending: VecDeque<pb::SessionEvent>,
+    pending_bytes: usize,
+    /// Records in the file that are already acknowledged.
+    acked_in_file: usize,
+    next_seq: u64,
+    acked: u64,
+}
+
+impl SessionOutbox {
+    /// Opens (or creates) the outbox of a session, reloading what a previous
+    /// run left unacknowledged.
+    pub fn open(dir: &Path, session_id: &str) -> io::Result<SessionOutbox> {
+        fs::create_dir_all(dir)?;
+        let log_path = dir.join(format!("{session_id}.log"));
+        let ack_path = dir.join(format!("{session_id}.ack"));
+        let acked = fs::read_to_string(&ack_path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let mut pending = VecDeque::new();
+        let mut pending_bytes = 0;
+        let mut acked_in_file = 0;
+        let mut max_seq = acked;
+        let mut valid_len: u64 = 0;
+        if let Ok(file) = File::open(&log_path) {
+            let mut reader = BufReader::new(file);
+            loop {
+                let mut len = [0u8; 4];
+                if reader.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let len = u32::from_le_bytes(len) as usize;
+                let mut buf = vec![0u8; len];
+                if reader.read_exact(&mut buf).is_err() {
+                    break; // a torn final record (crash mid-write): dropped
+                }
+                let Ok(event) = pb::SessionEvent::decode(buf.as_slice()) else {
+                    break;
+                };
+                valid_len += 4 + len as u64;
+                max_seq = max_seq.max(event.seq);
+                if event.seq > acked {
+                    pending_bytes += len;
+                    pending.push_back(event);
+                } else {
+                    acked_in_file += 1;
+                }
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&log_path)?;
+        // Cut a torn tail so new records follow whole ones.
+        if file.metadata()?.len() > valid_len {
+            file.set_len(valid_len)?;
+        }
+        Ok(SessionOutbox {
+            log_path,
+            ack_path,
+            file,
+            pending,
+            pending_bytes,
+            acked_in_file,
+            next_seq: max_seq + 1,
+            acked,
+        })
+    }
+
+    /// Numbers an event (the next seq) and stores it before it is sent.
+    pub fn push(&mut self, mut event: pb::SessionEvent) -> io::Result<pb::SessionEvent> {
+        event.seq = self.next_seq;
+        let bytes = event.encode_to_vec();
+        let mut record = Vec::with_capacity(4 + bytes.len());
+        record.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        record.extend_from_slice(&bytes);
+        self.file.write_all(&record)?;
+        self.next_seq += 1;
+        self.pending_bytes += bytes.len();
+        self.pending.push_back(event.clone());
+        Ok(event)
+    }
+
+    /// The control plane has stored everything up to `seq`.
+    pub fn ack(&mut self, seq: u64) -> io::Result<()> {
+        if seq <= self.acked {
+            return Ok(());
+        }
+        while self.pending.front().is_some_and(|e| e.seq <= seq) {
+            let event = self.pending.pop_front().expect("front exists");
+            self.pending_bytes = self.pending_bytes.saturating_sub(event.encoded_len());
+            self.acked_in_file += 1;
+        }
+        self.acked = seq;
+        write_atomic(&self.ack_path, seq.to_string().as_bytes())?;
+        if self.acked_in_file >= COMPACT_AFTER {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Everything not yet acknowledged, oldest first (to resend).
+    pub fn pending(&self) -> impl Iterator<Item = &pb::SessionEvent> {
+        self.pending.iter()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.pending_bytes >= MAX_PENDING_BYTES
+    }
+
+    /// The seq of the last event numbered (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    fn compact(&mut self) -> io::Result<()> {
+        let tmp = self.log_path.with_extension("log.tmp");
+        {
+            let mut out = File::create(&tmp)?;
+            for event in &self.pending {
+                let bytes = event.encode_to_vec();
+                out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+                out.write_all(&bytes)?;
+            }
+            out.sync_all()?;
+        }
+        fs::rename(&tmp, &self.log_path)?;
+        self.file = OpenOptions::new().append(true).open(&self.log_path)?;
+        self.acked_in_file = 0;
+        Ok(())
+    }
+
+    /// Deletes the session's outbox files (the session was disposed).
+    pub fn remove(self) -> io::Result<()> {
+        let _ = fs::remove_file(&self.ack_path);
+        match fs::remove_file(&self.log_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, data)?;
+    fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(text: &str) -> pb::SessionEvent {
+        pb::SessionEvent {
+            session_id: "ses_x".into(),
+            kind: Some(pb::session_event::Kind::Log(pb::SessionLog { message: text.into() })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn numbers_keeps_and_reloads_unacked_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = SessionOutbox::open(dir.path(), "ses_a").unwrap();
+        for i in 0..5 {
+            assert_eq!(outbox.push(event(&i.to_string())).unwrap().seq, i + 1);
+        }
+        outbox.ack(2).unwrap();
+        assert_eq!(outbox.pending().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        drop(outbox);
+
+        let mut reopened = SessionOutbox::open(dir.path(), "ses_a").unwrap();
+        assert_eq!(reopened.pending().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(reopened.push(event("next")).unwrap().seq, 6, "numbering continues");
+        reopened.ack(6).unwrap();
+        assert_eq!(reopened.pending().count(), 0);
+        drop(reopened);
+        let again = SessionOutbox::open(dir.path(), "ses_a").unwrap();
+        assert_eq!(again.last_seq(), 6);
+        assert_eq!(again.pending().count(), 0);
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_and_numbering_stays_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = SessionOutbox::open(dir.path(), "ses_b").unwrap();
+        outbox.push(event("a")).unwrap();
+        outbox.push(event("b")).unwrap();
+        drop(outbox);
+        let path = dir.path().join("ses_b.log");
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2]); // half a record
+        fs::write(&path, bytes).unwrap();
+        let mut reopened = SessionOutbox::open(dir.path(), "ses_b").unwrap();
+        assert_eq!(reopened.pending().count(), 2);
+        assert_eq!(reopened.push(event("c")).unwrap().seq, 3);
+        drop(reopened);
+        let again = SessionOutbox::open(dir.path(), "ses_b").unwrap();
+        assert_eq!(again.pending().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn compaction_keeps_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = SessionOutbox::open(dir.path(), "ses_c").unwrap();
+        for i in 0..(COMPACT_AFTER as u64 + 10) {
+            outbox.push(event(&i.to_string())).unwrap();
+        }
+        outbox.ack(COMPACT_AFTER as u64 + 5).unwrap();
+        drop(outbox);
+        let again = SessionOutbox::open(dir.path(), "ses_c").unwrap();
+        assert_eq!(again.pending().count(), 5);
+        assert_eq!(again.last_seq(), COMPACT_AFTER as u64 + 10);
+    }
+}

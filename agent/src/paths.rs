@@ -1,0 +1,278 @@
+//! Where `oma-agent` keeps its files.
+//!
+//! Two roots: the **config dir** (credentials, machine id, the user's ACP agent
+//! table) and the **data dir** (session directories, the outbox of un-acked
+//! events, daemon state, logs). Both have platform defaults and can be
+//! overridden with [`Paths::new`] (the daemon's `--config-dir`/`--data-dir`
+//! flags and `OMA_AGENT_CONFIG_DIR`/`OMA_AGENT_DATA_DIR`).
+//!
+//! Session ids come from the control plane, so [`Paths::session_dir`] checks
+//! their shape before joining them onto a path: nothing the server sends can
+//! name a directory outside `<data dir>/sessions/`.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use oma_proto::ids::SessionId;
+use oma_proto::validate::ValidationError;
+
+/// The folder name used under the platform's config and data directories.
+pub const APP_DIR_NAME: &str = "oma-agent";
+
+/// Errors finding or using the agent's directories.
+#[derive(Debug, thiserror::Error)]
+pub enum PathsError {
+    /// The platform directory could not be determined (no home directory).
+    #[error(
+        "cannot determine the default {which} directory (is HOME set?): pass --{which}-dir or set OMA_AGENT_{upper}_DIR",
+        upper = which.to_uppercase()
+    )]
+    NoDefaultDir {
+        /// `config` or `data`.
+        which: &'static str,
+    },
+    /// A session id from the control plane does not have the `ses_<32 hex>` shape.
+    #[error("refusing to use a session directory: {0}")]
+    InvalidSessionId(#[source] ValidationError),
+}
+
+/// The agent's config and data roots, and every file path derived from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// Credentials, machine id and the user's `agents.toml`.
+    pub config_dir: PathBuf,
+    /// Session directories, outbox, state and logs.
+    pub data_dir: PathBuf,
+}
+
+impl Paths {
+    /// Uses the given roots as they are (no `oma-agent` suffix is appended).
+    pub fn new(config_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            config_dir: config_dir.into(),
+            data_dir: data_dir.into(),
+        }
+    }
+
+    /// The platform defaults: [`default_config_dir`] and [`default_data_dir`].
+    pub fn from_env() -> Result<Self, PathsError> {
+        Ok(Self::new(default_config_dir()?, default_data_dir()?))
+    }
+
+    /// The defaults, with either root replaced when an override is given
+    /// (what the daemon does with its `--config-dir`/`--data-dir` flags).
+    pub fn resolve(config_dir: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<Self, PathsError> {
+        let config_dir = match config_dir {
+            Some(dir) => dir,
+            None => default_config_dir()?,
+        };
+        let data_dir = match data_dir {
+            Some(dir) => dir,
+            None => default_data_dir()?,
+        };
+        Ok(Self::new(config_dir, data_dir))
+    }
+
+    /// `<config dir>/credentials.toml`: server URL, runtime id and machine token (mode 0600).
+    pub fn credentials_file(&self) -> PathBuf {
+        self.config_dir.join("credentials.toml")
+    }
+
+    /// `<config dir>/machine-id`: the stable machine id, created once.
+    pub fn machine_id_file(&self) -> PathBuf {
+        self.config_dir.join("machine-id")
+    }
+
+    /// `<config dir>/agents.toml`: the user's additions and overrides to the ACP agent table.
+    pub fn agents_config_file(&self) -> PathBuf {
+        self.config_dir.join("agents.toml")
+    }
+
+    /// `<data dir>/sessions`: one directory per session.
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.data_dir.join("sessions")
+    }
+
+    /// `<data dir>/sessions/<session_id>`, after checking that `session_id` is
+    /// `ses_` followed by 32 lowercase hex digits (so it cannot contain `/`,
+    /// `..` or anything else that would leave the sessions directory).
+    pub fn session_dir(&self, session_id: &str) -> Result<PathBuf, PathsError> {
+        validate_session_id(session_id)?;
+        Ok(self.sessions_dir().join(session_id))
+    }
+
+    /// `<data dir>/outbox`: events not yet acknowledged by the control plane.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
+    }
+
+    /// `<data dir>/state.json`: what the daemon remembers across restarts.
+    pub fn state_file(&self) -> PathBuf {
+        self.data_dir.join("state.json")
+    }
+
+    /// `<data dir>/logs`: logs the daemon writes itself (e.g. ACP agents' stderr).
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+}
+
+/// `<platform config dir>/oma-agent`: `$XDG_CONFIG_HOME/oma-agent` (else
+/// `~/.config/oma-agent`) on Linux, `~/Library/Application Support/oma-agent`
+/// on macOS.
+pub fn default_config_dir() -> Result<PathBuf, PathsError> {
+    dirs::config_dir()
+        .map(|dir| dir.join(APP_DIR_NAME))
+        .ok_or(PathsError::NoDefaultDir { which: "config" })
+}
+
+/// `<platform data dir>/oma-agent`: `$XDG_DATA_HOME/oma-agent` (else
+/// `~/.local/share/oma-agent`) on Linux, `~/Library/Application Support/oma-agent`
+/// on macOS.
+pub fn default_data_dir() -> Result<PathBuf, PathsError> {
+    dirs::data_dir()
+        .map(|dir| dir.join(APP_DIR_NAME))
+        .ok_or(PathsError::NoDefaultDir { which: "data" })
+}
+
+/// Checks that `session_id` is `ses_` followed by 32 lowercase hex digits.
+pub fn validate_session_id(session_id: &str) -> Result<(), PathsError> {
+    SessionId::parse("session_id", session_id)
+        .map(|_| ())
+        .map_err(PathsError::InvalidSessionId)
+}
+
+/// Creates `dir` and any missing parents with mode 0700 (existing
+/// directories keep their mode).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Writes `contents` to `path` atomically: a temporary file with `mode` in the
+/// same directory, flushed to disk, then renamed over `path`. A reader sees
+/// the old file or the new one, never a partial write. The parent directory
+/// must exist.
+pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = temp_sibling(path)?;
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates `path` with `contents` and `mode` only if it does not exist yet.
+/// Returns `false` (and leaves the existing file alone) when it does. The
+/// file appears complete or not at all, even with concurrent callers.
+pub(crate) fn create_atomic_if_absent(path: &Path, contents: &[u8], mode: u32) -> io::Result<bool> {
+    let tmp = temp_sibling(path)?;
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        // A hard link fails if the target exists: an atomic "create if absent"
+        // that never exposes a half-written file.
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(err) => Err(err),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+fn temp_sibling(path: &Path) -> io::Result<PathBuf> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} has no file name", path.display()),
+        )
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+    Ok(path.with_file_name(tmp_name))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn file_layout() {
+        let paths = Paths::new("/c", "/d");
+        assert_eq!(paths.credentials_file(), Path::new("/c/credentials.toml"));
+        assert_eq!(paths.machine_id_file(), Path::new("/c/machine-id"));
+        assert_eq!(paths.agents_config_file(), Path::new("/c/agents.toml"));
+        assert_eq!(paths.sessions_dir(), Path::new("/d/sessions"));
+        assert_eq!(paths.outbox_dir(), Path::new("/d/outbox"));
+        assert_eq!(paths.state_file(), Path::new("/d/state.json"));
+        assert_eq!(paths.log_dir(), Path::new("/d/logs"));
+        let id = "ses_0123456789abcdef0123456789abcdef";
+        assert_eq!(paths.session_dir(id).unwrap(), Path::new("/d/sessions").join(id));
+    }
+
+    #[test]
+    fn session_dir_rejects_anything_but_a_session_id() {
+        let paths = Paths::new("/c", "/d");
+        for bad in [
+            "",
+            "..",
+            "../../etc",
+            "ses_",
+            "ses_0123456789abcdef0123456789abcde",
+            "ses_0123456789abcdef0123456789abcdef0",
+            "ses_0123456789ABCDEF0123456789ABCDEF",
+            "ses_0123456789abcdef0123456789abcde/",
+            "ses_../../../../../../../../../../..",
+            "agt_0123456789abcdef0123456789abcdef",
+            "/ses_0123456789abcdef0123456789abcdef",
+        ] {
+            let err = paths.session_dir(bad).unwrap_err();
+            assert!(matches!(err, PathsError::InvalidSessionId(_)), "{bad:?}");
+            assert!(err.to_string().contains("session"), "{err}");
+        }
+    }
+
+    #[test]
+    fn resolve_keeps_overrides() {
+        let paths = Paths::resolve(Some("/x".into()), Some("/y".into())).unwrap();
+        assert_eq!(paths, Paths::new("/x", "/y"));
+    }
+
+    #[test]
+    fn atomic_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("nested/a/file");
+        create_private_dir(target.parent().unwrap()).unwrap();
+        let mode = fs::metadata(target.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+
+        write_atomic(&target, b"one", 0o600).unwrap();
+        write_atomic(&target, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+
+        let fresh = dir.path().join("nested/a/fresh");
+        assert!(create_atomic_if_absent(&fresh, b"first", 0o600).unwrap());
+        assert!(!create_atomic_if_absent(&fresh, b"second", 0o600).unwrap());
+        assert_eq!(fs::read(&fresh).unwrap(), b"first");
+
+        // No temporary files are left behind.
+        let names: Vec<_> = fs::read_dir(target.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+}

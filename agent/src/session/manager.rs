@@ -1,0 +1,801 @@
+//! The session manager: one actor task per session, owning that session's
+//! ACP child, its outbox and its state file.
+//!
+//! Why actors: each session's events must be numbered and sent in one order,
+//! and a slow or crashed child must never hold up another session or the
+//! stream. The connection hands each actor the current stream sender
+//! together with the control plane's cursor, so an actor always resends its
+//! unacknowledged events before it sends anything new on a fresh stream.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use oma_proto::pb;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::acp::{AcpLaunch, AcpOutput, AcpSession};
+use super::translate;
+use super::workspace;
+use crate::detect::DetectReport;
+use crate::outbox::SessionOutbox;
+use crate::paths::Paths;
+use crate::process::ChildSpec;
+
+/// Environment variables the control plane may inject into a child (its
+/// credentials); anything else it sends is ignored.
+pub const CREDENTIAL_ENV_ALLOW_LIST: &[&str] = &[
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_BASE_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GOOGLE_GEMINI_BASE_URL",
+];
+
+/// Turn ids remembered per session, so a resent Prompt runs once.
+const SEEN_TURNS: usize = 1000;
+/// Events per frame when resending a backlog.
+const RESEND_BATCH: usize = 256;
+
+/// What the manager needs to run sessions.
+pub struct ManagerConfig {
+    pub paths: Paths,
+    pub agents: DetectReport,
+    pub idle_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Persisted per session, beside its outbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SessionState {
+    /// The encoded StartSession frame (base64), to restart the child after a
+    /// crash or a daemon restart.
+    start: String,
+    acp_session_id: Option<String>,
+    seen_turns: Vec<String>,
+    running_turn: Option<String>,
+}
+
+type Sender = mpsc::Sender<pb::AgentFrame>;
+
+enum Command {
+    /// A (new) stream: the sender, and the last seq the server has stored
+    /// (`None` for a session it has just started).
+    Connected(Option<Sender>, Option<u64>),
+    Prompt(pb::Prompt),
+    Cancel,
+    Answer(pb::PermissionAnswer),
+    Ack(u64),
+    Describe(oneshot::Sender<u64>),
+    Dispose,
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+pub struct Manager {
+    config: Arc<ManagerConfig>,
+    sessions: Mutex<HashMap<String, Handle>>,
+    current: Mutex<Option<Sender>>,
+}
+
+fn state_path(paths: &Paths, session_id: &str) -> PathBuf {
+    paths.outbox_dir().join(format!("{session_id}.state.json"))
+}
+
+impl Manager {
+    /// Loads the sessions a previous run left (their state files), ready to
+    /// resume on the next Welcome. Children start lazily, on the next prompt.
+    pub fn load(config: ManagerConfig) -> Arc<Manager> {
+        let manager = Arc::new(Manager {
+            config: Arc::new(config),
+            sessions: Mutex::new(HashMap::new()),
+            current: Mutex::new(None),
+        });
+        let outbox_dir = manager.config.paths.outbox_dir();
+        if let Ok(entries) = std::fs::read_dir(&outbox_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(session_id) = name.strip_suffix(".state.json") else {
+                    continue;
+                };
+                if crate::paths::validate_session_id(session_id).is_err() {
+                    continue;
+                }
+                let Some(state) = std::fs::read(entry.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<SessionState>(&b).ok())
+                else {
+                    tracing::warn!(session_id, "unreadable session state; ignoring it");
+                    continue;
+                };
+                let Some(start) = B64
+                    .decode(&state.start)
+                    .ok()
+                    .and_then(|b| pb::StartSession::decode(b.as_slice()).ok())
+                else {
+                    continue;
+                };
+                match manager.spawn_actor(start, state, false) {
+                    Ok(()) => tracing::info!(session_id, "resuming session"),
+                    Err(e) => tracing::error!(session_id, error = %e, "cannot resume session"),
+                }
+            }
+        }
+        manager
+    }
+
+    /// The sessions held, with the last seq each has numbered (for Hello).
+    pub async fn held(&self) -> Vec<pb::HeldSession> {
+        let handles: Vec<(String, mpsc::Sender<Command>)> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .map(|(id, h)| (id.clone(), h.tx.clone()))
+            .collect();
+        let mut held = Vec::new();
+        for (session_id, tx) in handles {
+            let (reply, wait) = oneshot::channel();
+            if tx.send(Command::Describe(reply)).await.is_ok()
+                && let Ok(last_sent_seq) = wait.await
+            {
+                held.push(pb::HeldSession {
+                    session_id,
+                    last_sent_seq,
+                });
+            }
+        }
+        held
+    }
+
+    /// A stream is up: hand every session the sender and its cursor, dispose
+    /// of what the server no longer knows.
+    pub async fn connected(&self, tx: Sender, welcome: &pb::Welcome) {
+        *self.current.lock().expect("current lock") = Some(tx.clone());
+        let cursors: HashMap<&str, u64> = welcome
+            .sessions
+            .iter()
+            .map(|c| (c.session_id.as_str(), c.last_stored_seq))
+            .collect();
+        for id in &welcome.unknown_session_ids {
+            self.send(id, Command::Dispose).await;
+        }
+        let handles: Vec<(String, mpsc::Sender<Command>)> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .map(|(id, h)| (id.clone(), h.tx.clone()))
+            .collect();
+        for (id, handle) in handles {
+            if welcome.unknown_session_ids.contains(&id) {
+                continue;
+            }
+            let _ = handle
+                .send(Command::Connected(Some(tx.clone()), cursors.get(id.as_str()).copied()))
+                .await;
+        }
+    }
+
+    /// The stream is gone: sessions keep running and buffer their events.
+    pub async fn disconnected(&self) {
+        *self.current.lock().expect("current lock") = None;
+        let handles: Vec<mpsc::Sender<Command>> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .map(|h| h.tx.clone())
+            .collect();
+        for handle in handles {
+            let _ = handle.send(Command::Connected(None, None)).await;
+        }
+    }
+
+    async fn send(&self, session_id: &str, command: Command) -> bool {
+        let tx = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .get(session_id)
+            .map(|h| h.tx.clone());
+        match tx {
+            Some(tx) => tx.send(command).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Routes one control frame.
+    pub async fn handle(self: &Arc<Self>, frame: pb::control_frame::Frame) {
+        use pb::control_frame::Frame;
+        match frame {
+            Frame::StartSession(start) => {
+                if crate::paths::validate_session_id(&start.session_id).is_err() {
+                    tracing::warn!(
+                        session_id = start.session_id,
+                        "refusing a session id that is not ses_<hex>"
+                    );
+                    return;
+                }
+                let exists = self
+                    .sessions
+                    .lock()
+                    .expect("sessions lock")
+                    .contains_key(&start.session_id);
+                if exists {
+                    return; // a resend: starts are idempotent
+                }
+                let session_id = start.session_id.clone();
+                let state = SessionState {
+                    start: B64.encode(start.encode_to_vec()),
+                    ..Default::default()
+                };
+                if let Err(e) = self.spawn_actor(start, state, true) {
+                    tracing::error!(session_id, error = %e, "cannot create the session");
+                }
+            }
+            Frame::Prompt(prompt) => {
+                let session_id = prompt.session_id.clone();
+                if !self.send(&session_id, Command::Prompt(prompt)).await {
+                    tracing::warn!(session_id, "prompt for a session this machine does not hold");
+                }
+            }
+            Frame::Cancel(cancel) => {
+                self.send(&cancel.session_id, Command::Cancel).await;
+            }
+            Frame::PermissionAnswer(answer) => {
+                let session_id = answer.session_id.clone();
+                self.send(&session_id, Command::Answer(answer)).await;
+            }
+            Frame::DisposeSession(dispose) => {
+                if !self.send(&dispose.session_id, Command::Dispose).await {
+                    self.send_frame(pb::agent_frame::Frame::SessionDisposed(pb::SessionDisposed {
+                        session_id: dispose.session_id,
+                    }))
+                    .await;
+                }
+            }
+            Frame::EventAck(ack) => {
+                self.send(&ack.session_id, Command::Ack(ack.seq)).await;
+            }
+            Frame::Welcome(_) | Frame::Superseded(_) | Frame::Heartbeat(_) => {}
+        }
+    }
+
+    async fn send_frame(&self, frame: pb::agent_frame::Frame) {
+        let tx = self.current.lock().expect("current lock").clone();
+        if let Some(tx) = tx {
+            let _ = tx.send(pb::AgentFrame { frame: Some(frame) }).await;
+        }
+    }
+
+    /// Stops every child (keeping session directories: sessions live on at
+    /// the control plane and resume on the next start).
+    pub async fn shutdown(&self) {
+        let handles: Vec<mpsc::Sender<Command>> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .drain()
+            .map(|(_, h)| h.tx)
+            .collect();
+        for handle in handles {
+            let (done, wait) = oneshot::channel();
+            if handle.send(Command::Shutdown(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+    }
+
+    fn spawn_actor(self: &Arc<Self>, start: pb::StartSession, state: SessionState, fresh: bool) -> std::io::Result<()> {
+        let session_id = start.session_id.clone();
+        let outbox = SessionOutbox::open(&self.config.paths.outbox_dir(), &session_id)?;
+        let dir = self
+            .config
+            .paths
+            .session_dir(&session_id)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let (tx, rx) = mpsc::channel(256);
+        let actor = Actor {
+            manager: self.clone(),
+            dir,
+            start,
+            state,
+            outbox,
+            conn: self.current.lock().expect("current lock").clone(),
+            acp: None,
+            outputs: None,
+            running_turn: None,
+        };
+        actor.save_state();
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .insert(session_id, Handle { tx });
+        tokio::spawn(actor.run(rx, fresh));
+        Ok(())
+    }
+
+    fn forget(&self, session_id: &str) {
+        self.sessions.lock().expect("sessions lock").remove(session_id);
+    }
+}
+
+struct Actor {
+    manager: Arc<Manager>,
+    dir: PathBuf,
+    start: pb::StartSession,
+    state: SessionState,
+    outbox: SessionOutbox,
+    conn: Option<Sender>,
+    acp: Option<AcpSession>,
+    outputs: Option<mpsc::Receiver<AcpOutput>>,
+    running_turn: Option<String>,
+}
+
+impl Actor {
+    fn id(&self) -> &str {
+        &self.start.session_id
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, fresh: bool) {
+        if fresh {
+            self.start_child().await;
+        } else if let Some(turn) = self.state.running_turn.take() {
+            // The daemon stopped during this turn; its child is gone.
+            self.emit(
+                turn_ended_error("interrupted", "the oma-agent daemon restarted during this turn"),
+                &turn,
+            )
+            .await;
+            self.save_state();
+        }
+        loop {
+            let reading = self.outputs.is_some() && !self.outbox.is_full();
+            tokio::select! {
+                command = rx.recv() => {
+                    let Some(command) = command else { break };
+                    match command {
+                        Command::Connected(tx, stored) => self.connected(tx, stored).await,
+                        Command::Prompt(prompt) => self.prompt(prompt).await,
+                        Command::Cancel => {
+                            if let Some(acp) = &self.acp { acp.cancel(); }
+                        }
+                        Command::Answer(answer) => self.answer(answer).await,
+                        Command::Ack(seq) => {
+                            if let Err(e) = self.outbox.ack(seq) {
+                                tracing::error!(session_id = self.id(), error = %e, "cannot record an ack");
+                            }
+                        }
+                        Command::Describe(reply) => { let _ = reply.send(self.outbox.last_seq()); }
+                        Command::Dispose => {
+                            self.dispose().await;
+                            return;
+                        }
+                        Command::Shutdown(done) => {
+                            if let Some(acp) = self.acp.take() {
+                                acp.shutdown(self.manager.config.shutdown_grace).await;
+                            }
+                            let _ = done.send(());
+                            return;
+                        }
+                    }
+                }
+                output = recv(&mut self.outputs), if reading => match output {
+                    Some(output) => self.output(output).await,
+                    None => { self.outputs = None; self.acp = None; }
+                },
+            }
+        }
+    }
+
+    async fn connected(&mut self, tx: Option<Sender>, stored: Option<u64>) {
+        self.conn = tx;
+        if let Some(stored) = stored
+            && let Err(e) = self.outbox.ack(stored)
+        {
+            tracing::error!(session_id = self.id(), error = %e, "cannot record the server's cursor");
+        }
+        let Some(conn) = self.conn.clone() else { return };
+        let pending: Vec<pb::SessionEvent> = self.outbox.pending().cloned().collect();
+        for chunk in pending.chunks(RESEND_BATCH) {
+            let frame = pb::agent_frame::Frame::Events(pb::SessionEventBatch { events: chunk.to_vec() });
+            if conn.send(pb::AgentFrame { frame: Some(frame) }).await.is_err() {
+                self.conn = None;
+                return;
+            }
+        }
+    }
+
+    /// Numbers, stores and (if connected) sends one event.
+    async fn emit(&mut self, kind: pb::session_event::Kind, turn_id: &str) {
+        let event = pb::SessionEvent {
+            session_id: self.start.session_id.clone(),
+            seq: 0,
+            time: Some(now()),
+            turn_id: turn_id.to_owned(),
+            kind: Some(kind),
+        };
+        let event = match self.outbox.push(event) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(session_id = self.id(), error = %e, "cannot store an event in the outbox");
+                return;
+            }
+        };
+        if let Some(conn) = &self.conn {
+            let frame = pb::AgentFrame {
+                frame: Some(pb::agent_frame::Frame::Event(pb::SessionEventFrame {
+                    event: Some(event),
+                })),
+            };
+            // Waiting here is the backpressure: a slow stream slows this
+            // session's reading of its child, nothing else. If the stream is
+            // gone the event stays in the outbox for the next resend.
+            if conn.send(frame).await.is_err() {
+                self.conn = None;
+            }
+        }
+    }
+
+    fn send_frame(&self, frame: pb::agent_frame::Frame) {
+        if let Some(conn) = &self.conn {
+            let _ = conn.try_send(pb::AgentFrame { frame: Some(frame) });
+        }
+    }
+
+    fn save_state(&self) {
+        let path = state_path(&self.manager.config.paths, self.id());
+        let result = serde_json::to_vec(&self.state)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(tmp, &path)
+            });
+        if let Err(e) = result {
+            tracing::error!(session_id = self.id(), error = %e, "cannot save session state");
+        }
+    }
+
+    /// Prepares the directory and starts (or restarts) the ACP child.
+    async fn start_child(&mut self) -> bool {
+        let config = &self.manager.config;
+        let Some(entry) = config.agents.find(&self.start.acp_agent_id).cloned() else {
+            let message = format!(
+                "this machine has no ACP agent {:?}; `oma-agent agents` lists the ones it has",
+                self.start.acp_agent_id
+            );
+            self.fail("agent_not_found", &message).await;
+            return false;
+        };
+        if let Err(e) = workspace::prepare(&self.dir, &self.start, entry.quirks.skills_layout) {
+            self.fail("start_failed", &format!("cannot prepare the session directory: {e}"))
+                .await;
+            return false;
+        }
+        let mut env: Vec<(String, String)> = entry.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (name, value) in &self.start.credentials {
+            if CREDENTIAL_ENV_ALLOW_LIST.contains(&name.as_str()) {
+                env.push((name.clone(), value.clone()));
+            } else {
+                tracing::warn!(
+                    session_id = self.id(),
+                    name,
+                    "ignoring a credential outside the allow-list"
+                );
+            }
+        }
+        let mcp_servers =
+            serde_json::from_str(&self.start.mcp_servers_json).unwrap_or(serde_json::Value::Array(vec![]));
+        let launch = AcpLaunch {
+            child: ChildSpec {
+                command: entry.command.clone(),
+                args: entry.args.clone(),
+                cwd: self.dir.clone(),
+                env,
+            },
+            stderr_log_file: Some(
+                config
+                    .paths
+                    .log_dir()
+                    .join(format!("{}.stderr.log", self.start.session_id)),
+            ),
+            advertise_read_text_file: entry.quirks.advertise_read_text_file,
+            advertise_write_text_file: entry.quirks.advertise_write_text_file,
+            system_prompt_meta: (entry.quirks.system_prompt_in_meta && !self.start.system_prompt.is_empty())
+                .then(|| self.start.system_prompt.clone()),
+            mcp_servers,
+            resume_acp_session_id: self.state.acp_session_id.clone(),
+            startup_timeout: config.startup_timeout,
+            idle_timeout: config.idle_timeout,
+        };
+        let _ = std::fs::create_dir_all(config.paths.log_dir());
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        match AcpSession::start(launch, out_tx).await {
+            Ok((acp, started)) => {
+                self.state.acp_session_id = Some(started.acp_session_id.clone());
+                self.save_state();
+                self.acp = Some(acp);
+                // session/load replays the history as updates, all of them
+                // before its answer: they are in the log already, so they are
+                // not recorded again. Anything else is kept, in order.
+                let mut out_rx = out_rx;
+                let mut kept = Vec::new();
+                let mut replayed = 0usize;
+                while let Ok(output) = out_rx.try_recv() {
+                    match output {
+                        AcpOutput::Update { .. } if started.resumed => replayed += 1,
+                        other => kept.push(other),
+                    }
+                }
+                self.outputs = Some(out_rx);
+                for output in kept {
+                    Box::pin(self.output(output)).await;
+                }
+                if replayed > 0 {
+                    tracing::info!(
+                        session_id = self.id(),
+                        replayed,
+                        "resumed; replayed history not re-recorded"
+                    );
+                }
+                self.emit(
+                    pb::session_event::Kind::StatusChanged(pb::SessionStatusChanged {
+                        status: pb::SessionStatus::Idle as i32,
+                        acp_session_id: started.acp_session_id.clone(),
+                    }),
+                    "",
+                )
+                .await;
+                self.send_frame(pb::agent_frame::Frame::SessionReady(pb::SessionReady {
+                    session_id: self.start.session_id.clone(),
+                    acp_session_id: started.acp_session_id,
+                    resumed: started.resumed,
+                }));
+                true
+            }
+            Err(e) => {
+                self.fail("start_failed", &e.to_string()).await;
+                false
+            }
+        }
+    }
+
+    /// The session cannot run: say why, as an event and a frame.
+    async fn fail(&mut self, code: &str, message: &str) {
+        tracing::warn!(session_id = self.id(), code, message, "session failed");
+        let error = pb::SessionError {
+            code: code.into(),
+            message: message.into(),
+        };
+        self.emit(pb::session_event::Kind::Error(error.clone()), "").await;
+        self.emit(
+            pb::session_event::Kind::StatusChanged(pb::SessionStatusChanged {
+                status: pb::SessionStatus::Failed as i32,
+                acp_session_id: String::new(),
+            }),
+            "",
+        )
+        .await;
+        self.send_frame(pb::agent_frame::Frame::SessionFailed(pb::SessionFailed {
+            session_id: self.start.session_id.clone(),
+            error: Some(error),
+        }));
+    }
+
+    async fn prompt(&mut self, prompt: pb::Prompt) {
+        if self.state.seen_turns.contains(&prompt.turn_id) {
+            return; // resent after a reconnect: each turn runs once
+        }
+        self.state.seen_turns.push(prompt.turn_id.clone());
+        if self.state.seen_turns.len() > SEEN_TURNS {
+            self.state.seen_turns.remove(0);
+        }
+        self.save_state();
+        let turn_id = prompt.turn_id.clone();
+        self.emit(
+            pb::session_event::Kind::TurnStarted(pb::TurnStarted {
+                prompt: prompt.prompt.clone(),
+                requested_by_user_id: prompt.requested_by_user_id.clone(),
+            }),
+            &turn_id,
+        )
+        .await;
+        if let Some(running) = &self.running_turn {
+            let message = format!("turn {running} is still running; one turn at a time");
+            self.emit(turn_ended_error("turn_running", &message), &turn_id).await;
+            return;
+        }
+        if self.acp.as_ref().is_none_or(|a| !a.is_alive()) {
+            self.acp = None;
+            self.outputs = None;
+            if !self.start_child().await {
+                self.emit(
+                    turn_ended_error("start_failed", "the agent could not be started"),
+                    &turn_id,
+                )
+                .await;
+                return;
+            }
+        }
+        let blocks: Vec<serde_json::Value> = prompt.prompt.iter().map(translate::content_block_to_acp).collect();
+        let result = match &self.acp {
+            Some(acp) => acp.prompt(turn_id.clone(), blocks),
+            None => Err(super::acp::AcpError::Exited),
+        };
+        match result {
+            Ok(()) => {
+                self.running_turn = Some(turn_id.clone());
+                self.state.running_turn = Some(turn_id);
+                self.save_state();
+            }
+            Err(e) => self.emit(turn_ended_error("acp_error", &e.to_string()), &turn_id).await,
+        }
+    }
+
+    async fn answer(&mut self, answer: pb::PermissionAnswer) {
+        let option = (!answer.cancelled).then(|| answer.option_id.clone());
+        let Some(acp) = &self.acp else { return };
+        match acp.answer_permission(&answer.request_id, option) {
+            Ok(()) => {
+                let turn = self.running_turn.clone().unwrap_or_default();
+                self.emit(
+                    pb::session_event::Kind::PermissionDecided(pb::PermissionDecided {
+                        request_id: answer.request_id,
+                        option_id: answer.option_id,
+                        cancelled: answer.cancelled,
+                        decided_by: "control-plane".into(),
+                    }),
+                    &turn,
+                )
+                .await;
+            }
+            // Already answered (a resend after reconnect) or gone with its turn.
+            Err(e) => tracing::debug!(session_id = self.id(), error = %e, "permission answer not applied"),
+        }
+    }
+
+    async fn output(&mut self, output: AcpOutput) {
+        let turn = self.running_turn.clone().unwrap_or_default();
+        match output {
+            AcpOutput::Update { raw_update } => {
+                let update = translate::update_from_raw(&raw_update).unwrap_or_else(|_| pb::SessionUpdate {
+                    kind: String::new(),
+                    raw_json: raw_update,
+                    typed: None,
+                });
+                self.emit(pb::session_event::Kind::Update(update), &turn).await;
+            }
+            AcpOutput::PermissionRequest { request_id, raw_params } => {
+                let params: serde_json::Value = serde_json::from_str(&raw_params).unwrap_or_default();
+                let (tool_call, options) = translate::permission_from_acp(&params);
+                self.emit(
+                    pb::session_event::Kind::PermissionRequested(pb::PermissionRequested {
+                        request_id,
+                        tool_call: Some(tool_call),
+                        options,
+                        raw_json: raw_params,
+                    }),
+                    &turn,
+                )
+                .await;
+            }
+            AcpOutput::TurnEnded {
+                turn_id,
+                stop_reason,
+                error,
+                usage_json,
+            } => {
+                let error = error
+                    .map(|(code, message)| format!("{code}: {message}"))
+                    .unwrap_or_default();
+                self.emit(
+                    pb::session_event::Kind::TurnEnded(pb::TurnEnded {
+                        stop_reason: stop_reason as i32,
+                        error,
+                        usage_json: usage_json.unwrap_or_default(),
+                    }),
+                    &turn_id,
+                )
+                .await;
+                self.running_turn = None;
+                self.state.running_turn = None;
+                self.save_state();
+            }
+            AcpOutput::Log(message) => {
+                self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), &turn)
+                    .await
+            }
+            AcpOutput::Exited {
+                description,
+                stderr_tail,
+            } => {
+                let mut message = format!("the agent process ended: {description}");
+                if !stderr_tail.is_empty() {
+                    message.push_str(&format!("; stderr: {}", last_chars(&stderr_tail, 2000)));
+                }
+                self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), &turn)
+                    .await;
+                self.acp = None;
+                self.outputs = None;
+            }
+        }
+    }
+
+    async fn dispose(mut self) {
+        if let Some(acp) = self.acp.take() {
+            acp.shutdown(self.manager.config.shutdown_grace).await;
+        }
+        let session_id = self.start.session_id.clone();
+        if let Err(e) = workspace::remove(&self.dir) {
+            tracing::error!(session_id, error = %e, "cannot remove the session directory");
+        }
+        let _ = std::fs::remove_file(state_path(&self.manager.config.paths, &session_id));
+        let _ = std::fs::remove_file(
+            self.manager
+                .config
+                .paths
+                .log_dir()
+                .join(format!("{session_id}.stderr.log")),
+        );
+        self.manager.forget(&session_id);
+        let conn = self.conn.clone();
+        if let Err(e) = self.outbox.remove() {
+            tracing::error!(session_id, error = %e, "cannot remove the session outbox");
+        }
+        if let Some(conn) = conn {
+            let frame = pb::agent_frame::Frame::SessionDisposed(pb::SessionDisposed {
+                session_id: session_id.clone(),
+            });
+            let _ = conn.send(pb::AgentFrame { frame: Some(frame) }).await;
+        }
+        tracing::info!(session_id, "session disposed");
+    }
+}
+
+async fn recv(outputs: &mut Option<mpsc::Receiver<AcpOutput>>) -> Option<AcpOutput> {
+    match outputs {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn turn_ended_error(code: &str, message: &str) -> pb::session_event::Kind {
+    pb::session_event::Kind::TurnEnded(pb::TurnEnded {
+        stop_reason: pb::StopReason::Error as i32,
+        error: format!("{code}: {message}"),
+        usage_json: String::new(),
+    })
+}
+
+fn last_chars(text: &str, n: usize) -> &str {
+    let count = text.chars().count();
+    if count <= n {
+        return text;
+    }
+    let skip = text.char_indices().nth(count - n).map(|(i, _)| i).unwrap_or(0);
+    &text[skip..]
+}
+
+fn now() -> prost_types::Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
