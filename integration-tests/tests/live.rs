@@ -12,10 +12,11 @@ use tonic::Code;
 
 const TURN: Duration = Duration::from_secs(60);
 
+/// Fields drop in order: the daemon stops before the control plane.
 struct Setup {
-    cp: ControlPlane,
-    clients: Clients,
     machine: AgentDaemon,
+    clients: Clients,
+    cp: ControlPlane,
 }
 
 async fn setup(policy: pb::PermissionPolicy) -> (Setup, String) {
@@ -69,7 +70,7 @@ async fn setup(policy: pb::PermissionPolicy) -> (Setup, String) {
         .into_inner()
         .session
         .unwrap();
-    (Setup { cp, clients, machine }, session.id)
+    (Setup { machine, clients, cp }, session.id)
 }
 
 async fn prompt(s: &mut Setup, session_id: &str, text: &str) -> (String, u64) {
@@ -436,4 +437,233 @@ async fn offline_runtime_is_reported_and_a_revoked_machine_stops() {
     let status = process.wait_exit(Duration::from_secs(60)).unwrap();
     assert_eq!(status.code(), Some(3), "a refused machine exits 3");
     let _ = &s.cp;
+}
+
+async fn new_session(s: &mut Setup, agent_id: &str) -> String {
+    s.clients
+        .sessions
+        .create_session(pb::CreateSessionRequest {
+            agent_id: agent_id.into(),
+            title: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+        .id
+}
+
+async fn agent_of(s: &mut Setup, session_id: &str) -> String {
+    s.clients
+        .sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: session_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+        .agent_id
+}
+
+#[tokio::test]
+async fn parallel_sessions_do_not_cross_talk_and_late_watchers_replay() {
+    let (mut s, first) = setup(pb::PermissionPolicy::AllowOnce).await;
+    let agent_id = agent_of(&mut s, &first).await;
+    let second = new_session(&mut s, &agent_id).await;
+    let (turn_a, from_a) = prompt(&mut s, &first, "chunks 200 2000\necho A-done").await;
+    let (turn_b, from_b) = prompt(&mut s, &second, "chunks 200 2000\necho B-done").await;
+    let mut clients_b = Clients::new(s.cp.channel().await.unwrap(), Bearer::new(&s.cp.admin_token));
+    let (a, b) = tokio::join!(
+        collect_turn(&mut s.clients, &first, from_a, &turn_a, TURN),
+        collect_turn(&mut clients_b, &second, from_b, &turn_b, TURN),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.iter().all(|e| e.session_id == first));
+    assert!(b.iter().all(|e| e.session_id == second));
+    assert!(agent_text(&a).ends_with("A-done") && !agent_text(&a).contains("B-done"));
+    assert!(agent_text(&b).ends_with("B-done") && !agent_text(&b).contains("A-done"));
+    assert_eq!(agent_text(&a).matches("chunk ").count(), 200);
+
+    // A watcher attaching late gets the whole log from seq 1, then the next
+    // turn live, with no gap and no duplicate.
+    let mut late = s
+        .clients
+        .sessions
+        .watch_session(pb::WatchSessionRequest {
+            session_id: first.clone(),
+            from_seq: 1,
+            until_turn_end: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (turn_c, _) = prompt(&mut s, &first, "chunks 50 500\necho C-done").await;
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(TURN, late.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let done = event.turn_id == turn_c && matches!(event.kind, Some(Kind::TurnEnded(_)));
+        seen.push(event);
+        if done {
+            break;
+        }
+    }
+    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "late watch has a gap or a duplicate"
+    );
+    assert!(agent_text(&seen).contains("A-done") && agent_text(&seen).ends_with("C-done"));
+}
+
+#[tokio::test]
+async fn deny_a_permission_request() {
+    let (mut s, session_id) = setup(pb::PermissionPolicy::Ask).await;
+    let (turn, from) = prompt(&mut s, &session_id, "permission").await;
+    let mut stream = s
+        .clients
+        .sessions
+        .watch_session(pb::WatchSessionRequest {
+            session_id: session_id.clone(),
+            from_seq: from,
+            until_turn_end: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let request_id = loop {
+        let event = tokio::time::timeout(TURN, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(Kind::PermissionRequested(request)) = event.kind {
+            break request.request_id;
+        }
+    };
+    s.clients
+        .sessions
+        .answer_permission(pb::AnswerPermissionRequest {
+            session_id: session_id.clone(),
+            request_id,
+            answer: Some(pb::answer_permission_request::Answer::Reject(true)),
+        })
+        .await
+        .unwrap();
+    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+        .await
+        .unwrap();
+    assert!(
+        agent_text(&events).contains("permission: selected reject"),
+        "{}",
+        agent_text(&events)
+    );
+}
+
+#[tokio::test]
+async fn a_hung_agent_ends_the_turn_at_the_idle_timeout() {
+    let (mut s, session_id) = setup(pb::PermissionPolicy::AllowOnce).await;
+    // Restart the daemon with a short idle timeout.
+    drop(s.machine.process.take());
+    s.machine.start(&["--idle-timeout", "2"]).unwrap();
+    wait_online(&mut s.clients, &s.machine.runtime_id.clone(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (turn, from) = prompt(&mut s, &session_id, "echo going\nhang").await;
+    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+        .await
+        .unwrap();
+    let end = turn_end(&events);
+    assert_eq!(end.stop_reason, pb::StopReason::Error as i32);
+    assert!(end.error.contains("idle_timeout"), "{}", end.error);
+    let (turn, from) = prompt(&mut s, &session_id, "echo alive").await;
+    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+        .await
+        .unwrap();
+    assert_eq!(agent_text(&events), "alive");
+}
+
+fn acp_session_ids(events: &[pb::SessionEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::StatusChanged(c)) if !c.acp_session_id.is_empty() => Some(c.acp_session_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn daemon_restart_mid_turn_resumes_the_session_with_session_load() {
+    let (mut s, session_id) = setup(pb::PermissionPolicy::AllowOnce).await;
+    let (turn, from) = prompt(&mut s, &session_id, "echo first").await;
+    collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+        .await
+        .unwrap();
+
+    // SIGTERM the daemon while a turn runs.
+    let (turn, from) = prompt(&mut s, &session_id, "chunks 5\nsleep 60000").await;
+    let mut stream = s
+        .clients
+        .sessions
+        .watch_session(pb::WatchSessionRequest {
+            session_id: session_id.clone(),
+            from_seq: from,
+            until_turn_end: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut chunks = 0;
+    while chunks < 5 {
+        let event = tokio::time::timeout(TURN, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if matches!(event.kind, Some(Kind::Update(_))) {
+            chunks += 1;
+        }
+    }
+    let process = s.machine.process.as_mut().unwrap();
+    process.signal("TERM").unwrap();
+    assert!(
+        process.wait_exit(Duration::from_secs(30)).unwrap().success(),
+        "SIGTERM is a clean stop"
+    );
+    s.machine.start(&[]).unwrap();
+
+    // The interrupted turn ends with a clear status …
+    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+        .await
+        .unwrap();
+    let end = turn_end(&events);
+    assert_eq!(end.stop_reason, pb::StopReason::Error as i32);
+    assert!(end.error.contains("interrupted"), "{}", end.error);
+    assert_eq!(
+        agent_text(&events).matches("chunk ").count(),
+        5,
+        "chunks read before the stop are kept"
+    );
+
+    // … and the next prompt resumes the same ACP session (session/load).
+    let (turn, from) = prompt(&mut s, &session_id, "echo resumed").await;
+    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+        .await
+        .unwrap();
+    assert_eq!(agent_text(&events), "resumed", "replayed history is not recorded twice");
+    let all = assert_log_contiguous(&mut s, &session_id).await;
+    let ids = acp_session_ids(&all);
+    assert!(ids.len() >= 2, "{ids:?}");
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "the ACP session was not resumed: {ids:?}"
+    );
 }
