@@ -137,6 +137,7 @@ async fn setup(cp: &ControlPlane) -> anyhow::Result<World> {
         .agents
         .create_agent(pb::CreateAgentRequest {
             spec: Some(full_spec("reviewer", &runtime_id)),
+            allow_unknown_skills: true,
         })
         .await?
         .into_inner()
@@ -263,6 +264,7 @@ async fn tenant_isolation(w: &mut World) {
                 paths: vec!["description".into()]
             }),
             expected_version: 0,
+            allow_unknown_skills: false,
         })
     );
     expect_code!(
@@ -274,7 +276,8 @@ async fn tenant_isolation(w: &mut World) {
     expect_code!(
         NotFound,
         b.agents.create_agent(pb::CreateAgentRequest {
-            spec: Some(full_spec("thief", &w.runtime_id))
+            spec: Some(full_spec("thief", &w.runtime_id)),
+            allow_unknown_skills: true,
         })
     );
     expect_code!(
@@ -457,7 +460,8 @@ async fn member_permissions(w: &mut World) {
     expect_code!(
         PermissionDenied,
         m.agents.create_agent(pb::CreateAgentRequest {
-            spec: Some(full_spec("mine", &w.runtime_id))
+            spec: Some(full_spec("mine", &w.runtime_id)),
+            allow_unknown_skills: true,
         })
     );
     expect_code!(
@@ -750,7 +754,10 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
         let status = status_of(
             w.a_admin
                 .agents
-                .create_agent(pb::CreateAgentRequest { spec: Some(spec) })
+                .create_agent(pb::CreateAgentRequest {
+                spec: Some(spec),
+                allow_unknown_skills: false,
+            })
                 .await,
         );
         assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
@@ -763,7 +770,10 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
     let status = status_of(
         w.a_admin
             .agents
-            .create_agent(pb::CreateAgentRequest { spec: None })
+            .create_agent(pb::CreateAgentRequest {
+                spec: None,
+                allow_unknown_skills: false,
+            })
             .await,
     );
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -777,6 +787,7 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
                     name: "reviewer-2".into(),
                     ..Default::default()
                 }),
+                allow_unknown_skills: false,
             })
             .await,
     );
@@ -829,6 +840,7 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
             paths: mask.into_iter().map(String::from).collect(),
         }),
         expected_version: version,
+        allow_unknown_skills: false,
     };
     let status = status_of(
         w.a_admin
@@ -893,6 +905,7 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
             system_prompt: "x".repeat(oma_proto::MAX_MESSAGE_BYTES + 1024),
             ..Default::default()
         }),
+        allow_unknown_skills: false,
     };
     let status = status_of(w.a_admin.agents.create_agent(huge).await);
     assert!(
@@ -1037,6 +1050,7 @@ async fn agent_round_trip(w: &mut World) {
                     paths: vec![path.into()],
                 }),
                 expected_version: version,
+                allow_unknown_skills: true,
             })
             .await
             .unwrap_or_else(|e| panic!("update {path}: {e}"))

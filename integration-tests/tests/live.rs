@@ -53,6 +53,7 @@ async fn setup(policy: pb::PermissionPolicy) -> (Setup, String) {
                 }),
                 ..Default::default()
             }),
+            allow_unknown_skills: false,
         })
         .await
         .unwrap()

@@ -27,8 +27,12 @@ impl AgentService for AgentGrpc {
         request: Request<pb::CreateAgentRequest>,
     ) -> Result<Response<pb::CreateAgentResponse>, Status> {
         let caller = caller(&request)?;
-        let spec = AgentSpec::try_from(required_spec(request.into_inner().spec)?).map_err(invalid)?;
-        let agent = self.service.create_agent(&caller, spec).await?;
+        let req = request.into_inner();
+        let spec = AgentSpec::try_from(required_spec(req.spec)?).map_err(invalid)?;
+        let agent = self
+            .service
+            .create_agent(&caller, spec, req.allow_unknown_skills)
+            .await?;
         Ok(Response::new(pb::CreateAgentResponse {
             agent: Some(convert::agent(agent)),
         }))
@@ -69,6 +73,7 @@ impl AgentService for AgentGrpc {
             request: required_spec(req.spec)?,
             mask: req.update_mask.map(|m| m.paths).unwrap_or_default(),
             expected_version: req.expected_version,
+            allow_unknown_skills: req.allow_unknown_skills,
         };
         let agent = self.service.update_agent(&caller, id, update).await?;
         Ok(Response::new(pb::UpdateAgentResponse {

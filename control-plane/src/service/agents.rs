@@ -3,6 +3,7 @@
 use oma_proto::ids::AgentId;
 use oma_proto::model::{self, AgentField, AgentSpec, RuntimeBinding};
 use oma_proto::pb;
+use oma_proto::validate::ValidationError;
 use prost::Message as _;
 use serde_json::json;
 
@@ -34,6 +35,7 @@ pub struct AgentUpdate {
     pub mask: Vec<String>,
     /// 0 means any version.
     pub expected_version: u64,
+    pub allow_unknown_skills: bool,
 }
 
 fn encode_spec(spec: &AgentSpec) -> Result<String, ServiceError> {
@@ -51,21 +53,26 @@ fn name_taken(name: &str) -> impl Fn(StoreError) -> ServiceError + '_ {
 }
 
 /// Checks the caller may bind the runtime, and that what the binding names
-/// exists on it as far as the machine has reported (a runtime that never
-/// connected has reported nothing yet, so anything goes).
-fn check_binding(conn: &mut DbConn, caller: &Caller, binding: &RuntimeBinding) -> ServiceResult<()> {
+/// exists on it as far as the machine has reported: the ACP agent (a runtime
+/// that never connected has reported no agents yet, so any id goes) and the
+/// blocklisted local skills (unknown ones only with `allow_unknown_skills`).
+fn check_binding(
+    conn: &mut DbConn,
+    caller: &Caller,
+    binding: &RuntimeBinding,
+    allow_unknown_skills: bool,
+) -> ServiceResult<()> {
     let runtime = runtime_for_use(conn, caller, &binding.runtime_id)?;
-    if runtime.manifest.is_empty() {
-        return Ok(());
-    }
-    let manifest = pb::Manifest::decode(runtime.manifest.as_slice())
-        .map_err(|e| StoreError::Corrupt(format!("runtime {} manifest: {e}", runtime.id)))?;
-    if manifest.acp_agents.is_empty() {
-        return Ok(());
-    }
-    if !manifest.acp_agents.iter().any(|a| a.id == binding.acp_agent_id) {
+    let manifest = if runtime.manifest.is_empty() {
+        pb::Manifest::default()
+    } else {
+        pb::Manifest::decode(runtime.manifest.as_slice())
+            .map_err(|e| StoreError::Corrupt(format!("runtime {} manifest: {e}", runtime.id)))?
+    };
+    let agent = manifest.acp_agents.iter().find(|a| a.id == binding.acp_agent_id);
+    if !manifest.acp_agents.is_empty() && agent.is_none() {
         let known: Vec<&str> = manifest.acp_agents.iter().map(|a| a.id.as_str()).collect();
-        return Err(oma_proto::validate::ValidationError::new(
+        return Err(ValidationError::new(
             "spec.runtime_binding.acp_agent_id",
             format!(
                 "runtime {} has no ACP agent {:?}; it reports: {}",
@@ -76,16 +83,57 @@ fn check_binding(conn: &mut DbConn, caller: &Caller, binding: &RuntimeBinding) -
         )
         .into());
     }
+    if binding.local_skill_blocklist.is_empty() || allow_unknown_skills {
+        return Ok(());
+    }
+    let mut known: Vec<String> = Vec::new();
+    for skill in agent.map(|a| a.local_skills.as_slice()).unwrap_or_default() {
+        known.push(skill.id.clone());
+        if !skill.plugin_name.is_empty() {
+            known.push(format!("{}:{}", skill.plugin_name, skill.id));
+        }
+    }
+    known.sort();
+    known.dedup();
+    let unknown: Vec<&str> = binding
+        .local_skill_blocklist
+        .iter()
+        .filter(|s| !known.contains(s))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        let valid = if known.is_empty() {
+            format!(
+                "runtime {} has reported no local skills for {:?}",
+                runtime.id, binding.acp_agent_id
+            )
+        } else {
+            format!("valid ids: {}", known.join(", "))
+        };
+        return Err(ValidationError::new(
+            "spec.runtime_binding.local_skill_blocklist",
+            format!(
+                "unknown local skill(s) {}; {valid}; set allow_unknown_skills to block them anyway",
+                unknown.join(", ")
+            ),
+        )
+        .into());
+    }
     Ok(())
 }
 
 impl Service {
-    pub async fn create_agent(&self, caller: &Caller, spec: AgentSpec) -> ServiceResult<Agent> {
+    pub async fn create_agent(
+        &self,
+        caller: &Caller,
+        spec: AgentSpec,
+        allow_unknown_skills: bool,
+    ) -> ServiceResult<Agent> {
         let caller = caller.clone();
         self.store
             .write(move |conn| {
                 if let Some(binding) = &spec.runtime_binding {
-                    check_binding(conn, &caller, binding)?;
+                    check_binding(conn, &caller, binding, allow_unknown_skills)?;
                 }
                 let now = now_ms();
                 let row = AgentRow {
@@ -158,7 +206,7 @@ impl Service {
                 if fields.contains(&AgentField::RuntimeBinding)
                     && let Some(binding) = &spec.runtime_binding
                 {
-                    check_binding(conn, &caller, binding)?;
+                    check_binding(conn, &caller, binding, update.allow_unknown_skills)?;
                 }
                 let row = AgentRow {
                     name: spec.name.clone(),
