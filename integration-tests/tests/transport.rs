@@ -148,3 +148,24 @@ fn refuses_plaintext_beyond_loopback() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("refusing to serve plaintext on 0.0.0.0:0"), "{stderr}");
 }
+
+#[test]
+fn omactl_verifies_the_server_with_a_ca_file() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = self_signed();
+    let cp = ControlPlane::start(
+        TestDatabase::sqlite().unwrap(),
+        ControlPlaneOptions {
+            tls: Some((tls.cert.clone(), tls.key.clone())),
+        },
+    )
+    .unwrap();
+    let mut omactl = oma_integration_tests::Omactl::new(&cp.url(), &cp.admin_token).unwrap();
+    // System roots do not know this self-signed certificate.
+    let untrusted = omactl.run(&["whoami"]).unwrap();
+    assert!(!untrusted.status.success());
+    assert!(String::from_utf8_lossy(&untrusted.stderr).starts_with("error: "));
+    omactl.extra = vec!["--ca-file".into(), tls.cert.display().to_string()];
+    let who = omactl.json(&["whoami"]).unwrap();
+    assert_eq!(who["tenant"]["name"], "default");
+}
