@@ -116,7 +116,16 @@ pub struct Daemon {
     /// Called with a one-line status whenever the connection changes (the
     /// daemon writes it where `oma-agent status` reads it).
     pub on_status: StatusSink,
+    /// Rescans what the machine offers; `Some` when it changed since the
+    /// last call (sent as a ManifestUpdate).
+    pub refresh_manifest: ManifestSource,
 }
+
+/// See [`Daemon::refresh_manifest`].
+pub type ManifestSource = Box<dyn Fn() -> Option<pb::Manifest> + Send + Sync>;
+
+/// How often local skills are rescanned.
+const MANIFEST_RESCAN: Duration = Duration::from_secs(10);
 
 enum StreamEnd {
     Shutdown,
@@ -208,6 +217,8 @@ impl Daemon {
         (self.on_status)(&format!("connected (epoch {})", welcome.connection_epoch), true);
         self.manager.connected(tx.clone(), &welcome).await;
 
+        let mut rescan = tokio::time::interval(MANIFEST_RESCAN);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The server answers every heartbeat: silence for three intervals
@@ -220,6 +231,15 @@ impl Daemon {
                     let beat = pb::Heartbeat { sent_at_ms: now_ms() };
                     if tx.send(pb::AgentFrame { frame: Some(pb::agent_frame::Frame::Heartbeat(beat)) }).await.is_err() {
                         return StreamEnd::Lost("the outbound stream closed".into());
+                    }
+                }
+                _ = rescan.tick() => {
+                    if let Some(manifest) = (self.refresh_manifest)() {
+                        tracing::info!("local agents or skills changed; reporting the new manifest");
+                        let update = pb::ManifestUpdate { manifest: Some(manifest) };
+                        if tx.send(pb::AgentFrame { frame: Some(pb::agent_frame::Frame::ManifestUpdate(update)) }).await.is_err() {
+                            return StreamEnd::Lost("the outbound stream closed".into());
+                        }
                     }
                 }
                 next = tokio::time::timeout(dead_after, inbound.message()) => match next {

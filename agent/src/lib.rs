@@ -9,3 +9,4 @@ pub mod paths;
 pub mod process;
 pub mod service_unit;
 pub mod session;
+pub mod skills;

@@ -11,6 +11,7 @@ use oma_agent::detect::{self, DetectReport};
 use oma_agent::paths::Paths;
 use oma_agent::service_unit::{self, ServiceManager, UnitSpec};
 use oma_agent::session::manager::{Manager, ManagerConfig};
+use oma_agent::skills::{self, SkillSource};
 use oma_proto::pb;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -230,18 +231,33 @@ fn detect_agents(paths: &Paths) -> anyhow::Result<DetectReport> {
     Ok(detect::detect_with_process_path(&paths.agents_config_file())?)
 }
 
-fn manifest(report: &DetectReport) -> pb::Manifest {
-    pb::Manifest {
+/// The user's Claude config folder: `$CLAUDE_CONFIG_DIR` or `~/.claude`.
+fn skill_source() -> Option<SkillSource> {
+    let home = dirs::home_dir()?;
+    Some(SkillSource::from_env(
+        &home,
+        std::env::var_os("CLAUDE_CONFIG_DIR").as_deref(),
+    ))
+}
+
+/// What this machine offers: its ACP agents and, for Claude agents, the
+/// user's local skills. Also returns a fingerprint to detect changes.
+fn manifest(report: &DetectReport, source: Option<&SkillSource>) -> (pb::Manifest, u64) {
+    let found = source.map(skills::scan).unwrap_or_default();
+    let local = skills::to_manifest(&found);
+    let manifest = pb::Manifest {
         acp_agents: report
             .agents
             .iter()
             .map(|a| pb::AcpAgentInfo {
                 id: a.id.clone(),
                 name: a.name.clone(),
+                local_skills: if a.quirks.is_claude { local.clone() } else { Vec::new() },
                 ..Default::default()
             })
             .collect(),
-    }
+    };
+    (manifest, skills::fingerprint(&found))
 }
 
 async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
@@ -254,18 +270,29 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
         tracing::info!("{missing}");
     }
     tracing::info!(agents = ?report.agents.iter().map(|a| &a.id).collect::<Vec<_>>(), "detected ACP agents");
+    let source = skill_source();
+    let (initial_manifest, fingerprint) = manifest(&report, source.as_ref());
     let hello = pb::Hello {
         machine_id,
         instance_id: uuid::Uuid::new_v4().simple().to_string(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
-        manifest: Some(manifest(&report)),
+        manifest: Some(initial_manifest),
         sessions: Vec::new(),
     };
+    let refresh_report = report.clone();
+    let refresh_source = source.clone();
+    let last_fingerprint = std::sync::Mutex::new(fingerprint);
+    let refresh_manifest: oma_agent::connection::ManifestSource = Box::new(move || {
+        let (manifest, fingerprint) = manifest(&refresh_report, refresh_source.as_ref());
+        let mut last = last_fingerprint.lock().expect("fingerprint lock");
+        (std::mem::replace(&mut *last, fingerprint) != fingerprint).then_some(manifest)
+    });
     let manager = Manager::load(ManagerConfig {
         paths: paths.clone(),
         agents: report,
+        skill_source: source,
         idle_timeout: args.idle_timeout,
         startup_timeout: args.startup_timeout,
         shutdown_grace: Duration::from_secs(5),
@@ -281,6 +308,7 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
             cap: args.reconnect_max,
             ..Backoff::default()
         },
+        refresh_manifest,
         on_status: Box::new(move |status, connected| {
             let state = DaemonState {
                 pid: std::process::id(),

@@ -67,6 +67,8 @@ fn flow(cp: &ControlPlane) -> anyhow::Result<()> {
         "claude",
         "--skill-blocklist",
         "pdf,xlsx",
+        // The laptop has not connected yet, so it has reported no skills.
+        "--allow-unknown-skills",
         "--permission-policy",
         "allow-once",
     ])?;

@@ -49,6 +49,8 @@ const RESEND_BATCH: usize = 256;
 pub struct ManagerConfig {
     pub paths: Paths,
     pub agents: DetectReport,
+    /// The user's Claude config (skills source); `None` when there is no home.
+    pub skill_source: Option<crate::skills::SkillSource>,
     pub idle_timeout: Duration,
     pub startup_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -63,6 +65,9 @@ struct SessionState {
     acp_session_id: Option<String>,
     seen_turns: Vec<String>,
     running_turn: Option<String>,
+    /// The "ignores the blocklist" note was logged (once per session).
+    #[serde(default)]
+    blocklist_noted: bool,
 }
 
 type Sender = mpsc::Sender<pb::AgentFrame>;
@@ -472,7 +477,7 @@ impl Actor {
 
     /// Prepares the directory and starts (or restarts) the ACP child.
     async fn start_child(&mut self) -> bool {
-        let config = &self.manager.config;
+        let config = self.manager.config.clone();
         let Some(entry) = config.agents.find(&self.start.acp_agent_id).cloned() else {
             let message = format!(
                 "this machine has no ACP agent {:?}; `oma-agent agents` lists the ones it has",
@@ -487,6 +492,35 @@ impl Actor {
             return false;
         }
         let mut env: Vec<(String, String)> = entry.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let blocklist = self.start.local_skill_blocklist.clone();
+        if entry.quirks.is_claude {
+            // A private CLAUDE_CONFIG_DIR of symlinks to the user's own, with
+            // only the allowed skills; rebuilt on every start, never written
+            // into the user's real config.
+            if let Some(source) = &config.skill_source {
+                match crate::skills::build_config_dir(source, &self.dir, &blocklist) {
+                    Ok(path) => env.push(("CLAUDE_CONFIG_DIR".into(), path.display().to_string())),
+                    Err(e) => {
+                        self.fail(
+                            "start_failed",
+                            &format!("cannot build the private Claude config dir: {e}"),
+                        )
+                        .await;
+                        return false;
+                    }
+                }
+            }
+        } else if !blocklist.is_empty() && !self.state.blocklist_noted {
+            self.state.blocklist_noted = true;
+            self.save_state();
+            let message = format!(
+                "ACP agent {:?} is not a Claude agent: it ignores the local skill blocklist ({})",
+                entry.id,
+                blocklist.join(", ")
+            );
+            self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), "")
+                .await;
+        }
         for (name, value) in &self.start.credentials {
             if CREDENTIAL_ENV_ALLOW_LIST.contains(&name.as_str()) {
                 env.push((name.clone(), value.clone()));

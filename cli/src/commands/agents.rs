@@ -121,6 +121,10 @@ pub struct SpecArgs {
     /// none).
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     pub skill_blocklist: Option<Vec<String>>,
+    /// Accept --skill-blocklist ids the runtime has never reported (by
+    /// default the control plane refuses them and lists the valid ids).
+    #[arg(long)]
+    pub allow_unknown_skills: bool,
 }
 
 pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
@@ -136,7 +140,10 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                 edit.spec.runtime_binding = edit.binding.resolve(None)?;
             }
             model::AgentSpec::try_from(edit.spec.clone())?;
-            let request = pb::CreateAgentRequest { spec: Some(edit.spec) };
+            let request = pb::CreateAgentRequest {
+                spec: Some(edit.spec),
+                allow_unknown_skills: args.spec.allow_unknown_skills,
+            };
             let response = ctx.api().await?.agents().create_agent(request).await?.into_inner();
             show(ctx, &required(response.agent, "agent")?)
         }
@@ -173,6 +180,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                 spec: Some(edit.spec),
                 update_mask: Some(prost_types::FieldMask { paths: mask }),
                 expected_version,
+                allow_unknown_skills: args.spec.allow_unknown_skills,
             };
             let response = client.clone().update_agent(request).await?.into_inner();
             show(ctx, &required(response.agent, "agent")?)
