@@ -1,0 +1,106 @@
+//! The `oma-agent` binary's local commands (pairing and the live daemon are
+//! driven end to end in integration-tests/).
+
+use std::process::Command;
+
+struct Machine {
+    config: tempfile::TempDir,
+    data: tempfile::TempDir,
+}
+
+impl Machine {
+    fn new() -> Machine {
+        Machine {
+            config: tempfile::tempdir().unwrap(),
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_oma-agent"))
+            .arg("--config-dir")
+            .arg(self.config.path())
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(args)
+            .env("OMA_LOG", "warn")
+            .env("PATH", "/nonexistent")
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn status_and_run_explain_how_to_pair() {
+    let machine = Machine::new();
+    let status = machine.run(&["status"]);
+    assert!(status.status.success());
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("paired:    no"), "{stdout}");
+    assert!(stdout.contains("daemon:    not running"), "{stdout}");
+
+    let run = machine.run(&["run"]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("not paired: run `oma-agent setup"));
+}
+
+#[test]
+fn agents_lists_the_configured_table() {
+    let machine = Machine::new();
+    std::fs::write(
+        machine.config.path().join("agents.toml"),
+        "[[agent]]\nid = \"sh\"\nname = \"A shell\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"true\"]\n",
+    )
+    .unwrap();
+    let out = machine.run(&["agents"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("sh") && stdout.contains("/bin/sh -c true"), "{stdout}");
+    assert!(stdout.contains("missing    claude"), "{stdout}");
+
+    std::fs::write(
+        machine.config.path().join("agents.toml"),
+        "[[agent]]\nid = \"x\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = machine.run(&["agents"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agents.toml"));
+}
+
+#[test]
+fn setup_refuses_an_unreachable_server_and_plaintext_beyond_loopback() {
+    let machine = Machine::new();
+    let out = machine.run(&[
+        "setup",
+        "--server",
+        "http://10.0.0.1:1",
+        "--code",
+        "AAAA-AAAA-AAAA-AAAA",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing plaintext"));
+    let out = machine.run(&[
+        "setup",
+        "--server",
+        "http://127.0.0.1:1",
+        "--code",
+        "AAAA-AAAA-AAAA-AAAA",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control plane"));
+    assert!(!machine.config.path().join("credentials.toml").exists());
+}
+
+#[test]
+fn service_install_dry_run_prints_the_unit() {
+    let machine = Machine::new();
+    let out = machine.run(&["service", "install", "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("ExecStart=") || stdout.contains("ProgramArguments"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("run"), "{stdout}");
+}
