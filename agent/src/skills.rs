@@ -205,7 +205,7 @@ pub fn build_config_dir(source: &SkillSource, session_dir: &Path, blocklist: &[S
     remove_stale_temps(&session_dir);
     let target = session_dir.join(CONFIG_DIR_NAME);
     let tmp = create_unique_dir(&session_dir, TMP_PREFIX)?;
-    let built = populate(&root, &tmp, blocklist).and_then(|()| swap_into_place(&tmp, &target, &session_dir));
+    let built = populate(&root, &tmp, &target, blocklist).and_then(|()| swap_into_place(&tmp, &target, &session_dir));
     if let Err(e) = built {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
@@ -526,7 +526,9 @@ fn clean(value: Option<String>, max_chars: usize) -> Option<String> {
 // ---------------------------------------------------------------------------
 // Building the config dir
 
-fn populate(root: &Path, dest: &Path, blocklist: &[String]) -> io::Result<()> {
+/// `dest` is where the tree is built; `final_dest` where it will live (the
+/// paths written into rewritten plugin registries point there).
+fn populate(root: &Path, dest: &Path, final_dest: &Path, blocklist: &[String]) -> io::Result<()> {
     let entries = match fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
@@ -547,6 +549,7 @@ fn populate(root: &Path, dest: &Path, blocklist: &[String]) -> io::Result<()> {
             }
         } else if name == "plugins" && is_dir(&src) {
             mirror_plugins(&src, &dst, &scan, blocklist)?;
+            rewrite_plugin_registries(&src, &dst, &final_dest.join("plugins"))?;
         } else {
             symlink(&src, &dst)?;
         }
@@ -622,6 +625,53 @@ impl PluginMirror<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Claude Code loads plugins from the absolute `installPath`s recorded in
+/// `plugins/installed_plugins.json` (and marketplaces from
+/// `known_marketplaces.json`). Left as symlinks, they would send it to the
+/// user's unfiltered plugin folders, so they become copies whose paths under
+/// the real `plugins/` point into the filtered mirror instead. (Plugin
+/// installs made during the session therefore stay in the session.)
+fn rewrite_plugin_registries(src: &Path, dst: &Path, final_dst: &Path) -> io::Result<()> {
+    let prefixes: Vec<String> = [Some(src.to_path_buf()), fs::canonicalize(src).ok()]
+        .into_iter()
+        .flatten()
+        .map(|p| p.display().to_string())
+        .collect();
+    let replacement = final_dst.display().to_string();
+    for name in ["installed_plugins.json", "known_marketplaces.json"] {
+        let Ok(text) = fs::read_to_string(src.join(name)) else {
+            continue;
+        };
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            tracing::warn!(file = name, "plugin registry is not JSON; leaving it linked");
+            continue;
+        };
+        rewrite_paths(&mut value, &prefixes, &replacement);
+        let out = dst.join(name);
+        remove_any(&out)?;
+        fs::write(&out, serde_json::to_vec_pretty(&value).map_err(io::Error::other)?)?;
+    }
+    Ok(())
+}
+
+fn rewrite_paths(value: &mut serde_json::Value, prefixes: &[String], replacement: &str) {
+    match value {
+        serde_json::Value::String(s) => {
+            for prefix in prefixes {
+                if let Some(rest) = s.strip_prefix(prefix.as_str())
+                    && (rest.is_empty() || rest.starts_with('/'))
+                {
+                    *s = format!("{replacement}{rest}");
+                    break;
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| rewrite_paths(v, prefixes, replacement)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| rewrite_paths(v, prefixes, replacement)),
+        _ => {}
     }
 }
 
@@ -804,7 +854,13 @@ mod tests {
         symlink(outside.join("agents"), root.join("agents")).unwrap();
 
         let plugins = root.join("plugins");
-        write(&plugins.join("installed_plugins.json"), r#"{"version":2}"#);
+        write(
+            &plugins.join("installed_plugins.json"),
+            &format!(
+                r#"{{"version":2,"plugins":{{"p1@m":[{{"installPath":"{}/marketplaces/m/plugins/p1"}}],"x@y":[{{"installPath":"/elsewhere/p"}}]}}}}"#,
+                plugins.display()
+            ),
+        );
         let p1 = plugins.join("marketplaces/m/plugins/p1");
         write(
             &p1.join(".claude-plugin/plugin.json"),
@@ -959,6 +1015,7 @@ mod tests {
         for (rel, node) in &tree {
             match node {
                 Node::Dir => assert!(real_dirs.contains(&rel.to_str().unwrap()), "unexpected dir {rel:?}"),
+                Node::File(_) if rel == Path::new("plugins/installed_plugins.json") => {}
                 Node::File(_) => panic!("unexpected copied file {rel:?}"),
                 Node::Link(target) => assert_eq!(target, &h.root.join(rel), "link {rel:?}"),
             }
@@ -971,7 +1028,6 @@ mod tests {
             "projects",
             "agents",
             "skills/alpha",
-            "plugins/installed_plugins.json",
             "plugins/marketplaces/m/.claude-plugin",
             "plugins/marketplaces/m/plugins/p1/.claude-plugin",
             "plugins/marketplaces/m/plugins/p1/commands",
@@ -982,6 +1038,16 @@ mod tests {
                 "{rel} should be a symlink"
             );
         }
+        // The plugin registry points Claude at the filtered mirror, and
+        // leaves paths outside the user's plugins folder alone.
+        let registry: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(built.join("plugins/installed_plugins.json")).unwrap()).unwrap();
+        assert_eq!(
+            registry["plugins"]["p1@m"][0]["installPath"],
+            built.join("plugins/marketplaces/m/plugins/p1").display().to_string()
+        );
+        assert_eq!(registry["plugins"]["x@y"][0]["installPath"], "/elsewhere/p");
+
         // Files below a linked folder resolve to the originals.
         let foo = built.join("plugins/marketplaces/m/plugins/p1/commands/foo.md");
         let original_foo = h.root.join("plugins/marketplaces/m/plugins/p1/commands/foo.md");
