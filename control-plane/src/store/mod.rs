@@ -224,7 +224,13 @@ impl Store {
         loop {
             attempt += 1;
             let mut conn = self.conn()?;
-            let result = conn.transaction::<T, TxError<E>, _>(|c| f(c).map_err(TxError::App));
+            let result = match &mut *conn {
+                // SQLite: take the write lock up front (BEGIN IMMEDIATE), so a
+                // busy database makes this transaction wait (busy_timeout)
+                // instead of failing when a deferred reader tries to write.
+                DbConn::Sqlite(_) => immediate_transaction(&mut conn, &mut f),
+                DbConn::Postgres(_) => conn.transaction::<T, TxError<E>, _>(|c| f(c).map_err(TxError::App)),
+            };
             match result {
                 Ok(v) => return Ok(v),
                 Err(TxError::App(e)) => {
@@ -242,6 +248,24 @@ impl Store {
             }
             tracing::debug!(attempt, "transient database error; retrying the transaction");
             std::thread::sleep(Duration::from_millis(5 * u64::from(attempt)));
+        }
+    }
+}
+
+/// `BEGIN IMMEDIATE … COMMIT` around `f`, rolling back on any error. The
+/// closures given to [`Store::write`] never open nested transactions.
+fn immediate_transaction<T, E, F>(conn: &mut DbConn, f: &mut F) -> Result<T, TxError<E>>
+where
+    F: FnMut(&mut DbConn) -> Result<T, E>,
+{
+    conn.batch_execute("BEGIN IMMEDIATE")?;
+    let result = f(conn).map_err(TxError::App);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    match conn.batch_execute(end) {
+        Ok(()) => result,
+        Err(e) => {
+            let _ = conn.batch_execute("ROLLBACK");
+            Err(TxError::Db(e))
         }
     }
 }
@@ -275,4 +299,47 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::rows::{self, TenantRow};
+
+    /// Many writers that read before they write, at once. With deferred
+    /// transactions SQLite answers some of them "database is locked" at the
+    /// read-to-write upgrade (the busy timeout does not apply there), which
+    /// once lost session events; BEGIN IMMEDIATE makes them queue instead.
+    #[test]
+    fn concurrent_read_then_write_transactions_all_commit_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("oma.db")).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        store
+                            .write_blocking(|conn| {
+                                let before = rows::count_tenants(conn)?;
+                                rows::insert_tenant(
+                                    conn,
+                                    &TenantRow {
+                                        id: format!("ten_{t}_{i}"),
+                                        name: format!("t{t}-{i}"),
+                                        created_at: before,
+                                    },
+                                )
+                            })
+                            .unwrap_or_else(|e| panic!("writer {t} transaction {i}: {e}"));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let count = store.write_blocking(|conn| rows::count_tenants(conn)).unwrap();
+        assert_eq!(count, 800);
+    }
 }

@@ -45,6 +45,9 @@ pub struct Appended {
     pub awaiting_person: Vec<String>,
     /// The session is deleted: the machine should dispose of it.
     pub session_deleted: bool,
+    /// The events skipped a seq: the machine must resend from
+    /// `last_stored_seq + 1` (it does after a reconnect).
+    pub gap: bool,
 }
 
 #[derive(Clone)]
@@ -103,7 +106,9 @@ async fn commit_batch(store: &Store, hub: &Hub, jobs: Vec<AppendJob>) {
         .write(move |conn| {
             let mut results = Vec::with_capacity(input.len());
             for (tenant, runtime, session, events) in input.iter() {
-                results.push(append_session(conn, tenant, runtime, session, events));
+                // A database error fails the whole batch (and is retried as
+                // one transaction); a refused job fails alone.
+                results.push(append_session(conn, tenant, runtime, session, events)?);
             }
             Ok::<_, ServiceError>(results)
         })
@@ -132,31 +137,29 @@ async fn commit_batch(store: &Store, hub: &Hub, jobs: Vec<AppendJob>) {
     }
 }
 
-/// Stores one session's events inside the batch transaction. A refusal of
-/// this job (not the runtime's session) is returned as the job's error and
-/// does not roll back the others.
+/// Stores one session's events inside the batch transaction. The outer
+/// error is a database error (the batch fails); the inner one refuses this
+/// job alone (not the runtime's session) without rolling back the others.
 fn append_session(
     conn: &mut DbConn,
     tenant: &str,
     runtime: &str,
     session_id: &str,
     events: &[pb::SessionEvent],
-) -> Result<JobResult, ServiceError> {
+) -> Result<Result<JobResult, ServiceError>, StoreError> {
+    let refusal = || ServiceError::NotFound(format!("session {session_id} is not a session of this runtime"));
     let Some(session) = rows::session_of_runtime(conn, runtime, session_id)? else {
-        return Err(ServiceError::NotFound(format!(
-            "session {session_id} is not a session of this runtime"
-        )));
+        return Ok(Err(refusal()));
     };
     if session.tenant_id != tenant {
-        return Err(ServiceError::NotFound(format!(
-            "session {session_id} is not a session of this runtime"
-        )));
+        return Ok(Err(refusal()));
     }
     let mut appended = Appended {
         last_stored_seq: session.last_seq as u64,
         policy_answers: Vec::new(),
         awaiting_person: Vec::new(),
         session_deleted: session.status == SESSION_TOMBSTONE,
+        gap: false,
     };
     if appended.session_deleted {
         // Acknowledge so the machine stops resending; nothing is kept.
@@ -166,10 +169,10 @@ fn append_session(
             .max()
             .unwrap_or(0)
             .max(appended.last_stored_seq);
-        return Ok(JobResult {
+        return Ok(Ok(JobResult {
             appended,
             stored: Vec::new(),
-        });
+        }));
     }
     let now = now_ms();
     let mut last = session.last_seq as u64;
@@ -187,8 +190,9 @@ fn append_session(
                 session_id,
                 expected = last + 1,
                 got = event.seq,
-                "gap in session events; waiting for a resend"
+                "gap in session events; the machine must resend"
             );
+            appended.gap = true;
             break;
         }
         let mut event = event.clone();
@@ -219,7 +223,7 @@ fn append_session(
         rows::set_last_seq(conn, session_id, last as i64, now)?;
     }
     appended.last_stored_seq = last;
-    Ok(JobResult { appended, stored })
+    Ok(Ok(JobResult { appended, stored }))
 }
 
 /// What an event changes beyond the log: the session's status, its turn,

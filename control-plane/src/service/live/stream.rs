@@ -22,6 +22,9 @@ struct Conn {
     machine: Machine,
     epoch: i64,
     tx: mpsc::Sender<pb::ControlFrame>,
+    /// Ends this stream (the machine reconnects and resends what is not
+    /// stored).
+    cancel: CancellationToken,
 }
 
 impl Service {
@@ -129,7 +132,12 @@ impl Service {
             let _ = tx.send(f).await;
         }
 
-        let conn = Conn { machine, epoch, tx };
+        let conn = Conn {
+            machine,
+            epoch,
+            tx,
+            cancel: cancel.clone(),
+        };
         let service = self.clone();
         tokio::spawn(async move {
             service.read_stream(conn.clone(), inbound, cancel).await;
@@ -423,6 +431,13 @@ impl Service {
                     for request_id in appended.awaiting_person {
                         self.start_permission_timeout(session_id.clone(), request_id);
                     }
+                    if appended.gap {
+                        // Events are missing before what arrived: end the
+                        // stream so the machine reconnects and resends from
+                        // the cursor in its next Welcome.
+                        tracing::warn!(session_id, "ending the stream to get missing events resent");
+                        conn.cancel.cancel();
+                    }
                     if appended.session_deleted {
                         let _ = conn
                             .tx
@@ -432,9 +447,16 @@ impl Service {
                             .await;
                     }
                 }
-                Ok(Err(e)) => {
+                Ok(Err(ServiceError::NotFound(e))) => {
                     // Not this runtime's session: never stored, never acked.
                     tracing::warn!(session_id, error = %e, "events refused");
+                }
+                Ok(Err(e)) => {
+                    // Not stored (the database failed even after retries):
+                    // end the stream; the machine still holds the events and
+                    // resends them after it reconnects.
+                    tracing::error!(session_id, error = %e, "storing events failed; ending the stream");
+                    conn.cancel.cancel();
                 }
                 Err(_) => {}
             }
