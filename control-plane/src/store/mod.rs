@@ -339,7 +339,7 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        let count = store.write_blocking(|conn| rows::count_tenants(conn)).unwrap();
+        let count = store.write_blocking(rows::count_tenants).unwrap();
         assert_eq!(count, 800);
     }
 }
