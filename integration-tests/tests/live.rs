@@ -668,3 +668,115 @@ async fn daemon_restart_mid_turn_resumes_the_session_with_session_load() {
         "the ACP session was not resumed: {ids:?}"
     );
 }
+
+#[tokio::test]
+async fn a_sigkilled_daemon_reaps_the_agent_it_left_behind_when_it_restarts() {
+    let (mut s, session_id) = setup(pb::PermissionPolicy::AllowOnce).await;
+    let (_turn, from) = prompt(&mut s, &session_id, "echo started\nsleep 600000").await;
+    let mut stream = s
+        .clients
+        .sessions
+        .watch_session(pb::WatchSessionRequest {
+            session_id: session_id.clone(),
+            from_seq: from,
+            until_turn_end: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let event = tokio::time::timeout(TURN, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if matches!(event.kind, Some(Kind::Update(_))) {
+            break;
+        }
+    }
+    let state_file = s
+        .machine
+        .data_dir
+        .path()
+        .join("outbox")
+        .join(format!("{session_id}.state.json"));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let pgid = state["child"]["pgid"].as_i64().expect("the child's group is recorded");
+    drop(s.machine.process.take()); // SIGKILL: the child group survives the daemon
+    assert!(
+        std::path::Path::new(&format!("/proc/{pgid}")).exists(),
+        "the agent outlives a SIGKILLed daemon"
+    );
+    s.machine.start(&[]).unwrap();
+    wait_until("the orphaned agent to be reaped", Duration::from_secs(20), || {
+        let gone = std::fs::read_to_string(format!("/proc/{pgid}/stat"))
+            .map(|stat| stat.contains(") Z "))
+            .unwrap_or(true);
+        async move { gone.then_some(()) }
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits for the next permission request of a turn and answers it.
+async fn answer_next_permission(s: &mut Setup, session_id: &str, from: u64, option: &str) -> String {
+    let mut stream = s
+        .clients
+        .sessions
+        .watch_session(pb::WatchSessionRequest {
+            session_id: session_id.into(),
+            from_seq: from,
+            until_turn_end: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let request_id = loop {
+        let event = tokio::time::timeout(TURN, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(Kind::PermissionRequested(request)) = event.kind {
+            break request.request_id;
+        }
+    };
+    s.clients
+        .sessions
+        .answer_permission(pb::AnswerPermissionRequest {
+            session_id: session_id.into(),
+            request_id: request_id.clone(),
+            answer: Some(pb::answer_permission_request::Answer::OptionId(option.into())),
+        })
+        .await
+        .unwrap();
+    request_id
+}
+
+/// A restarted child numbers its permission requests from 1 again; the
+/// session-wide ids must still be new, or the second request would be taken
+/// for the first (already decided) one and the turn would hang.
+#[tokio::test]
+async fn permission_ids_stay_unique_across_child_restarts() {
+    let (mut s, session_id) = setup(pb::PermissionPolicy::Ask).await;
+    let (turn, from) = prompt(&mut s, &session_id, "permission").await;
+    let first = answer_next_permission(&mut s, &session_id, from, "allow").await;
+    collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+        .await
+        .unwrap();
+    let (turn, from) = prompt(&mut s, &session_id, "crash").await;
+    collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+        .await
+        .unwrap();
+    let (turn, from) = prompt(&mut s, &session_id, "permission").await;
+    let second = answer_next_permission(&mut s, &session_id, from, "reject").await;
+    assert_ne!(first, second);
+    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+        .await
+        .unwrap();
+    assert!(
+        agent_text(&events).contains("permission: selected reject"),
+        "{}",
+        agent_text(&events)
+    );
+}

@@ -160,6 +160,8 @@ fn stderr_suffix(tail: &str) -> String {
 
 /// One ACP session on one child. Dropping it kills the child's group.
 pub struct AcpSession {
+    /// The child's pid, which is also its process group id.
+    pid: i32,
     shared: Arc<Shared>,
     cx: ConnectionTo<Agent>,
     acp_session_id: String,
@@ -441,6 +443,7 @@ impl AcpSession {
         let mut spec = launch.child.clone();
         spec.cwd = cwd.clone();
         let mut child = process::spawn_logged(&spec, launch.stderr_log_file.clone()).map_err(AcpError::Spawn)?;
+        let pid = child.pid();
         let (Some(stdin), Some(stdout)) = (child.take_stdin(), child.take_stdout()) else {
             return Err(AcpError::Spawn(io::Error::other("the child's stdio is not piped")));
         };
@@ -496,6 +499,7 @@ impl AcpSession {
                     state.started = true;
                     drop(state);
                     let session = AcpSession {
+                        pid,
                         shared,
                         cx,
                         acp_session_id: started.acp_session_id.clone(),
@@ -535,6 +539,11 @@ impl AcpSession {
     }
 
     /// The ACP session id (new or resumed).
+    /// The child's pid (= its process group id).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     pub fn acp_session_id(&self) -> &str {
         &self.acp_session_id
     }

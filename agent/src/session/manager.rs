@@ -68,6 +68,40 @@ struct SessionState {
     /// The "ignores the blocklist" note was logged (once per session).
     #[serde(default)]
     blocklist_noted: bool,
+    /// The running child's process group and command, so a daemon killed
+    /// with SIGKILL can reap the group it left behind on its next start.
+    #[serde(default)]
+    child: Option<ChildRecord>,
+    /// Counts child starts. A child numbers its permission requests from 1
+    /// again, so the session-wide request id is `g<generation>.<child id>`
+    /// (a restarted child must never reuse an id already decided).
+    #[serde(default)]
+    generation: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChildRecord {
+    pgid: i32,
+    command: PathBuf,
+}
+
+/// Kills a child group an earlier daemon left running (it was SIGKILLed and
+/// could not stop it), if that pid still runs the same command: a reused
+/// pid of an unrelated process is left alone.
+fn reap_orphan(record: &ChildRecord) {
+    let cmdline = match std::fs::read(format!("/proc/{}/cmdline", record.pgid)) {
+        Ok(c) => c,
+        Err(_) => return, // gone (or no /proc: nothing to check against)
+    };
+    let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let command = record.command.as_os_str().as_encoded_bytes();
+    if argv.iter().take(2).any(|arg| *arg == command) {
+        tracing::warn!(pgid = record.pgid, command = %record.command.display(), "killing an ACP agent left by an earlier daemon");
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(record.pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 type Sender = mpsc::Sender<pb::AgentFrame>;
@@ -132,6 +166,9 @@ impl Manager {
                 else {
                     continue;
                 };
+                if let Some(record) = &state.child {
+                    reap_orphan(record);
+                }
                 match manager.spawn_actor(start, state, false) {
                     Ok(()) => tracing::info!(session_id, "resuming session"),
                     Err(e) => tracing::error!(session_id, error = %e, "cannot resume session"),
@@ -393,6 +430,8 @@ impl Actor {
                             if let Some(acp) = self.acp.take() {
                                 acp.shutdown(self.manager.config.shutdown_grace).await;
                             }
+                            self.state.child = None;
+                            self.save_state();
                             let _ = done.send(());
                             return;
                         }
@@ -558,9 +597,15 @@ impl Actor {
         };
         let _ = std::fs::create_dir_all(config.paths.log_dir());
         let (out_tx, out_rx) = mpsc::channel(1024);
+        self.state.generation += 1;
+        self.save_state();
         match AcpSession::start(launch, out_tx).await {
             Ok((acp, started)) => {
                 self.state.acp_session_id = Some(started.acp_session_id.clone());
+                self.state.child = Some(ChildRecord {
+                    pgid: acp.pid(),
+                    command: entry.command.clone(),
+                });
                 self.save_state();
                 self.acp = Some(acp);
                 // session/load replays the history as updates, all of them
@@ -683,7 +728,17 @@ impl Actor {
     async fn answer(&mut self, answer: pb::PermissionAnswer) {
         let option = (!answer.cancelled).then(|| answer.option_id.clone());
         let Some(acp) = &self.acp else { return };
-        match acp.answer_permission(&answer.request_id, option) {
+        // An answer for an earlier child's request has nobody to go to.
+        let prefix = format!("g{}.", self.state.generation);
+        let Some(child_request_id) = answer.request_id.strip_prefix(&prefix) else {
+            tracing::debug!(
+                session_id = self.id(),
+                request_id = answer.request_id,
+                "answer for an earlier child"
+            );
+            return;
+        };
+        match acp.answer_permission(child_request_id, option) {
             Ok(()) => {
                 let turn = self.running_turn.clone().unwrap_or_default();
                 self.emit(
@@ -718,7 +773,7 @@ impl Actor {
                 let (tool_call, options) = translate::permission_from_acp(&params);
                 self.emit(
                     pb::session_event::Kind::PermissionRequested(pb::PermissionRequested {
-                        request_id,
+                        request_id: format!("g{}.{request_id}", self.state.generation),
                         tool_call: Some(tool_call),
                         options,
                         raw_json: raw_params,
@@ -765,6 +820,8 @@ impl Actor {
                     .await;
                 self.acp = None;
                 self.outputs = None;
+                self.state.child = None;
+                self.save_state();
             }
         }
     }

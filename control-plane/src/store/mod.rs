@@ -252,19 +252,29 @@ impl Store {
     }
 }
 
-/// `BEGIN IMMEDIATE … COMMIT` around `f`, rolling back on any error. The
-/// closures given to [`Store::write`] never open nested transactions.
+/// `BEGIN IMMEDIATE … COMMIT` around `f`, rolling back on any error. It
+/// goes through diesel's transaction manager of the inner connection, so
+/// transactions diesel opens inside `f` (its SQLite batch insert does)
+/// become savepoints.
 fn immediate_transaction<T, E, F>(conn: &mut DbConn, f: &mut F) -> Result<T, TxError<E>>
 where
     F: FnMut(&mut DbConn) -> Result<T, E>,
 {
-    conn.batch_execute("BEGIN IMMEDIATE")?;
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let DbConn::Sqlite(inner) = conn else {
+        unreachable!("immediate_transaction is only called for SQLite");
+    };
+    AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
     let result = f(conn).map_err(TxError::App);
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    match conn.batch_execute(end) {
+    let DbConn::Sqlite(inner) = conn else { unreachable!() };
+    let end = match result.is_ok() {
+        true => AnsiTransactionManager::commit_transaction(inner),
+        false => AnsiTransactionManager::rollback_transaction(inner),
+    };
+    match end {
         Ok(()) => result,
         Err(e) => {
-            let _ = conn.batch_execute("ROLLBACK");
+            let _ = AnsiTransactionManager::rollback_transaction(inner);
             Err(TxError::Db(e))
         }
     }
@@ -341,5 +351,45 @@ mod tests {
         }
         let count = store.write_blocking(rows::count_tenants).unwrap();
         assert_eq!(count, 800);
+    }
+
+    /// diesel's SQLite multi-row insert opens its own transaction: inside a
+    /// write it must become a savepoint, not fail ("cannot start a
+    /// transaction within a transaction" once stopped every event append).
+    #[test]
+    fn batch_inserts_nest_inside_write_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("oma.db")).unwrap();
+        let events: Vec<rows::EventRow> = (1..=500)
+            .map(|seq| rows::EventRow {
+                session_id: "ses_x".into(),
+                seq,
+                created_at: 0,
+                payload: vec![1, 2, 3],
+            })
+            .collect();
+        store.write_blocking(|conn| rows::insert_events(conn, &events)).unwrap();
+        let stored = store
+            .write_blocking(|conn| rows::events_from(conn, "ses_x", 1, 1000))
+            .unwrap();
+        assert_eq!(stored.len(), 500);
+        // A failing write rolls back its batch insert too.
+        let more: Vec<rows::EventRow> = (501..=510)
+            .map(|seq| rows::EventRow {
+                session_id: "ses_x".into(),
+                seq,
+                created_at: 0,
+                payload: vec![],
+            })
+            .collect();
+        let failed: Result<(), StoreError> = store.write_blocking(|conn| {
+            rows::insert_events(conn, &more)?;
+            Err(StoreError::Corrupt("abort".into()))
+        });
+        assert!(failed.is_err());
+        let stored = store
+            .write_blocking(|conn| rows::events_from(conn, "ses_x", 1, 1000))
+            .unwrap();
+        assert_eq!(stored.len(), 500);
     }
 }
