@@ -156,7 +156,8 @@ impl Interceptor for Bearer {
     }
 }
 
-type Authed = InterceptedService<Channel, Bearer>;
+/// A channel that sends the bearer token.
+pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// A connected channel and its credentials; hands out service clients.
 pub struct Api {

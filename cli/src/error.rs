@@ -16,6 +16,10 @@ pub mod exit {
     /// Invalid argument, failed precondition, already exists or aborted.
     pub const REJECTED: u8 = 6;
     pub const UNAVAILABLE: u8 = 7;
+    /// A turn stopped early: `max_tokens`, `max_turn_requests` or `refusal`.
+    pub const STOPPED: u8 = 2;
+    /// Interrupted: a cancelled turn, or Ctrl-C (128 + SIGINT).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// A failure with its final message and exit code.
@@ -31,6 +35,12 @@ impl Failure {
             exit,
             message: message.into(),
         }
+    }
+
+    /// Exits with `exit` and prints nothing more: what happened was already
+    /// said (e.g. how a turn ended).
+    pub fn silent(exit: u8) -> Self {
+        Self::new(exit, "")
     }
 
     pub fn usage(message: impl Into<String>) -> Self {

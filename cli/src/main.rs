@@ -6,6 +6,7 @@ mod connection;
 mod duration;
 mod error;
 mod output;
+mod render;
 mod spec;
 mod view;
 
@@ -79,6 +80,22 @@ pub enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(commands::audit::Command),
+    /// Talk with an agent: prompt after prompt in one session.
+    ///
+    /// Each line read from stdin is a prompt; its turn is printed as
+    /// `sessions prompt` prints it (`-o json`: JSON Lines of the events).
+    ///
+    /// On a terminal, lines are read after a `> ` prompt; `/cancel` cancels
+    /// the running turn, `/quit` or Ctrl-D quits; Ctrl-C cancels the running
+    /// turn (a second one quits with 130) and quits at the `> ` prompt. When
+    /// stdout is a terminal too, permission requests are asked about (`y`,
+    /// `n`, an option id, or an empty line to leave it to others).
+    ///
+    /// When stdin is not a terminal, its lines are sent one after the other,
+    /// each once the previous turn has ended, and the session's id is printed
+    /// on stderr. Exit code: 0 at the end of stdin (or /quit), 1 if a turn
+    /// ended in an error; a refused prompt exits at once with its error.
+    Chat(commands::chat::Args),
 }
 
 fn main() -> ExitCode {
@@ -91,11 +108,19 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .map_err(|e| Failure::new(error::exit::GENERIC, format!("cannot start the async runtime: {e}")))
-        .and_then(|runtime| runtime.block_on(commands::run(cli, &matches)));
+        .and_then(|runtime| {
+            let result = runtime.block_on(commands::run(cli, &matches));
+            // A read of stdin (chat, answering permission requests) cannot be
+            // cancelled: do not wait for it.
+            runtime.shutdown_background();
+            result
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            let _ = writeln!(std::io::stderr(), "error: {}", failure.message);
+            if !failure.message.is_empty() {
+                let _ = writeln!(std::io::stderr(), "error: {}", failure.message);
+            }
             ExitCode::from(failure.exit)
         }
     }

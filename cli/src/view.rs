@@ -167,6 +167,227 @@ pub fn audit_entry(e: &pb::AuditEntry) -> Value {
     })
 }
 
+/// An enum word, or JSON null for the unset (0) value: in tool call updates
+/// unset means "unchanged".
+fn set_word(value: i32, word: impl Fn(i32) -> String) -> Value {
+    if value == 0 {
+        Value::Null
+    } else {
+        Value::String(word(value))
+    }
+}
+
+pub fn stop_reason(value: i32) -> String {
+    word(
+        pb::StopReason::try_from(value).ok().map(|e| e.as_str_name()),
+        "STOP_REASON_",
+        value,
+    )
+}
+
+pub fn tool_kind(value: i32) -> String {
+    word(
+        pb::ToolKind::try_from(value).ok().map(|e| e.as_str_name()),
+        "TOOL_KIND_",
+        value,
+    )
+}
+
+pub fn tool_status(value: i32) -> String {
+    word(
+        pb::ToolCallStatus::try_from(value).ok().map(|e| e.as_str_name()),
+        "TOOL_CALL_STATUS_",
+        value,
+    )
+}
+
+pub fn option_kind(value: i32) -> String {
+    word(
+        pb::PermissionOptionKind::try_from(value).ok().map(|e| e.as_str_name()),
+        "PERMISSION_OPTION_KIND_",
+        value,
+    )
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// An ACP content block, shaped like ACP's own JSON (`type` tag).
+pub fn content_block(b: &pb::ContentBlock) -> Value {
+    use pb::content_block::Block;
+    match &b.block {
+        Some(Block::Text(t)) => json!({ "type": "text", "text": t.text }),
+        Some(Block::Image(i)) => json!({
+            "type": "image",
+            "mime_type": i.mime_type,
+            "data": base64(&i.data),
+            "uri": i.uri,
+        }),
+        Some(Block::Audio(a)) => json!({ "type": "audio", "mime_type": a.mime_type, "data": base64(&a.data) }),
+        Some(Block::ResourceLink(l)) => json!({
+            "type": "resource_link",
+            "uri": l.uri,
+            "name": l.name,
+            "mime_type": l.mime_type,
+            "title": l.title,
+            "description": l.description,
+            "size": l.size,
+        }),
+        Some(Block::Resource(r)) => {
+            let mut value = json!({ "type": "resource", "uri": r.uri, "mime_type": r.mime_type });
+            match &r.contents {
+                Some(pb::embedded_resource::Contents::Text(text)) => value["text"] = json!(text),
+                Some(pb::embedded_resource::Contents::Blob(blob)) => value["blob"] = json!(base64(blob)),
+                None => {}
+            }
+            value
+        }
+        None => Value::Null,
+    }
+}
+
+pub fn tool_call(t: &pb::ToolCall) -> Value {
+    json!({
+        "tool_call_id": t.tool_call_id,
+        "title": t.title,
+        "kind": set_word(t.kind, tool_kind),
+        "status": set_word(t.status, tool_status),
+        "content": raw_json(&t.content_json),
+        "locations": raw_json(&t.locations_json),
+        "raw_input": raw_json(&t.raw_input_json),
+        "raw_output": raw_json(&t.raw_output_json),
+    })
+}
+
+fn chunk(c: &pb::ContentChunk) -> Value {
+    json!({ "content": c.content.as_ref().map_or(Value::Null, content_block) })
+}
+
+/// The typed view of an update and the name of its kind.
+fn typed_update(typed: &pb::session_update::Typed) -> (&'static str, Value) {
+    use pb::session_update::Typed;
+    match typed {
+        Typed::UserMessageChunk(c) => ("user_message_chunk", chunk(c)),
+        Typed::AgentMessageChunk(c) => ("agent_message_chunk", chunk(c)),
+        Typed::AgentThoughtChunk(c) => ("agent_thought_chunk", chunk(c)),
+        Typed::ToolCall(t) => ("tool_call", tool_call(t)),
+        Typed::ToolCallUpdate(t) => ("tool_call_update", tool_call(t)),
+        Typed::Plan(p) => {
+            let entries: Vec<Value> = p
+                .entries
+                .iter()
+                .map(|e| json!({ "content": e.content, "priority": e.priority, "status": e.status }))
+                .collect();
+            ("plan", json!({ "entries": entries }))
+        }
+        Typed::AvailableCommandsUpdate(a) => {
+            let commands: Vec<Value> = a
+                .commands
+                .iter()
+                .map(|c| json!({ "name": c.name, "description": c.description, "input_hint": c.input_hint }))
+                .collect();
+            ("available_commands_update", json!({ "commands": commands }))
+        }
+        Typed::CurrentModeUpdate(m) => ("current_mode_update", json!({ "current_mode_id": m.current_mode_id })),
+        Typed::ConfigOptionUpdate(c) => (
+            "config_option_update",
+            json!({ "config_options": raw_json(&c.config_options_json) }),
+        ),
+        Typed::SessionInfoUpdate(i) => (
+            "session_info_update",
+            json!({ "title": i.title, "updated_at": i.updated_at }),
+        ),
+        Typed::UsageUpdate(u) => (
+            "usage_update",
+            json!({ "used": u.used, "size": u.size, "cost": raw_json(&u.cost_json) }),
+        ),
+    }
+}
+
+/// The name of an event's kind: the proto field name of its `kind` oneof
+/// (`update`, `turn_started`, …), `unknown` when this build does not know it.
+pub fn event_kind(e: &pb::SessionEvent) -> &'static str {
+    use pb::session_event::Kind;
+    match &e.kind {
+        Some(Kind::Update(_)) => "update",
+        Some(Kind::TurnStarted(_)) => "turn_started",
+        Some(Kind::TurnEnded(_)) => "turn_ended",
+        Some(Kind::PermissionRequested(_)) => "permission_requested",
+        Some(Kind::PermissionDecided(_)) => "permission_decided",
+        Some(Kind::StatusChanged(_)) => "status_changed",
+        Some(Kind::Error(_)) => "error",
+        Some(Kind::Log(_)) => "log",
+        None => "unknown",
+    }
+}
+
+/// A session event: `session_id`, `seq`, `time`, `turn_id`, `kind` (the
+/// oneof's field name), and the kind's body under a key of the same name.
+/// An update carries its ACP `kind`, the agent's `raw_json` parsed, and the
+/// typed view under its kind's name when this build knows it.
+pub fn session_event(e: &pb::SessionEvent) -> Value {
+    use pb::session_event::Kind;
+    let kind = event_kind(e);
+    let body = match &e.kind {
+        Some(Kind::Update(u)) => {
+            let mut body = json!({ "kind": u.kind, "raw_json": raw_json(&u.raw_json) });
+            if let Some(typed) = &u.typed {
+                let (name, value) = typed_update(typed);
+                body[name] = value;
+            }
+            body
+        }
+        Some(Kind::TurnStarted(t)) => json!({
+            "prompt": t.prompt.iter().map(content_block).collect::<Vec<_>>(),
+            "requested_by_user_id": t.requested_by_user_id,
+        }),
+        Some(Kind::TurnEnded(t)) => json!({
+            "stop_reason": stop_reason(t.stop_reason),
+            "error": t.error,
+            "usage": raw_json(&t.usage_json),
+        }),
+        Some(Kind::PermissionRequested(p)) => {
+            let options: Vec<Value> = p
+                .options
+                .iter()
+                .map(|o| json!({ "option_id": o.option_id, "name": o.name, "kind": option_kind(o.kind) }))
+                .collect();
+            json!({
+                "request_id": p.request_id,
+                "tool_call": p.tool_call.as_ref().map_or(Value::Null, tool_call),
+                "options": options,
+                "raw_json": raw_json(&p.raw_json),
+            })
+        }
+        Some(Kind::PermissionDecided(d)) => json!({
+            "request_id": d.request_id,
+            "option_id": d.option_id,
+            "cancelled": d.cancelled,
+            "decided_by": d.decided_by,
+        }),
+        Some(Kind::StatusChanged(s)) => json!({
+            "status": session_status(s.status),
+            "acp_session_id": s.acp_session_id,
+        }),
+        Some(Kind::Error(err)) => json!({ "code": err.code, "message": err.message }),
+        Some(Kind::Log(l)) => json!({ "message": l.message }),
+        None => Value::Null,
+    };
+    let mut value = json!({
+        "session_id": e.session_id,
+        "seq": e.seq,
+        "time": time_value(e.time.as_ref()),
+        "turn_id": e.turn_id,
+        "kind": kind,
+    });
+    if !body.is_null() {
+        value[kind] = body;
+    }
+    value
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,11 +2,13 @@
 //! small in-process fake of the control plane.
 
 use std::{
+    io::Write as _,
     net::TcpListener as StdListener,
     path::{Path, PathBuf},
-    process::Command,
+    pin::Pin,
+    process::{Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use oma_proto::pb::{
@@ -14,14 +16,22 @@ use oma_proto::pb::{
     agent_service_server::{AgentService, AgentServiceServer},
     identity_service_server::{IdentityService, IdentityServiceServer},
     runtime_service_server::{RuntimeService, RuntimeServiceServer},
+    session_event::Kind,
+    session_service_server::{SessionService, SessionServiceServer},
 };
 use prost_types::Timestamp;
-use tonic::{Request, Response, Status};
+use tonic::{
+    Request, Response, Status,
+    codegen::tokio_stream::{self, Stream, wrappers::ReceiverStream},
+};
 
 const TOKEN: &str = "oma_0123456789abcdef0123456789abcdef.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const AGENT: &str = "agt_0123456789abcdef0123456789abcdef";
 const RUNTIME: &str = "rt_0123456789abcdef0123456789abcdef";
 const USER: &str = "usr_0123456789abcdef0123456789abcdef";
+const SESSION: &str = "ses_0123456789abcdef0123456789abcdef";
+/// A session whose runtime is offline.
+const OFFLINE: &str = "ses_00000000000000000000000000000000";
 
 struct Output {
     code: i32,
@@ -51,6 +61,26 @@ fn omactl(config: &Path, args: &[&str]) -> Output {
     }
 }
 
+/// `omactl` with `input` on stdin.
+fn omactl_with_stdin(config: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_omactl"))
+        .env_remove("OMA_OUTPUT")
+        .env("OMACTL_CONFIG", config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
 fn config_in(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("omactl").join("config.toml")
 }
@@ -61,7 +91,7 @@ fn help_lists_the_commands() {
     let out = omactl(&config_in(&dir), &["--help"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     for noun in [
-        "context", "whoami", "users", "tokens", "runtimes", "agents", "sessions", "audit",
+        "context", "whoami", "users", "tokens", "runtimes", "agents", "sessions", "audit", "chat",
     ] {
         assert!(out.stdout.contains(noun), "{noun} missing from:\n{}", out.stdout);
     }
@@ -230,6 +260,161 @@ fn local_checks_need_no_server() {
 struct Fake {
     updates: Arc<Mutex<Vec<pb::UpdateAgentRequest>>>,
     exchange_auth: Arc<Mutex<Vec<Option<String>>>>,
+    live: Arc<Mutex<Live>>,
+}
+
+/// The one session of the fake: its log, and what was asked of it.
+#[derive(Default)]
+struct Live {
+    log: Vec<pb::SessionEvent>,
+    prompts: Vec<pb::PromptSessionRequest>,
+    watches: Vec<pb::WatchSessionRequest>,
+    answers: Vec<pb::AnswerPermissionRequest>,
+    cancels: usize,
+    /// The next watch breaks (UNAVAILABLE) after this many events.
+    break_after: Option<usize>,
+    deleted: bool,
+}
+
+impl Live {
+    fn push(&mut self, turn_id: &str, kind: Kind) {
+        let seq = self.log.len() as u64 + 1;
+        self.log.push(pb::SessionEvent {
+            session_id: SESSION.into(),
+            seq,
+            time: now(),
+            turn_id: turn_id.into(),
+            kind: Some(kind),
+        });
+    }
+}
+
+fn update(kind: &str, typed: pb::session_update::Typed) -> Kind {
+    Kind::Update(pb::SessionUpdate {
+        kind: kind.into(),
+        raw_json: format!(r#"{{"sessionUpdate":"{kind}"}}"#),
+        typed: Some(typed),
+    })
+}
+
+fn chunk(text: &str) -> Kind {
+    update(
+        "agent_message_chunk",
+        pb::session_update::Typed::AgentMessageChunk(pb::ContentChunk {
+            content: Some(pb::ContentBlock {
+                block: Some(pb::content_block::Block::Text(pb::TextContent { text: text.into() })),
+            }),
+        }),
+    )
+}
+
+fn tool(kind: &str, title: &str, status: pb::ToolCallStatus) -> Kind {
+    let call = pb::ToolCall {
+        tool_call_id: "call_1".into(),
+        title: title.into(),
+        status: status as i32,
+        ..Default::default()
+    };
+    let typed = if kind == "tool_call" {
+        pb::session_update::Typed::ToolCall(call)
+    } else {
+        pb::session_update::Typed::ToolCallUpdate(call)
+    };
+    update(kind, typed)
+}
+
+fn turn_ended(reason: pb::StopReason, error: &str) -> Kind {
+    Kind::TurnEnded(pb::TurnEnded {
+        stop_reason: reason as i32,
+        error: error.into(),
+        usage_json: String::new(),
+    })
+}
+
+/// The events a prompt's text scripts: `echo TEXT`, `work` (tools, a plan,
+/// a permission request; ends max_tokens), `fail`, `flaky` (the watch
+/// breaks once mid-turn).
+fn script(live: &mut Live, turn: &str, text: &str) {
+    use pb::ToolCallStatus as S;
+    let option = |id: &str, kind: pb::PermissionOptionKind| pb::PermissionOption {
+        option_id: id.into(),
+        name: id.into(),
+        kind: kind as i32,
+    };
+    if let Some(echo) = text.strip_prefix("echo ") {
+        live.push(turn, chunk(echo));
+        live.push(turn, turn_ended(pb::StopReason::EndTurn, ""));
+    } else if text == "work" {
+        live.push(turn, chunk("Working."));
+        live.push(turn, tool("tool_call", "Run tests", S::Pending));
+        live.push(turn, tool("tool_call_update", "", S::Completed));
+        let entry = |content: &str, status: &str| pb::PlanEntry {
+            content: content.into(),
+            priority: "high".into(),
+            status: status.into(),
+        };
+        live.push(
+            turn,
+            update(
+                "plan",
+                pb::session_update::Typed::Plan(pb::Plan {
+                    entries: vec![
+                        entry("Look", "completed"),
+                        entry("Fix", "in_progress"),
+                        entry("Test", "pending"),
+                    ],
+                }),
+            ),
+        );
+        live.push(
+            turn,
+            Kind::PermissionRequested(pb::PermissionRequested {
+                request_id: "perm_1".into(),
+                tool_call: Some(pb::ToolCall {
+                    tool_call_id: "call_2".into(),
+                    title: "Edit main.rs".into(),
+                    ..Default::default()
+                }),
+                options: vec![
+                    option("always", pb::PermissionOptionKind::AllowAlways),
+                    option("allow", pb::PermissionOptionKind::AllowOnce),
+                    option("reject", pb::PermissionOptionKind::RejectOnce),
+                ],
+                raw_json: "{}".into(),
+            }),
+        );
+        live.push(
+            turn,
+            Kind::PermissionDecided(pb::PermissionDecided {
+                request_id: "perm_1".into(),
+                option_id: "reject".into(),
+                cancelled: false,
+                decided_by: "timeout".into(),
+            }),
+        );
+        live.push(turn, turn_ended(pb::StopReason::MaxTokens, ""));
+    } else if text == "fail" {
+        live.push(
+            turn,
+            Kind::Error(pb::SessionError {
+                code: "child_exited".into(),
+                message: "the agent exited with status 3".into(),
+            }),
+        );
+        live.push(
+            turn,
+            turn_ended(pb::StopReason::Error, "the agent exited with status 3"),
+        );
+    } else if text == "flaky" {
+        live.break_after = Some(2);
+        for piece in ["one ", "two ", "three ", "four"] {
+            live.push(turn, chunk(piece));
+        }
+        live.push(turn, turn_ended(pb::StopReason::EndTurn, ""));
+    } else {
+        live.push(turn, chunk(&format!("unknown script: {text}")));
+        live.push(turn, turn_ended(pb::StopReason::Refusal, ""));
+    }
 }
 
 fn authorize<T>(request: &Request<T>) -> Result<(), Status> {
@@ -495,6 +680,135 @@ impl AgentService for Fake {
     }
 }
 
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SessionService for Fake {
+    async fn create_session(
+        &self,
+        _: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        authorize(&request)?;
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(pb::Session {
+                id: request.into_inner().session_id,
+                agent_id: AGENT.into(),
+                runtime_id: RUNTIME.into(),
+                status: pb::SessionStatus::Idle as i32,
+                ..Default::default()
+            }),
+        }))
+    }
+    async fn list_sessions(
+        &self,
+        _: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn delete_session(
+        &self,
+        request: Request<pb::DeleteSessionRequest>,
+    ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
+        authorize(&request)?;
+        self.live.lock().unwrap().deleted = true;
+        Ok(Response::new(pb::DeleteSessionResponse {}))
+    }
+    async fn prompt_session(
+        &self,
+        request: Request<pb::PromptSessionRequest>,
+    ) -> Result<Response<pb::PromptSessionResponse>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        if r.session_id == OFFLINE {
+            return Err(Status::failed_precondition(format!(
+                "runtime {RUNTIME} is offline since 2025-01-01T00:00:00Z"
+            )));
+        }
+        let text = match r.prompt.first().and_then(|b| b.block.as_ref()) {
+            Some(pb::content_block::Block::Text(t)) => t.text.clone(),
+            _ => return Err(Status::invalid_argument("prompt: a text block is required")),
+        };
+        let mut live = self.live.lock().unwrap();
+        let turn_id = if r.turn_id.is_empty() {
+            format!("turn_{}", live.prompts.len() + 1)
+        } else {
+            r.turn_id.clone()
+        };
+        live.prompts.push(r);
+        let from_seq = live.log.len() as u64 + 1;
+        live.push(&turn_id, Kind::TurnStarted(pb::TurnStarted::default()));
+        script(&mut live, &turn_id, &text);
+        Ok(Response::new(pb::PromptSessionResponse { turn_id, from_seq }))
+    }
+    async fn cancel_turn(
+        &self,
+        request: Request<pb::CancelTurnRequest>,
+    ) -> Result<Response<pb::CancelTurnResponse>, Status> {
+        authorize(&request)?;
+        self.live.lock().unwrap().cancels += 1;
+        Ok(Response::new(pb::CancelTurnResponse {}))
+    }
+    async fn answer_permission(
+        &self,
+        request: Request<pb::AnswerPermissionRequest>,
+    ) -> Result<Response<pb::AnswerPermissionResponse>, Status> {
+        authorize(&request)?;
+        self.live.lock().unwrap().answers.push(request.into_inner());
+        Ok(Response::new(pb::AnswerPermissionResponse {}))
+    }
+
+    type WatchSessionStream = EventStream;
+
+    /// The log from `from_seq` (up to the first TurnEnded with
+    /// `until_turn_end`); without it, the stream then stays open until the
+    /// session is deleted, and a deleted session is NOT_FOUND.
+    async fn watch_session(
+        &self,
+        request: Request<pb::WatchSessionRequest>,
+    ) -> Result<Response<Self::WatchSessionStream>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        let mut live = self.live.lock().unwrap();
+        if live.deleted {
+            return Err(Status::not_found(format!("session {} not found", r.session_id)));
+        }
+        live.watches.push(r.clone());
+        let mut events: Vec<Result<pb::SessionEvent, Status>> = Vec::new();
+        for event in live.log.iter().filter(|e| e.seq >= r.from_seq.max(1)) {
+            let ends = matches!(event.kind, Some(Kind::TurnEnded(_)));
+            events.push(Ok(event.clone()));
+            if r.until_turn_end && ends {
+                break;
+            }
+        }
+        if let Some(n) = live.break_after.take() {
+            events.truncate(n);
+            events.push(Err(Status::unavailable("the control plane is restarting")));
+            return Ok(Response::new(Box::pin(tokio_stream::iter(events))));
+        }
+        if r.until_turn_end {
+            return Ok(Response::new(Box::pin(tokio_stream::iter(events))));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(events.len().max(1));
+        let fake = self.live.clone();
+        tokio::spawn(async move {
+            for event in events {
+                let _ = tx.send(event).await;
+            }
+            while !fake.lock().unwrap().deleted {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
 /// Serves the fake on a loopback port; the runtime must outlive the test.
 fn serve(fake: &Fake) -> (tokio::runtime::Runtime, String) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -503,7 +817,8 @@ fn serve(fake: &Fake) -> (tokio::runtime::Runtime, String) {
     let router = tonic::transport::Server::builder()
         .add_service(IdentityServiceServer::new(fake.clone()))
         .add_service(RuntimeServiceServer::new(fake.clone()))
-        .add_service(AgentServiceServer::new(fake.clone()));
+        .add_service(AgentServiceServer::new(fake.clone()))
+        .add_service(SessionServiceServer::new(fake.clone()));
     runtime.spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
     (runtime, url)
 }
@@ -685,4 +1000,191 @@ fn talks_to_a_control_plane() {
         (RUNTIME, "codex", vec!["pdf".to_owned()])
     );
     assert_eq!(updates[1].expected_version, 7);
+}
+
+#[test]
+fn prompts_follow_the_turn_to_its_end() {
+    let fake = Fake::default();
+    let (_runtime, url) = serve(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(&dir);
+    assert_eq!(
+        omactl(&config, &["context", "set", "fake", "--server", &url, "--token", TOKEN]).code,
+        0
+    );
+    let run = |args: &[&str]| omactl(&config, args);
+
+    // Agent text as it came, ending with a newline; exit 0 on end_turn.
+    let echo = run(&["sessions", "prompt", SESSION, "echo hi", "--turn-id", "t-echo"]);
+    assert_eq!((echo.code, echo.stdout.as_str(), echo.stderr.as_str()), (0, "hi\n", ""));
+    {
+        let live = fake.live.lock().unwrap();
+        assert_eq!(live.prompts[0].turn_id, "t-echo");
+        let watch = &live.watches[0];
+        assert_eq!((watch.from_seq, watch.until_turn_end), (1, true));
+    }
+
+    // Tool calls, the plan, the permission request; max_tokens exits 2.
+    let work = run(&["sessions", "prompt", SESSION, "work"]);
+    assert_eq!(work.code, 2, "{}", work.stderr);
+    assert_eq!(
+        work.stdout,
+        format!(
+            "Working.\n\
+             * Run tests [pending]\n\
+             * Run tests [completed]\n\
+             plan:\n  [x] Look\n  [~] Fix\n  [ ] Test\n\
+             ? permission requested: Edit main.rs — options: always (allow_always), allow (allow_once), reject (reject_once); answer with: omactl sessions approve {SESSION} perm_1 [--option ID]\n\
+             permission perm_1: reject (by timeout)\n"
+        )
+    );
+    assert_eq!(work.stderr, "turn ended: max_tokens\n");
+
+    // An error: the session error and the turn's error on stderr, exit 1.
+    let fail = run(&["sessions", "prompt", SESSION, "fail"]);
+    assert_eq!(fail.code, 1);
+    assert_eq!(fail.stdout, "");
+    assert_eq!(
+        fail.stderr,
+        "error [child_exited]: the agent exited with status 3\nerror: the agent exited with status 3\n"
+    );
+
+    // A broken watch is reopened from the last seen seq + 1: nothing missed
+    // or printed twice.
+    let flaky = run(&["sessions", "prompt", SESSION, "flaky"]);
+    assert_eq!(flaky.code, 0, "{}", flaky.stderr);
+    assert_eq!(flaky.stdout, "one two three four\n");
+    assert!(flaky.stderr.contains("reconnecting"), "{}", flaky.stderr);
+    {
+        let live = fake.live.lock().unwrap();
+        let first = live.prompts.len();
+        assert_eq!(first, 4);
+        let from: Vec<u64> = live.watches.iter().rev().take(2).map(|w| w.from_seq).collect();
+        // The turn started at seq 15 (TurnStarted); the break came after 2 events.
+        assert_eq!(from, [17, 15]);
+    }
+
+    // JSON Lines: one object per event.
+    let json = run(&["-o", "json", "sessions", "prompt", SESSION, "echo json"]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let events: Vec<serde_json::Value> = json.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["turn_started", "update", "turn_ended"]);
+    assert_eq!(events[1]["update"]["kind"], "agent_message_chunk");
+    assert_eq!(events[1]["update"]["raw_json"]["sessionUpdate"], "agent_message_chunk");
+    assert_eq!(events[1]["update"]["agent_message_chunk"]["content"]["text"], "json");
+    assert_eq!(events[2]["turn_ended"]["stop_reason"], "end_turn");
+    assert_eq!(events[2]["seq"].as_u64(), Some(events[0]["seq"].as_u64().unwrap() + 2));
+    assert_eq!(events[0]["turn_id"], events[2]["turn_id"]);
+
+    // The prompt from a file, or from stdin.
+    let file = dir.path().join("prompt.txt");
+    std::fs::write(&file, "echo from a file").unwrap();
+    let from_file = run(&["sessions", "prompt", SESSION, "--file", file.to_str().unwrap()]);
+    assert_eq!(from_file.stdout, "from a file\n", "{}", from_file.stderr);
+    let from_stdin = omactl_with_stdin(&config, &["sessions", "prompt", SESSION, "--file", "-"], "echo piped");
+    assert_eq!(from_stdin.stdout, "piped\n", "{}", from_stdin.stderr);
+
+    // An offline runtime: the server's sentence, exit 6.
+    let offline = run(&["sessions", "prompt", OFFLINE, "echo hi"]);
+    assert_eq!(offline.code, 6);
+    assert_eq!(
+        offline.stderr.trim(),
+        format!("error: failed precondition: runtime {RUNTIME} is offline since 2025-01-01T00:00:00Z")
+    );
+    let nothing = run(&["sessions", "prompt", SESSION, "  "]);
+    assert_eq!(nothing.code, 2, "{}", nothing.stderr);
+
+    // Approve without --option picks the first allow_once option.
+    let approve = run(&["sessions", "approve", SESSION, "perm_1"]);
+    assert_eq!(approve.code, 0, "{}", approve.stderr);
+    assert_eq!(approve.stdout, "Permission perm_1 answered: allow (allow_once).\n");
+    let approve = run(&[
+        "-o", "json", "sessions", "approve", SESSION, "perm_1", "--option", "always",
+    ]);
+    let approve: serde_json::Value = serde_json::from_str(&approve.stdout).unwrap();
+    assert_eq!(approve["option_id"], "always");
+    assert_eq!(run(&["sessions", "deny", SESSION, "perm_1"]).code, 0);
+    assert_eq!(run(&["sessions", "cancel", SESSION]).code, 0);
+    {
+        use pb::answer_permission_request::Answer;
+        let live = fake.live.lock().unwrap();
+        let answers: Vec<_> = live.answers.iter().map(|a| a.answer.clone().unwrap()).collect();
+        assert_eq!(
+            answers,
+            [
+                Answer::OptionId("allow".into()),
+                Answer::OptionId("always".into()),
+                Answer::Reject(true)
+            ]
+        );
+        assert_eq!(live.cancels, 1);
+    }
+
+    // Watching until the next turn end, from the start.
+    let watched = run(&["sessions", "watch", SESSION, "--until-turn-end"]);
+    assert_eq!(watched.code, 0, "{}", watched.stderr);
+    assert_eq!(watched.stdout, "hi\n· turn ended: end_turn\n");
+
+    // Chat from a script: one prompt per line; exit 1 as a turn failed.
+    let chat = omactl_with_stdin(
+        &config,
+        &["chat", "--session", SESSION],
+        "echo first\n\nfail\necho last\n",
+    );
+    assert_eq!(chat.code, 1, "{}", chat.stderr);
+    assert_eq!(chat.stdout, "first\nlast\n");
+    assert!(
+        chat.stderr.starts_with(&format!("session {SESSION}\n")),
+        "{}",
+        chat.stderr
+    );
+    assert!(
+        chat.stderr.contains("error: the agent exited with status 3"),
+        "{}",
+        chat.stderr
+    );
+    let chat = omactl_with_stdin(
+        &config,
+        &["chat", "--session", SESSION],
+        "echo only\n/quit\necho never\n",
+    );
+    assert_eq!((chat.code, chat.stdout.as_str()), (0, "only\n"), "{}", chat.stderr);
+
+    // A plain watch runs until the session is deleted.
+    let watch = Command::new(env!("CARGO_BIN_EXE_omactl"))
+        .env_remove("OMA_OUTPUT")
+        .env("OMACTL_CONFIG", &config)
+        .args(["sessions", "watch", SESSION, "--from-seq", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while fake
+        .live
+        .lock()
+        .unwrap()
+        .watches
+        .last()
+        .is_none_or(|w| w.until_turn_end)
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "the watch never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(run(&["sessions", "delete", SESSION]).code, 0);
+    let out = watch.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.starts_with("hi\n· turn ended: end_turn\nWorking.\n"), "{stdout}");
+    assert!(
+        stderr.ends_with(&format!("\nsession {SESSION} was deleted; no more events\n")),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("· turn ended: error: the agent exited with status 3\n"),
+        "{stdout}"
+    );
 }

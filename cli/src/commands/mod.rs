@@ -2,7 +2,9 @@
 
 pub mod agents;
 pub mod audit;
+pub mod chat;
 pub mod context;
+mod live;
 pub mod runtimes;
 pub mod sessions;
 pub mod tokens;
@@ -92,6 +94,7 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), Failure> {
         Command::Agents(command) => agents::run(command, &ctx).await,
         Command::Sessions(command) => sessions::run(command, &ctx).await,
         Command::Audit(command) => audit::run(command, &ctx).await,
+        Command::Chat(args) => chat::run(args, &ctx).await,
     };
     result.map_err(|e| classify(e, ctx.settings.get().map(|s| s.server.as_str())))
 }

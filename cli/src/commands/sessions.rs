@@ -1,19 +1,35 @@
-//! `omactl sessions …`.
+//! `omactl sessions …`: managing sessions, and their live side: prompting,
+//! watching, cancelling and answering permission requests.
 
-use anyhow::Result;
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use oma_proto::{
     ids::{AgentId, SessionId},
-    pb,
+    pb::{self, answer_permission_request::Answer as PbAnswer, session_event::Kind},
 };
 use serde_json::{Value, json};
 
-use super::{Ctx, ListArgs, required};
+use super::{
+    Ctx, ListArgs,
+    live::{self, Events, Interrupts, Lines, Next, Turn, TurnEnd},
+    required,
+};
 use crate::{
     connection::collect_pages,
+    error::{Failure, exit},
     output::{self, Table},
+    render::{Renderer, Style},
     view,
 };
+
+/// How long `approve` without `--option` looks for the request.
+const FIND_REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -43,6 +59,91 @@ pub enum Command {
     Delete {
         /// The session's id (ses_…).
         id: String,
+    },
+    /// Prompt a session and print the turn until it ends.
+    ///
+    /// The agent's text is printed as it arrives; tool calls as
+    /// `⏺ TITLE [STATUS]` lines (`* ` when stdout is not a terminal), plans as
+    /// `[x]`/`[~]`/`[ ]` checklists, thoughts dimmed (`[thought] ` lines when
+    /// stdout is not a terminal), permission requests as `? permission
+    /// requested: …` lines, session errors as `error [CODE]: …` on stderr.
+    /// When stdin and stdout are terminals, permission requests are asked
+    /// about: `y` picks the first allow option, `n` rejects, an option id
+    /// picks that option, an empty line or Ctrl-D leaves it to others.
+    ///
+    /// With `-o json`, one JSON object per event and line (JSON Lines); with
+    /// `-o yaml`, one YAML document (`---`) per event.
+    ///
+    /// Exit code: 0 when the turn ends with end_turn; 130 when it is
+    /// cancelled; 2 for max_tokens, max_turn_requests or refusal; 1 when it
+    /// ends in an error. Ctrl-C cancels the turn (and waits for it to end); a
+    /// second Ctrl-C exits at once with 130.
+    Prompt {
+        /// The session's id (ses_…).
+        #[arg(value_name = "SESSION_ID")]
+        id: String,
+        /// The prompt text.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        text: Option<String>,
+        /// Read the prompt text from this file (`-` = stdin).
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The turn's id (1–64 of A-Z a-z 0-9 _ -), so a retried prompt runs
+        /// once [default: the server picks one].
+        #[arg(long, value_name = "ID")]
+        turn_id: Option<String>,
+    },
+    /// Stream a session's events as they are stored: from its start (or
+    /// --from-seq) until Ctrl-C or the session is deleted.
+    ///
+    /// Rendered as by `sessions prompt`, and turns show as their `> PROMPT`
+    /// lines and a `· turn ended: REASON` line. `-o json` prints one JSON
+    /// object per event and line, `-o yaml` one YAML document per event.
+    ///
+    /// Exit code: 0 when the session is deleted (with a note on stderr), 130
+    /// on Ctrl-C; with --until-turn-end, that of the turn's stop reason, as
+    /// for `sessions prompt`.
+    Watch {
+        /// The session's id (ses_…).
+        #[arg(value_name = "SESSION_ID")]
+        id: String,
+        /// The first event to show [default: the first one].
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        from_seq: u64,
+        /// Stop after the next turn ends (its TurnEnded event).
+        #[arg(long)]
+        until_turn_end: bool,
+    },
+    /// Cancel the running turn of a session (no running turn is not an
+    /// error).
+    Cancel {
+        /// The session's id (ses_…).
+        #[arg(value_name = "SESSION_ID")]
+        id: String,
+    },
+    /// Allow a pending permission request.
+    ///
+    /// Without --option, the request is looked up in the session's events
+    /// (for at most 5 seconds) and its first allow_once option (else its first
+    /// allow_always option) is chosen.
+    Approve {
+        /// The session's id (ses_…).
+        #[arg(value_name = "SESSION_ID")]
+        id: String,
+        /// The request's id, as printed with `? permission requested`.
+        request_id: String,
+        /// The option to select.
+        #[arg(long, value_name = "OPTION_ID")]
+        option: Option<String>,
+    },
+    /// Reject a pending permission request: its first reject option is
+    /// selected (or, when it has none, it is answered `cancelled`).
+    Deny {
+        /// The session's id (ses_…).
+        #[arg(value_name = "SESSION_ID")]
+        id: String,
+        /// The request's id, as printed with `? permission requested`.
+        request_id: String,
     },
 }
 
@@ -111,6 +212,169 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             ctx.emit(&json!({ "deleted": session_id }), || {
                 format!("Session {session_id} deleted.\n")
             })
+        }
+        Command::Prompt {
+            id,
+            text,
+            file,
+            turn_id,
+        } => {
+            let session_id = SessionId::parse("session id", &id)?.to_string();
+            let text = match (text, &file) {
+                (Some(text), _) => text,
+                (None, Some(path)) => read_prompt(path)?,
+                (None, None) => return Err(Failure::usage("give the prompt as TEXT or with --file").into()),
+            };
+            if text.trim().is_empty() {
+                return Err(Failure::usage("the prompt is empty").into());
+            }
+            // Answers are asked for on a terminal, unless stdin was the prompt.
+            let ask = std::io::stdin().is_terminal()
+                && std::io::stdout().is_terminal()
+                && file.as_deref() != Some(Path::new("-"));
+            prompt(ctx, &session_id, &text, turn_id.unwrap_or_default(), ask).await
+        }
+        Command::Watch {
+            id,
+            from_seq,
+            until_turn_end,
+        } => {
+            let session_id = SessionId::parse("session id", &id)?.to_string();
+            watch(ctx, &session_id, from_seq, until_turn_end).await
+        }
+        Command::Cancel { id } => {
+            let session_id = SessionId::parse("session id", &id)?.to_string();
+            live::cancel(&ctx.api().await?.sessions(), &session_id).await?;
+            ctx.emit(&json!({ "session_id": session_id, "cancel_requested": true }), || {
+                format!("Cancel requested for session {session_id}.\n")
+            })
+        }
+        Command::Approve { id, request_id, option } => {
+            let session_id = SessionId::parse("session id", &id)?.to_string();
+            let client = ctx.api().await?.sessions();
+            let (option_id, kind) = match option {
+                Some(option) => (option, None),
+                None => {
+                    let request = live::find_request(&client, &session_id, &request_id, FIND_REQUEST_DEADLINE).await?;
+                    let chosen = live::default_allow(&request.options).ok_or_else(|| {
+                        let offered: Vec<String> = request
+                            .options
+                            .iter()
+                            .map(|o| format!("{} ({})", o.option_id, view::option_kind(o.kind)))
+                            .collect();
+                        Failure::new(
+                            exit::REJECTED,
+                            format!(
+                                "permission request {request_id} offers no allow option ({}); pass --option OPTION_ID",
+                                offered.join(", ")
+                            ),
+                        )
+                    })?;
+                    (chosen.option_id.clone(), Some(view::option_kind(chosen.kind)))
+                }
+            };
+            live::answer(&client, &session_id, &request_id, PbAnswer::OptionId(option_id.clone())).await?;
+            let data = json!({
+                "session_id": session_id,
+                "request_id": request_id,
+                "option_id": option_id,
+                "option_kind": kind,
+            });
+            ctx.emit(&data, || match &kind {
+                Some(kind) => format!("Permission {request_id} answered: {option_id} ({kind}).\n"),
+                None => format!("Permission {request_id} answered: {option_id}.\n"),
+            })
+        }
+        Command::Deny { id, request_id } => {
+            let session_id = SessionId::parse("session id", &id)?.to_string();
+            let client = ctx.api().await?.sessions();
+            live::answer(&client, &session_id, &request_id, PbAnswer::Reject(true)).await?;
+            let data = json!({ "session_id": session_id, "request_id": request_id, "rejected": true });
+            ctx.emit(&data, || format!("Permission {request_id} rejected.\n"))
+        }
+    }
+}
+
+/// The prompt text of `--file`: a file, or stdin for `-`.
+fn read_prompt(path: &Path) -> Result<String> {
+    if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the prompt from stdin")
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+/// `sessions prompt`: PromptSession, then the turn's events until it ends.
+async fn prompt(ctx: &Ctx, session_id: &str, text: &str, turn_id: String, ask: bool) -> Result<()> {
+    let api = ctx.api().await?;
+    let server = ctx.settings()?.server.clone();
+    let client = api.sessions();
+    let mut interrupts = Interrupts::listen();
+    let request = pb::PromptSessionRequest {
+        session_id: session_id.to_owned(),
+        turn_id,
+        prompt: live::text_prompt(text),
+    };
+    let mut prompter = client.clone();
+    let started = tokio::select! {
+        started = prompter.prompt_session(request) => started?.into_inner(),
+        () = interrupts.next() => return Err(Failure::silent(exit::INTERRUPTED).into()),
+    };
+    let mut renderer = Renderer::new(ctx.format(), Style::detect(), session_id, false);
+    let mut lines = ask.then(Lines::stdin);
+    let turn = Turn {
+        client: &client,
+        session_id,
+        server: &server,
+        renderer: &mut renderer,
+        interrupts: &mut interrupts,
+        lines: lines.as_mut(),
+        ask,
+        chat: false,
+    };
+    match turn.follow(&started.turn_id, started.from_seq).await? {
+        TurnEnd::Ended(ended) => match live::report(&ended) {
+            0 => Ok(()),
+            code => Err(Failure::silent(code).into()),
+        },
+        TurnEnd::Quit => Ok(()),
+    }
+}
+
+/// `sessions watch`: the session's events until Ctrl-C, the session is
+/// deleted or (with `until_turn_end`) a turn ends.
+async fn watch(ctx: &Ctx, session_id: &str, from_seq: u64, until_turn_end: bool) -> Result<()> {
+    let client = ctx.api().await?.sessions();
+    let mut interrupts = Interrupts::listen();
+    let mut renderer = Renderer::new(ctx.format(), Style::detect(), session_id, true);
+    let mut events = Events::new(client, session_id, from_seq, until_turn_end);
+    loop {
+        tokio::select! {
+            next = events.next() => match next {
+                Ok(Next::Event(e)) => {
+                    renderer.event(&e).write()?;
+                    if let (true, Some(Kind::TurnEnded(ended))) = (until_turn_end, &e.kind) {
+                        renderer.end_line().write()?;
+                        return match live::report(ended) {
+                            0 => Ok(()),
+                            code => Err(Failure::silent(code).into()),
+                        };
+                    }
+                }
+                Ok(Next::Reconnecting(note)) => renderer.note(&note).write()?,
+                Err(status) if status.code() == tonic::Code::NotFound && events.opened() => {
+                    renderer.note(&format!("session {session_id} was deleted; no more events")).write()?;
+                    return Ok(());
+                }
+                Err(status) => {
+                    renderer.end_line().write()?;
+                    return Err(status.into());
+                }
+            },
+            () = interrupts.next() => {
+                renderer.end_line().write()?;
+                return Err(Failure::silent(exit::INTERRUPTED).into());
+            }
         }
     }
 }
