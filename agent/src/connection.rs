@@ -228,8 +228,13 @@ impl Daemon {
             tokio::select! {
                 _ = shutdown.cancelled() => return StreamEnd::Shutdown,
                 _ = heartbeat.tick() => {
+                    // Never wait here: this loop must keep reading what the
+                    // control plane sends. A full queue means frames are
+                    // flowing anyway.
                     let beat = pb::Heartbeat { sent_at_ms: now_ms() };
-                    if tx.send(pb::AgentFrame { frame: Some(pb::agent_frame::Frame::Heartbeat(beat)) }).await.is_err() {
+                    if let Err(mpsc::error::TrySendError::Closed(_)) =
+                        tx.try_send(pb::AgentFrame { frame: Some(pb::agent_frame::Frame::Heartbeat(beat)) })
+                    {
                         return StreamEnd::Lost("the outbound stream closed".into());
                     }
                 }
@@ -237,8 +242,12 @@ impl Daemon {
                     if let Some(manifest) = (self.refresh_manifest)() {
                         tracing::info!("local agents or skills changed; reporting the new manifest");
                         let update = pb::ManifestUpdate { manifest: Some(manifest) };
-                        if tx.send(pb::AgentFrame { frame: Some(pb::agent_frame::Frame::ManifestUpdate(update)) }).await.is_err() {
-                            return StreamEnd::Lost("the outbound stream closed".into());
+                        let frame = pb::AgentFrame { frame: Some(pb::agent_frame::Frame::ManifestUpdate(update)) };
+                        match tx.try_send(frame) {
+                            Ok(()) => {}
+                            // Busy: the next Hello carries the fresh manifest.
+                            Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!("stream busy; manifest update deferred to the next connection"),
+                            Err(mpsc::error::TrySendError::Closed(_)) => return StreamEnd::Lost("the outbound stream closed".into()),
                         }
                     }
                 }

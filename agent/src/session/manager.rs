@@ -113,7 +113,8 @@ enum Command {
     Prompt(pb::Prompt),
     Cancel,
     Answer(pb::PermissionAnswer),
-    Ack(u64),
+    /// Apply the recorded ack (see [`Handle::acked`]).
+    Ack,
     Describe(oneshot::Sender<u64>),
     Dispose,
     Shutdown(oneshot::Sender<()>),
@@ -121,6 +122,11 @@ enum Command {
 
 struct Handle {
     tx: mpsc::Sender<Command>,
+    /// The highest seq the control plane has acknowledged. Acks are
+    /// cumulative, so they are recorded here rather than queued: the
+    /// connection loop must never wait for a session actor (an actor blocked
+    /// on a full stream, waiting for the loop to read, would deadlock).
+    acked: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct Manager {
@@ -310,7 +316,18 @@ impl Manager {
                 }
             }
             Frame::EventAck(ack) => {
-                self.send(&ack.session_id, Command::Ack(ack.seq)).await;
+                let handle = self
+                    .sessions
+                    .lock()
+                    .expect("sessions lock")
+                    .get(&ack.session_id)
+                    .map(|h| (h.tx.clone(), h.acked.clone()));
+                if let Some((tx, acked)) = handle {
+                    acked.fetch_max(ack.seq, std::sync::atomic::Ordering::Relaxed);
+                    // A wake-up only; if the actor is busy it applies the
+                    // ack on its next turn.
+                    let _ = tx.try_send(Command::Ack);
+                }
             }
             Frame::Welcome(_) | Frame::Superseded(_) | Frame::Heartbeat(_) => {}
         }
@@ -350,7 +367,9 @@ impl Manager {
             .session_dir(&session_id)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let (tx, rx) = mpsc::channel(256);
+        let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let actor = Actor {
+            acked: acked.clone(),
             manager: self.clone(),
             dir,
             start,
@@ -365,7 +384,7 @@ impl Manager {
         self.sessions
             .lock()
             .expect("sessions lock")
-            .insert(session_id, Handle { tx });
+            .insert(session_id, Handle { tx, acked });
         tokio::spawn(actor.run(rx, fresh));
         Ok(())
     }
@@ -376,6 +395,7 @@ impl Manager {
 }
 
 struct Actor {
+    acked: Arc<std::sync::atomic::AtomicU64>,
     manager: Arc<Manager>,
     dir: PathBuf,
     start: pb::StartSession,
@@ -416,11 +436,8 @@ impl Actor {
                             if let Some(acp) = &self.acp { acp.cancel(); }
                         }
                         Command::Answer(answer) => self.answer(answer).await,
-                        Command::Ack(seq) => {
-                            if let Err(e) = self.outbox.ack(seq) {
-                                tracing::error!(session_id = self.id(), error = %e, "cannot record an ack");
-                            }
-                        }
+                        Command::Ack => self.apply_ack(),
+
                         Command::Describe(reply) => { let _ = reply.send(self.outbox.last_seq()); }
                         Command::Dispose => {
                             self.dispose().await;
@@ -442,6 +459,15 @@ impl Actor {
                     None => { self.outputs = None; self.acp = None; }
                 },
             }
+        }
+    }
+
+    fn apply_ack(&mut self) {
+        let seq = self.acked.load(std::sync::atomic::Ordering::Relaxed);
+        if seq > self.outbox.acked()
+            && let Err(e) = self.outbox.ack(seq)
+        {
+            tracing::error!(session_id = self.id(), error = %e, "cannot record an ack");
         }
     }
 

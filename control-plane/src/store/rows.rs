@@ -1,6 +1,10 @@
-//! Row types and the queries on them. Every query that reads a tenant's data
-//! takes the tenant id and filters on it: a row of another tenant is simply
-//! not found.
+//! Row types and the queries on them. Every query that reads a tenant's
+//! data takes the tenant id and filters on it: a row of another tenant is
+//! simply not found.
+//!
+//! Lookups on the hot paths (authentication, event appends) `load` instead of
+//! `.first()`: its bound LIMIT makes SQLite re-prepare the statement on every
+//! call, which defeats the statement cache.
 
 use diesel::prelude::*;
 
@@ -165,8 +169,9 @@ pub fn get_token_for_auth(conn: &mut DbConn, id: &str) -> QueryResult<Option<(Ap
         .inner_join(users::table.on(users::id.eq(api_tokens::user_id)))
         .filter(api_tokens::id.eq(id))
         .select((ApiTokenRow::as_select(), UserRow::as_select()))
-        .first(conn)
-        .optional()?)
+        .load(conn)?
+        .into_iter()
+        .next())
 }
 
 pub fn get_token(conn: &mut DbConn, tenant: &str, id: &str) -> QueryResult<Option<ApiTokenRow>> {
@@ -295,8 +300,9 @@ pub fn get_runtime_for_auth(conn: &mut DbConn, id: &str) -> QueryResult<Option<R
     Ok(runtimes::table
         .find(id)
         .select(RuntimeRow::as_select())
-        .first(conn)
-        .optional()?)
+        .load(conn)?
+        .into_iter()
+        .next())
 }
 
 pub fn list_runtimes(conn: &mut DbConn, tenant: &str, page: &Page) -> QueryResult<Vec<RuntimeRow>> {
@@ -500,8 +506,9 @@ pub fn session_of_runtime(conn: &mut DbConn, runtime_id: &str, id: &str) -> Quer
     Ok(sessions::table
         .filter(sessions::id.eq(id).and(sessions::runtime_id.eq(runtime_id)))
         .select(SessionRow::as_select())
-        .first(conn)
-        .optional()?)
+        .load(conn)?
+        .into_iter()
+        .next())
 }
 
 /// The runtime of a session, by session id alone (internal timers).
