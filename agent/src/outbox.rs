@@ -143,6 +143,17 @@ impl SessionOutbox {
         self.pending_bytes >= MAX_PENDING_BYTES
     }
 
+    /// The control plane already holds events up to `seq` (from an earlier
+    /// life of this machine): number after them.
+    pub fn start_after(&mut self, seq: u64) -> io::Result<()> {
+        if self.next_seq <= seq {
+            self.next_seq = seq + 1;
+            self.acked = self.acked.max(seq);
+            self.persist_ack()?;
+        }
+        Ok(())
+    }
+
     /// The seq of the last event numbered (0 if none).
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1

@@ -3,6 +3,8 @@
 //! and cleans up (processes killed, temp dirs and PostgreSQL databases
 //! dropped) when its handles drop.
 
+pub mod fake_anthropic;
+pub mod faults;
 pub mod postgres;
 
 use std::io::{BufRead as _, BufReader};
@@ -375,17 +377,25 @@ pub struct AgentDaemon {
     pub server: String,
     pub process: Option<Process>,
     pub runtime_id: String,
+    /// Extra environment for `oma-agent run` (e.g. a fake HOME).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentDaemon {
     /// Pairs a new machine with `code` (no daemon started yet).
     pub fn setup(server: &str, code: &str) -> anyhow::Result<AgentDaemon> {
-        let config_dir = tempfile::tempdir()?;
-        let data_dir = tempfile::tempdir()?;
         let agents_toml = format!(
             "[[agent]]\nid = \"test\"\nname = \"Scripted test agent\"\ncommand = \"{}\"\n",
             bin("oma-test-agent").display()
         );
+        Self::setup_with_agents_toml(server, code, &agents_toml)
+    }
+
+    /// Pairs a new machine with `code` whose `agents.toml` is `agents_toml`
+    /// (no daemon started yet).
+    pub fn setup_with_agents_toml(server: &str, code: &str, agents_toml: &str) -> anyhow::Result<AgentDaemon> {
+        let config_dir = tempfile::tempdir()?;
+        let data_dir = tempfile::tempdir()?;
         std::fs::write(config_dir.path().join("agents.toml"), agents_toml)?;
         let output = Command::new(bin("oma-agent"))
             .arg("--config-dir")
@@ -413,12 +423,14 @@ impl AgentDaemon {
             server: server.to_owned(),
             process: None,
             runtime_id,
+            env: Vec::new(),
         })
     }
 
     /// The `oma-agent` command with this machine's dirs.
     pub fn command(&self) -> Command {
         let mut command = Command::new(bin("oma-agent"));
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
             .arg("--config-dir")
             .arg(self.config_dir.path())

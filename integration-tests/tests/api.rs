@@ -755,9 +755,9 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
             w.a_admin
                 .agents
                 .create_agent(pb::CreateAgentRequest {
-                spec: Some(spec),
-                allow_unknown_skills: false,
-            })
+                    spec: Some(spec),
+                    allow_unknown_skills: false,
+                })
                 .await,
         );
         assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());

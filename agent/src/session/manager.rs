@@ -360,7 +360,8 @@ impl Manager {
 
     fn spawn_actor(self: &Arc<Self>, start: pb::StartSession, state: SessionState, fresh: bool) -> std::io::Result<()> {
         let session_id = start.session_id.clone();
-        let outbox = SessionOutbox::open(&self.config.paths.outbox_dir(), &session_id)?;
+        let mut outbox = SessionOutbox::open(&self.config.paths.outbox_dir(), &session_id)?;
+        outbox.start_after(start.last_stored_seq)?;
         let dir = self
             .config
             .paths
@@ -479,25 +480,46 @@ impl Actor {
             tracing::error!(session_id = self.id(), error = %e, "cannot record the server's cursor");
         }
         let Some(conn) = self.conn.clone() else { return };
+        // Resend in batches bounded by count and by bytes (a batch must fit
+        // in one gRPC message).
         let pending: Vec<pb::SessionEvent> = self.outbox.pending().cloned().collect();
-        for chunk in pending.chunks(RESEND_BATCH) {
-            let frame = pb::agent_frame::Frame::Events(pb::SessionEventBatch { events: chunk.to_vec() });
-            if conn.send(pb::AgentFrame { frame: Some(frame) }).await.is_err() {
-                self.conn = None;
-                return;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for event in pending {
+            let len = event.encoded_len();
+            if !batch.is_empty() && (batch.len() >= RESEND_BATCH || bytes + len > MAX_EVENT_BYTES) {
+                if !self.send_batch(&conn, std::mem::take(&mut batch)).await {
+                    return;
+                }
+                bytes = 0;
             }
+            bytes += len;
+            batch.push(event);
         }
+        if !batch.is_empty() {
+            self.send_batch(&conn, batch).await;
+        }
+    }
+
+    async fn send_batch(&mut self, conn: &Sender, events: Vec<pb::SessionEvent>) -> bool {
+        let frame = pb::agent_frame::Frame::Events(pb::SessionEventBatch { events });
+        if conn.send(pb::AgentFrame { frame: Some(frame) }).await.is_err() {
+            self.conn = None;
+            return false;
+        }
+        true
     }
 
     /// Numbers, stores and (if connected) sends one event.
     async fn emit(&mut self, kind: pb::session_event::Kind, turn_id: &str) {
-        let event = pb::SessionEvent {
+        let mut event = pb::SessionEvent {
             session_id: self.start.session_id.clone(),
             seq: 0,
             time: Some(now()),
             turn_id: turn_id.to_owned(),
             kind: Some(kind),
         };
+        fit_in_a_frame(&mut event);
         let event = match self.outbox.push(event) {
             Ok(e) => e,
             Err(e) => {
@@ -622,10 +644,24 @@ impl Actor {
             idle_timeout: config.idle_timeout,
         };
         let _ = std::fs::create_dir_all(config.paths.log_dir());
-        let (out_tx, out_rx) = mpsc::channel(1024);
+        let (out_tx, mut out_rx) = mpsc::channel(1024);
         self.state.generation += 1;
         self.save_state();
-        match AcpSession::start(launch, out_tx).await {
+        // session/load replays the whole history as updates before it
+        // answers; drain them while it runs, or a long history would fill
+        // the channel and stall the start until its timeout.
+        let mut early = Vec::new();
+        let started = {
+            let start = AcpSession::start(launch, out_tx);
+            tokio::pin!(start);
+            loop {
+                tokio::select! {
+                    result = &mut start => break result,
+                    Some(output) = out_rx.recv() => early.push(output),
+                }
+            }
+        };
+        match started {
             Ok((acp, started)) => {
                 self.state.acp_session_id = Some(started.acp_session_id.clone());
                 self.state.child = Some(ChildRecord {
@@ -637,10 +673,12 @@ impl Actor {
                 // session/load replays the history as updates, all of them
                 // before its answer: they are in the log already, so they are
                 // not recorded again. Anything else is kept, in order.
-                let mut out_rx = out_rx;
                 let mut kept = Vec::new();
                 let mut replayed = 0usize;
                 while let Ok(output) = out_rx.try_recv() {
+                    early.push(output);
+                }
+                for output in early {
                     match output {
                         AcpOutput::Update { .. } if started.resumed => replayed += 1,
                         other => kept.push(other),
@@ -882,6 +920,33 @@ impl Actor {
         tracing::info!(session_id, "session disposed");
     }
 }
+
+/// An event must fit in one gRPC message with room to spare. A large update
+/// first loses its typed view (the raw JSON is the loss-free copy; the typed
+/// one duplicates a chunk's text); one still too large becomes an error
+/// event that says what was dropped, instead of a frame the stream refuses.
+fn fit_in_a_frame(event: &mut pb::SessionEvent) {
+    if event.encoded_len() <= MAX_EVENT_BYTES / 2 {
+        return;
+    }
+    if let Some(pb::session_event::Kind::Update(update)) = &mut event.kind {
+        update.typed = None;
+    }
+    let len = event.encoded_len();
+    if len > MAX_EVENT_BYTES {
+        let kind = match &event.kind {
+            Some(pb::session_event::Kind::Update(update)) => update.kind.clone(),
+            _ => "event".to_owned(),
+        };
+        event.kind = Some(pb::session_event::Kind::Error(pb::SessionError {
+            code: "update_too_large".into(),
+            message: format!("a {kind} update of {len} bytes exceeds the {MAX_EVENT_BYTES}-byte limit and was dropped"),
+        }));
+    }
+}
+
+/// The largest event sent (the gRPC message limit less room for framing).
+const MAX_EVENT_BYTES: usize = oma_proto::MAX_MESSAGE_BYTES - 64 * 1024;
 
 async fn recv(outputs: &mut Option<mpsc::Receiver<AcpOutput>>) -> Option<AcpOutput> {
     match outputs {

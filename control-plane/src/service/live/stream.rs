@@ -537,6 +537,7 @@ pub(crate) fn start_session_frame(session: &SessionRow) -> ServiceResult<pb::Sta
             .unwrap_or_default(),
         mcp_servers_json: mcp_servers_json(&spec),
         credentials: Default::default(),
+        last_stored_seq: session.last_seq as u64,
     })
 }
 

@@ -1,0 +1,609 @@
+//! A fake Anthropic Messages API on 127.0.0.1, for driving real Claude agents
+//! (claude-agent-acp → Claude Code CLI) without a network or an account.
+//!
+//! It is a small HTTP/1.1 server on a plain tokio `TcpListener` (requests with
+//! `content-length` bodies, keep-alive; no chunked request bodies, which the
+//! Anthropic SDK never sends). Point an agent at it with
+//! `ANTHROPIC_BASE_URL=<FakeAnthropic::base_url>` and any `ANTHROPIC_API_KEY`.
+//!
+//! - `POST /v1/messages` (Claude Code adds `?beta=true`) answers with an
+//!   assistant text `fake-claude says: <text of the last user message>`, as an
+//!   SSE stream (`message_start`, `content_block_start`, several
+//!   `content_block_delta`/`text_delta`, `content_block_stop`, `message_delta`
+//!   with `stop_reason: end_turn`, `message_stop`) when the request says
+//!   `stream: true`, or as one JSON message otherwise. When the last user text
+//!   starts with `slow`, the stream is [`SLOW_DELTAS`] deltas `tick N ` spaced
+//!   [`SLOW_DELTA_INTERVAL`] apart, so a client can cancel mid-stream (side
+//!   requests that quote the prompt, such as Claude Code's title generation
+//!   `<session>\nslow …`, stay fast).
+//! - `POST /v1/messages/count_tokens` answers `{"input_tokens": …}`.
+//! - `HEAD`/`GET /` (Claude Code probes the base URL at start) answer 200.
+//! - Anything else answers 404 with an Anthropic-style error body.
+//!
+//! Every request is recorded ([`FakeAnthropic::requests`]) for assertions.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// What every reply starts with.
+pub const REPLY_PREFIX: &str = "fake-claude says: ";
+
+/// How many deltas a `slow` reply streams.
+pub const SLOW_DELTAS: usize = 50;
+
+/// The pause between two deltas of a `slow` reply.
+pub const SLOW_DELTA_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The largest request head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// The largest request body accepted (Claude Code's requests are ~100 KiB:
+/// its system prompt and tool schemas).
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The request target, query included (e.g. `/v1/messages?beta=true`).
+    pub target: String,
+    /// Header names lowercased, in order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// The target without its query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default()
+    }
+
+    /// The first header with this (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON, if it is.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// Whether this is a Messages API call (not count_tokens).
+    pub fn is_messages(&self) -> bool {
+        self.method == "POST" && self.path() == "/v1/messages"
+    }
+}
+
+/// The text of a Messages API `system` field (a string or an array of text blocks).
+pub fn system_text(request: &Value) -> String {
+    match &request["system"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The text of the last text block of the last `user` message (newer Claude
+/// Code versions also put `role: "system"` entries into `messages`; they are
+/// skipped).
+pub fn last_user_text(request: &Value) -> String {
+    let Some(message) = request["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+    else {
+        return String::new();
+    };
+    match &message["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .rev()
+            .find(|b| b["type"] == "text")
+            .and_then(|b| b["text"].as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// All the text of a Messages API request's `messages` with this role.
+pub fn message_texts(request: &Value, role: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    for message in request["messages"].as_array().into_iter().flatten() {
+        if message["role"] != role {
+            continue;
+        }
+        match &message["content"] {
+            Value::String(s) => texts.push(s.clone()),
+            Value::Array(blocks) => texts.extend(blocks.iter().filter_map(|b| b["text"].as_str().map(str::to_owned))),
+            _ => {}
+        }
+    }
+    texts
+}
+
+#[derive(Default)]
+struct State {
+    requests: Mutex<Vec<RecordedRequest>>,
+    /// Streams whose client went away before `message_stop`.
+    aborted_streams: AtomicUsize,
+    /// Streams written to the end.
+    completed_streams: AtomicUsize,
+}
+
+/// The running fake; it stops when dropped.
+pub struct FakeAnthropic {
+    addr: std::net::SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl FakeAnthropic {
+    /// Listens on 127.0.0.1 with a free port. Needs a tokio runtime.
+    pub async fn start() -> std::io::Result<FakeAnthropic> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::default());
+        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        Ok(FakeAnthropic { addr, state, task })
+    }
+
+    /// The value for `ANTHROPIC_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests.lock().expect("requests lock").clone()
+    }
+
+    /// The JSON bodies of the Messages API calls so far, in order.
+    pub fn messages_requests(&self) -> Vec<Value> {
+        self.requests()
+            .iter()
+            .filter(|r| r.is_messages())
+            .filter_map(RecordedRequest::json)
+            .collect()
+    }
+
+    /// How many streamed replies the client abandoned midway (e.g. cancelled).
+    pub fn aborted_streams(&self) -> usize {
+        self.state.aborted_streams.load(Ordering::SeqCst)
+    }
+
+    /// How many streamed replies were written to `message_stop`.
+    pub fn completed_streams(&self) -> usize {
+        self.state.completed_streams.load(Ordering::SeqCst)
+    }
+
+    /// One line per request (method, target, a summary of the body), for
+    /// failure messages and `--nocapture` logs.
+    pub fn summary(&self) -> String {
+        self.requests()
+            .iter()
+            .map(|r| match r.json() {
+                Some(body) if r.is_messages() => format!(
+                    "{} {} model={} stream={} messages={} tools={} last_user={:?}",
+                    r.method,
+                    r.target,
+                    body["model"],
+                    body["stream"],
+                    body["messages"].as_array().map_or(0, Vec::len),
+                    body["tools"].as_array().map_or(0, Vec::len),
+                    last_user_text(&body),
+                ),
+                _ => format!("{} {} ({} body bytes)", r.method, r.target, r.body.len()),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for FakeAnthropic {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                connections.spawn(serve_connection(stream, state.clone()));
+            }
+            Err(err) => {
+                eprintln!("fake-anthropic: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // Reap finished connections so the set does not grow forever.
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// Serves requests on one connection until the client closes it, a reply
+/// closes it, or the request is malformed.
+async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
+    let mut buffer = Vec::new();
+    loop {
+        let request = match read_request(&mut stream, &mut buffer).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(err) => {
+                let _ = write_simple(
+                    &mut stream,
+                    400,
+                    "Bad Request",
+                    &error_body("invalid_request_error", &err),
+                    true,
+                )
+                .await;
+                return;
+            }
+        };
+        state.requests.lock().expect("requests lock").push(request.clone());
+        let keep_alive = !request
+            .header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        match respond(&mut stream, &request, &state, keep_alive).await {
+            Ok(true) if keep_alive => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Reads one request; `Ok(None)` when the client closed the connection
+/// between requests. `buffer` carries bytes read past the previous request.
+async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Option<RecordedRequest>, String> {
+    let head_end = loop {
+        if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        if buffer.len() > MAX_HEAD_BYTES {
+            return Err("request head too large".into());
+        }
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return if buffer.is_empty() {
+                Ok(None)
+            } else {
+                Err("connection closed inside a request head".into())
+            };
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buffer[..head_end]).map_err(|_| "request head is not UTF-8".to_owned())?;
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("bad request line {request_line:?}"));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(format!("unsupported version {version:?}"));
+    }
+    let mut headers = Vec::new();
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("bad header line {line:?}"))?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let mut request = RecordedRequest {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        headers,
+        body: Vec::new(),
+    };
+    if request
+        .header("transfer-encoding")
+        .is_some_and(|te| !te.eq_ignore_ascii_case("identity"))
+    {
+        return Err("chunked request bodies are not supported by this fake".into());
+    }
+    let length = match request.header("content-length") {
+        Some(value) => value
+            .parse::<usize>()
+            .map_err(|_| format!("bad content-length {value:?}"))?,
+        None => 0,
+    };
+    if length > MAX_BODY_BYTES {
+        return Err(format!("body of {length} bytes is too large"));
+    }
+    buffer.drain(..head_end + 4);
+    while buffer.len() < length {
+        let mut chunk = vec![0u8; (length - buffer.len()).min(64 * 1024)];
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed inside a request body".into());
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    request.body = buffer.drain(..length).collect();
+    Ok(Some(request))
+}
+
+fn error_body(kind: &str, message: &str) -> Vec<u8> {
+    json!({"type": "error", "error": {"type": kind, "message": message}})
+        .to_string()
+        .into_bytes()
+}
+
+async fn write_simple(
+    stream: &mut TcpStream,
+    status: u16,
+    reason: &str,
+    body: &[u8],
+    close: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: {}\r\n\r\n",
+        body.len(),
+        if close { "close" } else { "keep-alive" }
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.flush().await
+}
+
+/// Answers one request. `Ok(true)` when the connection may serve another.
+async fn respond(
+    stream: &mut TcpStream,
+    request: &RecordedRequest,
+    state: &State,
+    keep_alive: bool,
+) -> std::io::Result<bool> {
+    let close = !keep_alive;
+    match (request.method.as_str(), request.path()) {
+        ("HEAD", _) => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: {}\r\n\r\n",
+                if close { "close" } else { "keep-alive" }
+            );
+            stream.write_all(head.as_bytes()).await?;
+            Ok(true)
+        }
+        ("GET", "/") => {
+            write_simple(stream, 200, "OK", b"{}", close).await?;
+            Ok(true)
+        }
+        ("POST", "/v1/messages/count_tokens") => {
+            let tokens = request.body.len() / 4;
+            write_simple(
+                stream,
+                200,
+                "OK",
+                json!({"input_tokens": tokens}).to_string().as_bytes(),
+                close,
+            )
+            .await?;
+            Ok(true)
+        }
+        ("POST", "/v1/messages") => {
+            let Some(body) = request.json() else {
+                let err = error_body("invalid_request_error", "the body is not JSON");
+                write_simple(stream, 400, "Bad Request", &err, close).await?;
+                return Ok(true);
+            };
+            let user = last_user_text(&body);
+            let model = body["model"].as_str().unwrap_or("claude-fake").to_owned();
+            let input_tokens = request.body.len() / 4;
+            if body["stream"] == true {
+                stream_reply(stream, &user, &model, input_tokens, state).await?;
+                Ok(false)
+            } else {
+                let text = format!("{REPLY_PREFIX}{user}");
+                let message = json!({
+                    "id": "msg_fake_single",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "end_turn",
+                    "stop_sequence": null,
+                    "usage": {"input_tokens": input_tokens, "output_tokens": text.len() / 4 + 1},
+                });
+                write_simple(stream, 200, "OK", message.to_string().as_bytes(), close).await?;
+                Ok(true)
+            }
+        }
+        (method, _) => {
+            let err = error_body(
+                "not_found_error",
+                &format!("the fake has no {method} {}", request.target),
+            );
+            write_simple(stream, 404, "Not Found", &err, close).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Streams a reply as server-sent events; the body ends when the connection
+/// closes (`connection: close`, no content-length).
+async fn stream_reply(
+    stream: &mut TcpStream,
+    user: &str,
+    model: &str,
+    input_tokens: usize,
+    state: &State,
+) -> std::io::Result<()> {
+    let slow = user.starts_with("slow");
+    let deltas: Vec<String> = if slow {
+        std::iter::once(REPLY_PREFIX.to_owned())
+            .chain((1..=SLOW_DELTAS).map(|i| format!("tick {i} ")))
+            .collect()
+    } else {
+        // A few deltas, split at spaces, to exercise chunk concatenation.
+        let text = format!("{REPLY_PREFIX}{user}");
+        text.split_inclusive(' ').map(str::to_owned).collect()
+    };
+    let output_tokens = deltas.iter().map(String::len).sum::<usize>() / 4 + 1;
+    let result = async {
+        stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n",
+            )
+            .await?;
+        let mut send = async |event: &str, data: Value| -> std::io::Result<()> {
+            stream
+                .write_all(format!("event: {event}\ndata: {data}\n\n").as_bytes())
+                .await?;
+            stream.flush().await
+        };
+        send(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": "msg_fake_stream", "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+            }}),
+        )
+        .await?;
+        send(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        )
+        .await?;
+        for (i, delta) in deltas.iter().enumerate() {
+            if slow && i > 0 {
+                tokio::time::sleep(SLOW_DELTA_INTERVAL).await;
+            }
+            send(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": delta}}),
+            )
+            .await?;
+        }
+        send("content_block_stop", json!({"type": "content_block_stop", "index": 0})).await?;
+        send(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                   "usage": {"output_tokens": output_tokens}}),
+        )
+        .await?;
+        send("message_stop", json!({"type": "message_stop"})).await?;
+        stream.shutdown().await
+    }
+    .await;
+    match &result {
+        Ok(()) => state.completed_streams.fetch_add(1, Ordering::SeqCst),
+        Err(_) => state.aborted_streams.fetch_add(1, Ordering::SeqCst),
+    };
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt as _;
+
+    async fn post(addr: &str, path: &str, body: &Value) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let body = body.to_string();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn answers_streamed_and_single_messages_and_records_them() {
+        let fake = FakeAnthropic::start().await.unwrap();
+        let addr = fake.base_url().trim_start_matches("http://").to_owned();
+        let request = json!({
+            "model": "m", "stream": true, "system": [{"type": "text", "text": "sys"}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "<reminder>"}, {"type": "text", "text": "hi there"}]},
+                {"role": "system", "content": "Available agent types: …"},
+            ],
+        });
+        let out = post(&addr, "/v1/messages?beta=true", &request).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        let text: String = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|d| d["delta"]["text"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(text, "fake-claude says: hi there");
+        assert!(out.contains("event: message_stop"));
+        assert!(out.contains("\"stop_reason\":\"end_turn\""));
+
+        let single = post(
+            &addr,
+            "/v1/messages",
+            &json!({"model": "m", "messages": [{"role": "user", "content": "yo"}]}),
+        )
+        .await;
+        assert!(single.contains("\"text\":\"fake-claude says: yo\""), "{single}");
+        let missing = post(&addr, "/v1/other", &json!({})).await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+
+        let recorded = fake.messages_requests();
+        assert_eq!(recorded.len(), 2);
+        assert_eq!(system_text(&recorded[0]), "sys");
+        assert_eq!(fake.completed_streams(), 1);
+        assert_eq!(fake.requests().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn keep_alive_serves_several_requests_and_a_dropped_slow_stream_counts_as_aborted() {
+        let fake = FakeAnthropic::start().await.unwrap();
+        let addr = fake.base_url().trim_start_matches("http://").to_owned();
+        let mut stream = tokio::io::BufReader::new(TcpStream::connect(&addr).await.unwrap());
+        for _ in 0..2 {
+            stream
+                .get_mut()
+                .write_all(b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut line = String::new();
+            stream.read_line(&mut line).await.unwrap();
+            assert_eq!(line, "HTTP/1.1 200 OK\r\n");
+            loop {
+                line.clear();
+                stream.read_line(&mut line).await.unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+            }
+        }
+        let body = json!({"stream": true, "messages": [{"role": "user", "content": "slow please"}]}).to_string();
+        let request = format!(
+            "POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.get_mut().write_all(request.as_bytes()).await.unwrap();
+        let mut line = String::new();
+        while !line.contains("tick 1 ") {
+            line.clear();
+            stream.read_line(&mut line).await.unwrap();
+        }
+        drop(stream);
+        crate::wait_until("the fake to notice the dropped stream", Duration::from_secs(10), || {
+            let aborted = fake.aborted_streams();
+            async move { (aborted == 1).then_some(()) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(fake.requests().len(), 3);
+    }
+}

@@ -1,0 +1,552 @@
+//! Opt-in: the live path with REAL ACP agents from the npm registry — Claude
+//! Code's ACP adapter, which runs the Claude Code CLI bundled with
+//! `@anthropic-ai/claude-agent-sdk` — pointed at the fake Anthropic endpoint
+//! of `oma_integration_tests::fake_anthropic` on 127.0.0.1. No account, no
+//! model traffic; npm is needed once to install each agent.
+//!
+//! Two packages, one test each:
+//! - `@zed-industries/claude-agent-acp` (0.23.1, the last release under that
+//!   name), and
+//! - `@agentclientprotocol/claude-agent-acp`, where the adapter moved.
+//!
+//! Runs only with `OMA_TEST_REAL_AGENTS=1`:
+//!
+//! ```sh
+//! OMA_TEST_REAL_AGENTS=1 cargo test -p oma-integration-tests --test real_agents -- --nocapture
+//! ```
+//!
+//! Each package is installed with `npm install` into
+//! `<cargo target dir>/real-agents/<name>-<version>/` and reused from there.
+//! `OMA_TEST_CLAUDE_ACP_VERSION` / `OMA_TEST_CLAUDE_ACP_NEW_VERSION` pick other
+//! versions; `OMA_TEST_CLAUDE_ACP_BIN` / `OMA_TEST_CLAUDE_ACP_NEW_BIN` (a
+//! `claude-agent-acp` executable or its `dist/index.js`) skip the install.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use oma_integration_tests::fake_anthropic::{self, FakeAnthropic};
+use oma_integration_tests::{
+    AgentDaemon, Bearer, Clients, ControlPlane, Process, START_DEADLINE, bin_dir, collect_turn, text_prompt,
+    wait_online, wait_until,
+};
+use oma_proto::pb;
+use oma_proto::pb::session_event::Kind;
+
+const TURN: Duration = Duration::from_secs(120);
+
+/// One npm package of Claude Code's ACP adapter.
+struct Flavor {
+    package: &'static str,
+    /// Installed unless `<env_prefix>_VERSION` says otherwise (pinned so that
+    /// a new release cannot silently change what this test checks).
+    version: &'static str,
+    /// `<env_prefix>_BIN` and `<env_prefix>_VERSION` override the install.
+    env_prefix: &'static str,
+    /// Known upstream bug: after `session/cancel`, the next prompt ends at once
+    /// with `end_turn` and no text (the interrupted turn's `idle` state event
+    /// is still queued), and every later prompt gets the previous prompt's
+    /// answer. Introduced by agentclientprotocol/claude-agent-acp#463, fixed by
+    /// #480; 0.23.1, the last release under the `@zed-industries` name, has it.
+    stale_idle_after_cancel: bool,
+}
+
+const ZED: Flavor = Flavor {
+    package: "@zed-industries/claude-agent-acp",
+    version: "0.23.1",
+    env_prefix: "OMA_TEST_CLAUDE_ACP",
+    stale_idle_after_cancel: true,
+};
+
+const AGENTCLIENTPROTOCOL: Flavor = Flavor {
+    package: "@agentclientprotocol/claude-agent-acp",
+    version: "0.101.0",
+    env_prefix: "OMA_TEST_CLAUDE_ACP_NEW",
+    stale_idle_after_cancel: false,
+};
+
+const SYSTEM_PROMPT: &str = "You are oma-real-agent-test, a test double. Marker: OMA-SYSTEM-PROMPT-7f3a.";
+
+fn enabled() -> bool {
+    if std::env::var("OMA_TEST_REAL_AGENTS").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!(
+        "\n==================================================================\n\
+         SKIPPED: real ACP agent test (set OMA_TEST_REAL_AGENTS=1 to run it;\n\
+         it npm-installs Claude Code's ACP adapter once and needs node >= 18)\n\
+         ==================================================================\n"
+    );
+    false
+}
+
+fn log(label: &str, start: Instant, what: &str) {
+    eprintln!("[{label} {:>8.3}s] {what}", start.elapsed().as_secs_f64());
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The command and arguments that start the adapter, installing it first
+/// when needed.
+fn claude_agent_command(flavor: &Flavor) -> anyhow::Result<(String, Vec<String>)> {
+    let bin_var = format!("{}_BIN", flavor.env_prefix);
+    if let Some(bin) = std::env::var_os(&bin_var) {
+        let bin =
+            std::fs::canonicalize(&bin).map_err(|e| anyhow::anyhow!("{bin_var}={}: {e}", bin.to_string_lossy()))?;
+        let bin = bin.to_string_lossy().into_owned();
+        return Ok(if bin.ends_with(".js") || bin.ends_with(".mjs") {
+            ("node".into(), vec![bin])
+        } else {
+            (bin, vec![])
+        });
+    }
+    let version = std::env::var(format!("{}_VERSION", flavor.env_prefix)).unwrap_or_else(|_| flavor.version.into());
+    let target_dir = bin_dir().parent().expect("the target dir").to_path_buf();
+    let dir_name = flavor.package.trim_start_matches('@').replace('/', "-");
+    let install = target_dir.join("real-agents").join(format!("{dir_name}-{version}"));
+    let entry = |root: &Path| root.join("node_modules").join(flavor.package).join("dist/index.js");
+    if !entry(&install).is_file() {
+        npm_install(&install, &format!("{}@{version}", flavor.package))?;
+    }
+    anyhow::ensure!(
+        entry(&install).is_file(),
+        "npm installed {} but {} is missing",
+        flavor.package,
+        entry(&install).display()
+    );
+    Ok(("node".into(), vec![entry(&install).to_string_lossy().into_owned()]))
+}
+
+/// `npm install <spec>` into a scratch folder renamed to `install` when done,
+/// so an interrupted install is never mistaken for a finished one.
+fn npm_install(install: &Path, spec: &str) -> anyhow::Result<()> {
+    let name = install.file_name().expect("an install dir name").to_string_lossy();
+    let scratch: PathBuf = install.with_file_name(format!("{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    eprintln!("installing {spec} into {} (npm)…", install.display());
+    let output = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+        .arg(&scratch)
+        .arg(spec)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run npm (needed to install {spec}): {e}"))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_dir_all(&scratch);
+        anyhow::bail!(
+            "npm install {spec} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if install.exists() && !install.join("node_modules").is_dir() {
+        // Not an install (e.g. an empty leftover): make way.
+        let _ = std::fs::remove_dir_all(install);
+    }
+    if std::fs::rename(&scratch, install).is_err() {
+        // Another test process finished first; keep its copy.
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    Ok(())
+}
+
+/// Variables of the developer's environment that would send the agent
+/// elsewhere than the fake (another endpoint, Bedrock/Vertex, a proxy, an
+/// existing Claude config).
+fn leaks_routing(name: &str) -> bool {
+    name.starts_with("ANTHROPIC_")
+        || name.starts_with("CLAUDE_")
+        || name.starts_with("CLAUDECODE")
+        || name.eq_ignore_ascii_case("http_proxy")
+        || name.eq_ignore_ascii_case("https_proxy")
+        || name.eq_ignore_ascii_case("all_proxy")
+}
+
+fn agent_text(events: &[pb::SessionEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Update(u)) => match &u.typed {
+                Some(pb::session_update::Typed::AgentMessageChunk(c)) => match &c.content.as_ref()?.block {
+                    Some(pb::content_block::Block::Text(t)) => Some(t.text.clone()),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn turn_end(events: &[pb::SessionEvent]) -> pb::TurnEnded {
+    match &events.last().expect("events").kind {
+        Some(Kind::TurnEnded(end)) => end.clone(),
+        other => panic!("last event is not TurnEnded: {other:?}"),
+    }
+}
+
+fn update_kinds(events: &[pb::SessionEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Update(u)) => Some(u.kind.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// On a failed assertion, prints what the fake received and the agent's stderr.
+struct Diagnostics<'a> {
+    fake: &'a FakeAnthropic,
+    logs: PathBuf,
+}
+
+impl Drop for Diagnostics<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        eprintln!(
+            "--- requests the fake Anthropic endpoint received:\n{}",
+            self.fake.summary()
+        );
+        for entry in std::fs::read_dir(&self.logs).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail = &text[text.len().saturating_sub(8 * 1024)..];
+            eprintln!("--- {} (tail):\n{tail}", entry.path().display());
+        }
+    }
+}
+
+/// Stops `oma-agent` with SIGTERM, so that it stops its ACP children: killed
+/// outright, it would orphan them, and claude-agent-acp 0.23.1 does not exit
+/// when its stdin closes.
+struct StopGracefully(Process);
+
+impl Drop for StopGracefully {
+    fn drop(&mut self) {
+        if self.0.signal("TERM").is_ok()
+            && let Err(err) = self.0.wait_exit(Duration::from_secs(30))
+        {
+            eprintln!("{err}; killing it");
+        }
+    }
+}
+
+struct Live {
+    clients: Clients,
+    session_id: String,
+}
+
+impl Live {
+    async fn prompt(&mut self, text: &str) -> (String, u64) {
+        let response = self
+            .clients
+            .sessions
+            .prompt_session(pb::PromptSessionRequest {
+                session_id: self.session_id.clone(),
+                turn_id: String::new(),
+                prompt: text_prompt(text),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("prompt {text:?}: {e}"))
+            .into_inner();
+        (response.turn_id, response.from_seq)
+    }
+
+    async fn turn(&mut self, text: &str) -> Vec<pb::SessionEvent> {
+        let (turn, from) = self.prompt(text).await;
+        collect_turn(&mut self.clients, &self.session_id, from, &turn, TURN)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zed_industries_claude_agent_acp_against_a_fake_model() {
+    if enabled() {
+        scenario(&ZED).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agentclientprotocol_claude_agent_acp_against_a_fake_model() {
+    if enabled() {
+        scenario(&AGENTCLIENTPROTOCOL).await;
+    }
+}
+
+/// Control plane + oma-agent + the real adapter on the fake model: two turns
+/// with context, a cancel mid-stream, and a turn after the cancel.
+async fn scenario(flavor: &Flavor) {
+    let label = flavor.package;
+    let start = Instant::now();
+    let (command, args) = claude_agent_command(flavor).unwrap();
+    log(label, start, &format!("ready: {command} {args:?}"));
+
+    let fake = FakeAnthropic::start().await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let env = [
+        ("ANTHROPIC_BASE_URL", fake.base_url()),
+        ("ANTHROPIC_API_KEY", "sk-ant-fake".to_owned()),
+        // Claude Code writes ~/.claude.json and ~/.claude/: keep the user's own away.
+        ("HOME", home.path().to_string_lossy().into_owned()),
+        ("DISABLE_AUTOUPDATER", "1".to_owned()),
+        ("DISABLE_TELEMETRY", "1".to_owned()),
+        ("DISABLE_ERROR_REPORTING", "1".to_owned()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+        ("NO_PROXY", "127.0.0.1,localhost".to_owned()),
+        // As root, Claude Code exits ("--dangerously-skip-permissions cannot be
+        // used with root/sudo privileges") unless IS_SANDBOX is exactly "1",
+        // while the adapter passes that flag whenever IS_SANDBOX is non-empty.
+        ("IS_SANDBOX", "1".to_owned()),
+    ];
+    let env_toml: Vec<String> = env.iter().map(|(k, v)| format!("{k} = {}", toml_str(v))).collect();
+    let agents_toml = format!(
+        "[[agent]]\nid = \"claude\"\nname = {}\ncommand = {}\nargs = [{}]\nenv = {{ {} }}\n",
+        toml_str(&format!("Claude Code ({}, fake model)", flavor.package)),
+        toml_str(&command),
+        args.iter().map(|a| toml_str(a)).collect::<Vec<_>>().join(", "),
+        env_toml.join(", "),
+    );
+
+    let cp = ControlPlane::start_sqlite().unwrap();
+    let mut clients = Clients::new(cp.channel().await.unwrap(), Bearer::new(&cp.admin_token));
+    let code = clients
+        .runtimes
+        .create_connect_code(pb::CreateConnectCodeRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .code;
+    let machine = AgentDaemon::setup_with_agents_toml(&cp.url(), &code, &agents_toml).unwrap();
+    // Like AgentDaemon::start, minus the developer's Claude/Anthropic/proxy settings.
+    let mut daemon = machine.command();
+    daemon.args(["run", "--reconnect-max", "2"]).env("OMA_LOG", "warn");
+    for (name, _) in std::env::vars_os() {
+        if leaks_routing(&name.to_string_lossy()) {
+            daemon.env_remove(name);
+        }
+    }
+    let mut process = Process::spawn(daemon, "oma-agent").unwrap();
+    process
+        .wait_for_line(START_DEADLINE, |l| l.starts_with("oma-agent ").then_some(()))
+        .unwrap();
+    let _daemon = StopGracefully(process);
+    let _diagnostics = Diagnostics {
+        fake: &fake,
+        logs: machine.data_dir.path().join("logs"),
+    };
+    let runtime = wait_online(&mut clients, &machine.runtime_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ids: Vec<String> = runtime.manifest.unwrap().acp_agents.into_iter().map(|a| a.id).collect();
+    assert!(ids.contains(&"claude".to_owned()), "manifest lacks claude: {ids:?}");
+    log(label, start, "control plane and oma-agent up, runtime online");
+
+    let agent = clients
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            spec: Some(pb::AgentSpec {
+                name: "real-claude".into(),
+                system_prompt: SYSTEM_PROMPT.into(),
+                permission_policy: pb::PermissionPolicy::AllowOnce as i32,
+                runtime_binding: Some(pb::RuntimeBinding {
+                    runtime_id: machine.runtime_id.clone(),
+                    acp_agent_id: "claude".into(),
+                    local_skill_blocklist: vec![],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    let session = clients
+        .sessions
+        .create_session(pb::CreateSessionRequest {
+            agent_id: agent.id,
+            title: "real claude".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let mut live = Live {
+        clients,
+        session_id: session.id.clone(),
+    };
+    let request_for = |prompt: &str| {
+        fake.messages_requests()
+            .into_iter()
+            .rfind(|r| fake_anthropic::last_user_text(r) == prompt)
+            .unwrap_or_else(|| panic!("no Messages call carried {prompt:?}:\n{}", fake.summary()))
+    };
+
+    // First turn: the whole chain (spawn, initialize, session/new with the
+    // system prompt in _meta, prompt, streamed reply) works.
+    let turn_start = Instant::now();
+    let events = live.turn("hello").await;
+    log(
+        label,
+        start,
+        &format!(
+            "turn 1 (incl. agent start) took {:?}; updates: {:?}",
+            turn_start.elapsed(),
+            update_kinds(&events)
+        ),
+    );
+    let text = agent_text(&events);
+    assert!(text.contains("fake-claude says: hello"), "agent text: {text:?}");
+    assert_eq!(
+        turn_end(&events).stop_reason,
+        pb::StopReason::EndTurn as i32,
+        "{:?}",
+        turn_end(&events)
+    );
+    let first = request_for("hello");
+    assert_eq!(first["stream"], true);
+    assert!(
+        fake_anthropic::system_text(&first).contains(SYSTEM_PROMPT),
+        "the agent's system prompt is not in the model request's system field"
+    );
+    let agents_md = std::fs::read_to_string(machine.session_dir(&session.id).join("AGENTS.md")).unwrap();
+    assert_eq!(agents_md, SYSTEM_PROMPT);
+
+    // Second turn in the same session: the model sees the earlier exchange.
+    let turn_start = Instant::now();
+    let events = live.turn("what did I say?").await;
+    log(label, start, &format!("turn 2 took {:?}", turn_start.elapsed()));
+    let text = agent_text(&events);
+    assert!(
+        text.contains("fake-claude says: what did I say?"),
+        "agent text: {text:?}"
+    );
+    assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
+    let second = request_for("what did I say?");
+    assert!(
+        fake_anthropic::message_texts(&second, "user")
+            .iter()
+            .any(|t| t == "hello"),
+        "the second request lacks the first prompt: {}",
+        fake.summary()
+    );
+    assert!(
+        fake_anthropic::message_texts(&second, "assistant")
+            .iter()
+            .any(|t| t.contains("fake-claude says: hello")),
+        "the second request lacks the first reply: {}",
+        fake.summary()
+    );
+
+    // Cancel mid-stream: the fake streams `tick N` every 100 ms.
+    let (turn, from) = live.prompt("slow please").await;
+    let mut stream = live
+        .clients
+        .sessions
+        .watch_session(pb::WatchSessionRequest {
+            session_id: session.id.clone(),
+            from_seq: from,
+            until_turn_end: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(TURN, async {
+        loop {
+            let event = stream
+                .message()
+                .await
+                .unwrap()
+                .expect("the watch ended before any tick");
+            if agent_text(std::slice::from_ref(&event)).contains("tick") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("no tick streamed");
+    let cancel_at = Instant::now();
+    live.clients
+        .sessions
+        .cancel_turn(pb::CancelTurnRequest {
+            session_id: session.id.clone(),
+        })
+        .await
+        .unwrap();
+    let events = collect_turn(&mut live.clients, &session.id, from, &turn, TURN)
+        .await
+        .unwrap();
+    log(
+        label,
+        start,
+        &format!("cancel → turn ended in {:?}", cancel_at.elapsed()),
+    );
+    assert_eq!(
+        turn_end(&events).stop_reason,
+        pb::StopReason::Cancelled as i32,
+        "{:?}",
+        turn_end(&events)
+    );
+    let ticks = agent_text(&events).matches("tick ").count();
+    assert!(
+        ticks < fake_anthropic::SLOW_DELTAS,
+        "all {ticks} ticks arrived: not cancelled mid-stream"
+    );
+    wait_until("the agent to drop the model stream", Duration::from_secs(20), || {
+        let aborted = fake.aborted_streams();
+        async move { (aborted >= 1).then_some(()) }
+    })
+    .await
+    .unwrap();
+
+    // The session still works after the cancel.
+    let events = live.turn("still there?").await;
+    let text = agent_text(&events);
+    assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
+    if text.contains("fake-claude says: still there?") {
+        log(label, start, "the turn after the cancel answered normally");
+    } else if flavor.stale_idle_after_cancel && text.trim().is_empty() {
+        eprintln!(
+            "\nKNOWN UPSTREAM BUG ({}): after a cancel the next prompt ends at once with end_turn and no \
+             text; later prompts get the previous prompt's answer (fixed upstream in \
+             agentclientprotocol/claude-agent-acp#480, package now @agentclientprotocol/claude-agent-acp)\n",
+            flavor.package
+        );
+        // The model is asked all the same; its answer comes with the next turn.
+        wait_until("the model to be asked \"still there?\"", TURN, || {
+            let asked = fake
+                .messages_requests()
+                .iter()
+                .any(|r| fake_anthropic::last_user_text(r) == "still there?");
+            async move { asked.then_some(()) }
+        })
+        .await
+        .unwrap();
+        let events = live.turn("and now?").await;
+        let text = agent_text(&events);
+        assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
+        assert!(text.contains("fake-claude says: still there?"), "agent text: {text:?}");
+    } else {
+        panic!("unexpected answer after the cancel: {text:?}");
+    }
+    log(label, start, &format!("done; the fake received:\n{}", fake.summary()));
+    let _ = &cp;
+}
