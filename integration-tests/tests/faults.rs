@@ -1131,7 +1131,6 @@ async fn unknown_and_misplaced_frames_are_refused_and_the_server_keeps_serving()
 /// How each refused frame ends its stream: with a status that says why
 /// (not a silent OK close, which a machine would take for a network blip).
 #[tokio::test]
-#[ignore = "bug: a refused frame (empty oneof, second Hello, seq 0, oversized) ends the stream with OK status, no reason"]
 async fn refused_frames_end_the_stream_with_a_precise_status() {
     let bad = BadInput::start().await;
     let huge = "x".repeat(oma_proto::MAX_MESSAGE_BYTES + 1024);

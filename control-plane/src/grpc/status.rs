@@ -15,6 +15,7 @@ impl From<ServiceError> for Status {
             ServiceError::PermissionDenied(m) => Status::permission_denied(m),
             ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
             ServiceError::Aborted(m) => Status::aborted(m),
+            ServiceError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ServiceError::Store(StoreError::Pool(e)) => {
                 tracing::error!(error = %e, "database unavailable");
                 Status::unavailable("the database is unavailable; retry shortly")

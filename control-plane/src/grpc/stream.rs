@@ -7,7 +7,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::machine;
-use crate::service::Service;
+use crate::service::{Service, ServiceError};
 
 pub struct StreamGrpc {
     pub service: Arc<Service>,
@@ -22,10 +22,26 @@ impl RuntimeStreamService for StreamGrpc {
         request: Request<Streaming<pb::AgentFrame>>,
     ) -> Result<Response<Self::OpenStreamStream>, Status> {
         let machine = machine(&request)?;
-        let inbound = request
-            .into_inner()
-            .map(|r| r.map_err(|s| format!("{}: {}", s.code(), s.message())));
-        let outbound = self.service.open_stream(machine, Box::pin(inbound)).await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbound).map(Ok))))
+        let inbound = request.into_inner().map(|r| r.map_err(inbound_error));
+        let (outbound, error) = self.service.open_stream(machine, Box::pin(inbound)).await?;
+        // The frames, then, if the machine broke the rules, the status that
+        // says how.
+        let end = futures::stream::once(error).filter_map(|e| async move { e.ok().map(|e| Err(Status::from(e))) });
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(outbound).map(Ok).chain(end),
+        )))
+    }
+}
+
+/// A failed read from the machine: an oversized message is the machine's
+/// fault and gets a precise status; anything else is the network's.
+fn inbound_error(status: Status) -> ServiceError {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => ServiceError::ResourceExhausted(format!(
+            "a frame is too large: {}; the limit is {} bytes",
+            status.message(),
+            oma_proto::MAX_MESSAGE_BYTES
+        )),
+        code => ServiceError::FailedPrecondition(format!("the stream failed: {code}: {}", status.message())),
     }
 }

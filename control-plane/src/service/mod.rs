@@ -40,6 +40,8 @@ pub enum ServiceError {
     Unauthenticated(String),
     #[error("{0}")]
     Aborted(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]

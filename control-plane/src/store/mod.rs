@@ -106,16 +106,12 @@ struct SqlitePragmas;
 impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
         if let DbConn::Sqlite(c) = conn {
-            // WAL lets readers run beside the writer; NORMAL is durable
-            // across process crashes (not power loss) at a fraction of the
-            // fsyncs; busy_timeout makes concurrent writers wait, not fail.
-            // busy_timeout comes first so that the other pragmas wait for
-            // a connection that is switching the file to WAL.
-            c.batch_execute(
-                "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-            )
-            .map_err(diesel::r2d2::Error::QueryError)?;
+            // busy_timeout makes concurrent writers wait, not fail; NORMAL is
+            // durable across process crashes (not power loss) at a fraction
+            // of the fsyncs. (WAL is set once, at open: it is persistent, and
+            // switching to it needs a lock a fresh connection may not get.)
+            c.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+                .map_err(diesel::r2d2::Error::QueryError)?;
         }
         Ok(())
     }
@@ -168,7 +164,11 @@ impl Store {
     fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let result = match &mut *conn {
-            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            DbConn::Sqlite(c) => {
+                // WAL lets readers run beside the writer.
+                c.batch_execute("PRAGMA journal_mode = WAL;").map_err(StoreError::Db)?;
+                c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len())
+            }
             DbConn::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len()),
         };
         let applied = result.map_err(|e| StoreError::Migration(e.to_string()))?;

@@ -15,6 +15,7 @@ use crate::service::runtimes::STATUS_ONLINE;
 use crate::service::{Machine, Service, ServiceError, ServiceResult};
 use crate::store::now_ms;
 use crate::store::rows::{self, RuntimeHello, SESSION_TOMBSTONE, SessionRow};
+use oma_proto::validate::ValidationError;
 
 /// What the stream reader needs to know about its connection.
 #[derive(Clone)]
@@ -35,9 +36,9 @@ impl Service {
         &self,
         machine: Machine,
         mut inbound: S,
-    ) -> ServiceResult<mpsc::Receiver<pb::ControlFrame>>
+    ) -> ServiceResult<(mpsc::Receiver<pb::ControlFrame>, oneshot::Receiver<ServiceError>)>
     where
-        S: Stream<Item = Result<pb::AgentFrame, String>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<pb::AgentFrame, ServiceError>> + Send + Unpin + 'static,
     {
         let first = tokio::time::timeout(self.live_config.hello_timeout, inbound.next())
             .await
@@ -53,11 +54,7 @@ impl Service {
                 )
                 .into());
             }
-            Some(Err(e)) => {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "stream failed before Hello: {e}"
-                )));
-            }
+            Some(Err(e)) => return Err(e),
             None => return Err(ServiceError::FailedPrecondition("stream closed before Hello".into())),
         };
         if hello.machine_id != machine.machine_id {
@@ -139,11 +136,15 @@ impl Service {
             cancel: cancel.clone(),
         };
         let service = self.clone();
+        let (error_tx, error_rx) = oneshot::channel();
         tokio::spawn(async move {
-            service.read_stream(conn.clone(), inbound, cancel).await;
+            let error = service.read_stream(conn.clone(), inbound, cancel).await;
             service.stream_ended(&conn).await;
+            if let Some(error) = error {
+                let _ = error_tx.send(error);
+            }
         });
-        Ok(rx)
+        Ok((rx, error_rx))
     }
 
     async fn welcome(
@@ -245,9 +246,11 @@ impl Service {
             .collect())
     }
 
-    async fn read_stream<S>(&self, conn: Conn, mut inbound: S, cancel: CancellationToken)
+    /// Reads frames until the stream ends; returns why when the machine
+    /// (not the network) is at fault, so the stream ends with that status.
+    async fn read_stream<S>(&self, conn: Conn, mut inbound: S, cancel: CancellationToken) -> Option<ServiceError>
     where
-        S: Stream<Item = Result<pb::AgentFrame, String>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<pb::AgentFrame, ServiceError>> + Send + Unpin + 'static,
     {
         let runtime_id = conn.machine.runtime_id.to_string();
         // Acks go out in order, after each append is durable, without
@@ -256,6 +259,7 @@ impl Service {
         let acker = tokio::spawn(self.clone().send_acks(conn.clone(), ack_rx));
         let dead_after = self.live_config.heartbeat_interval * 3;
         let mut last_touch = std::time::Instant::now();
+        let mut final_error = None;
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -273,6 +277,7 @@ impl Service {
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
                     tracing::info!(runtime_id, error = %e, "runtime stream failed");
+                    final_error = matches!(e, ServiceError::ResourceExhausted(_)).then_some(e);
                     break;
                 }
                 Ok(Some(Ok(frame))) => frame,
@@ -291,11 +296,13 @@ impl Service {
             }
             if let Err(e) = self.handle_frame(&conn, frame, &ack_tx).await {
                 tracing::warn!(runtime_id, error = %e, "bad frame from runtime; closing the stream");
+                final_error = Some(e);
                 break;
             }
         }
         drop(ack_tx);
         let _ = acker.await;
+        final_error
     }
 
     async fn handle_frame(
@@ -365,7 +372,9 @@ impl Service {
                     "Hello may only be the first frame".into(),
                 ));
             }
-            None => return Err(ServiceError::FailedPrecondition("an empty or unknown frame".into())),
+            None => {
+                return Err(ValidationError::new("frame", "is empty or of a kind this server does not know").into());
+            }
         }
         Ok(())
     }
@@ -380,7 +389,7 @@ impl Service {
         let mut by_session: Vec<(String, Vec<pb::SessionEvent>)> = Vec::new();
         for event in events {
             if event.seq == 0 {
-                return Err(ServiceError::FailedPrecondition("an event with seq 0".into()));
+                return Err(ValidationError::new("event.seq", "an event with seq 0: seqs start at 1").into());
             }
             match by_session.iter_mut().find(|(s, _)| *s == event.session_id) {
                 Some((_, list)) => list.push(event),
