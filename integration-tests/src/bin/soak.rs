@@ -98,23 +98,9 @@ fn build_binaries() -> anyhow::Result<()> {
     let mut command = std::process::Command::new(cargo);
     command
         .current_dir(&workspace)
-        .args([
-            "build",
-            "-p",
-            "oma-control-plane",
-            "-p",
-            "oma-agent",
-            "-p",
-            "oma-integration-tests",
-        ])
-        .args([
-            "--bin",
-            "oma-control-plane",
-            "--bin",
-            "oma-agent",
-            "--bin",
-            "oma-test-agent",
-        ]);
+        // The whole workspace, as `cargo build --workspace` does: the same
+        // features, so nothing the tests built is built again.
+        .args(["build", "--workspace", "--bins"]);
     if release {
         command.arg("--release");
     }
