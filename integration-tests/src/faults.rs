@@ -321,28 +321,9 @@ pub fn log_level() -> String {
     std::env::var("OMA_FAULTS_LOG").unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into())
 }
 
-/// A workspace binary, for test executables (`target/<profile>/deps/`) and
-/// for binaries of this package such as `soak` (`target/<profile>/`) alike.
-/// `OMA_FAULTS_BIN_DIR` names another folder (e.g. a copy that a parallel
-/// `cargo build` cannot replace mid-run).
+/// A workspace binary (see [`crate::bin_dir`]).
 pub fn binary(name: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("OMA_FAULTS_BIN_DIR") {
-        return PathBuf::from(dir).join(name);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().expect("exe dir");
-    let dir = if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().expect("target dir")
-    } else {
-        dir
-    };
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run `cargo build --workspace` first",
-        path.display()
-    );
-    path
+    crate::bin(name)
 }
 
 /// `program args…` with its stderr appended to `log` (the pid stays the
@@ -502,40 +483,9 @@ pub fn test_agents_toml() -> String {
 
 /// Pairs a new machine with `server` (e.g. a [`Proxy`]'s URL, which its
 /// credentials then hold) whose agent table holds the scripted test agent
-/// as `test`. Like [`AgentDaemon::setup`], but finds the binaries from a
-/// package binary too.
+/// as `test`.
 pub fn pair_agent(server: &str, code: &str) -> anyhow::Result<AgentDaemon> {
-    let config_dir = tempfile::tempdir()?;
-    let data_dir = tempfile::tempdir()?;
-    std::fs::write(config_dir.path().join("agents.toml"), test_agents_toml())?;
-    let output = Command::new(binary("oma-agent"))
-        .arg("--config-dir")
-        .arg(config_dir.path())
-        .arg("--data-dir")
-        .arg(data_dir.path())
-        .args(["setup", "--server", server, "--code", code, "--name", "fault-machine"])
-        .env("OMA_LOG", "warn")
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "oma-agent setup failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout)?;
-    let runtime_id = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("paired as runtime "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .context("setup printed no runtime id")?
-        .to_owned();
-    Ok(AgentDaemon {
-        config_dir,
-        data_dir,
-        server: server.to_owned(),
-        process: None,
-        runtime_id,
-        env: Vec::new(),
-    })
+    AgentDaemon::setup_with_agents_toml(server, code, &test_agents_toml())
 }
 
 /// Where a daemon with this data dir writes its stderr.

@@ -9,7 +9,7 @@ pub mod postgres;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -26,11 +26,20 @@ pub use postgres::TestDatabase;
 /// How long a process gets to print its "listening" line.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
 
-/// The folder holding the workspace's built binaries (`target/debug`).
+/// The folder holding the workspace's built binaries (`target/<profile>`):
+/// test executables live in its `deps/`, package binaries (soak, bench) in
+/// it directly. `OMA_FAULTS_BIN_DIR` names another folder (e.g. a copy that
+/// a parallel `cargo build` cannot replace mid-run).
 pub fn bin_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps/.
+    if let Some(dir) = std::env::var_os("OMA_FAULTS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    let dir = exe.parent().expect("exe dir");
+    match dir.file_name() {
+        Some(name) if name == "deps" => dir.parent().expect("target dir").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// The path of a workspace binary. `cargo test --workspace` builds them all
