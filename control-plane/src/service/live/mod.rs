@@ -7,11 +7,13 @@
 //!   acknowledged and fanned out.
 //! - [`hub`]: fan-out of committed events to watchers.
 //! - [`stream`]: one runtime stream from Hello to its end.
+//! - [`start`]: the StartSession frame a machine gets for a session.
 //! - [`turns`]: prompts, cancels, permission answers, disposes and watches.
 
 pub mod event_log;
 pub mod hub;
 pub mod registry;
+pub mod start;
 pub mod stream;
 pub mod turns;
 

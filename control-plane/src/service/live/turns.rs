@@ -10,7 +10,8 @@ use prost::Message as _;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
-use super::stream::{frame, start_session_frame};
+use super::start::start_session_frame;
+use super::stream::frame;
 use crate::service::audit::record;
 use crate::service::runtimes::runtime_for_use;
 use crate::service::sessions::{STATUS_FAILED, STATUS_RUNNING};
