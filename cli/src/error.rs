@@ -149,7 +149,10 @@ pub fn cause_chain(err: &(dyn StdError + 'static)) -> String {
 
 /// Collapses line breaks and runs of whitespace into single spaces.
 fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::output::printable(text, false)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

@@ -93,9 +93,25 @@ pub fn record(pairs: &[(&str, String)]) -> String {
     out
 }
 
+/// Remote text made safe for a terminal: C0 and C1 control characters and
+/// DEL (escape sequences that could move the cursor, retitle the window or
+/// rewrite earlier lines) are dropped; newlines and tabs are kept when
+/// `keep_lines`, else they become spaces. JSON and YAML output is never
+/// passed through this: it is escaped by its encoder.
+pub fn printable(text: &str, keep_lines: bool) -> String {
+    text.chars()
+        .filter_map(|c| match c {
+            '\n' | '\t' if keep_lines => Some(c),
+            '\n' | '\t' | '\r' => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
+}
+
 /// A table cell: one line, `-` when empty.
 fn cell(text: &str) -> String {
-    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let text = printable(text, false);
     let text = text.trim();
     if text.is_empty() {
         "-".to_owned()
@@ -128,6 +144,14 @@ pub fn time_value(ts: Option<&Timestamp>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_text_loses_its_control_characters() {
+        let hostile = "ok\u{1b}]0;pwned\u{7}\u{1b}[2J\r\u{9b}31mred\u{7f}\tend\nnext";
+        assert_eq!(printable(hostile, true), "ok]0;pwned[2J 31mred\tend\nnext");
+        assert_eq!(printable(hostile, false), "ok]0;pwned[2J 31mred end next");
+        assert_eq!(cell("\u{1b}[31m"), "[31m");
+    }
 
     #[test]
     fn table_aligns_columns() {

@@ -281,6 +281,7 @@ impl Renderer {
         if dim {
             out.push_str(DIM);
         }
+        let text = output::printable(text, true);
         for piece in text.split_inclusive('\n') {
             if self.at_line_start {
                 out.push_str(prefix);
@@ -304,7 +305,7 @@ impl Renderer {
     /// A whole line on stdout.
     fn line(&mut self, r: &mut Rendered, line: &str) {
         self.break_line(&mut r.out);
-        r.out.push_str(line);
+        r.out.push_str(&output::printable(line, false));
         r.out.push('\n');
     }
 
@@ -314,7 +315,7 @@ impl Renderer {
         if self.style.tty {
             self.break_line(&mut r.out);
         }
-        r.err.push_str(line);
+        r.err.push_str(&output::printable(line, false));
         r.err.push('\n');
     }
 
@@ -363,10 +364,9 @@ fn permission_line(session_id: &str, p: &pb::PermissionRequested, title: String)
     )
 }
 
-/// Collapses control characters (line breaks included) into spaces.
+/// Remote text on one line, without control characters.
 fn one_line(text: &str) -> String {
-    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    text.trim().to_owned()
+    output::printable(text, false).trim().to_owned()
 }
 
 /// What a turn's end means for the command: its exit code and the line to
@@ -529,6 +529,32 @@ mod tests {
             vec![agent("hi\n"), Kind::TurnEnded(ended(pb::StopReason::EndTurn, ""))],
         );
         assert_eq!(out, "hi\n");
+    }
+
+    /// An agent (or whoever controls the machine) must not be able to drive
+    /// the watcher's terminal: escape sequences never reach it, in text,
+    /// logs, errors or permission options.
+    #[test]
+    fn remote_escape_sequences_never_reach_the_terminal() {
+        let mut request = permission();
+        request.options[0].option_id = "ok\u{1b}[2J".into();
+        let (out, err) = render(
+            &mut plain(),
+            vec![
+                agent("a\u{1b}]0;title\u{7}b\n\u{1b}[1Ac\td"),
+                Kind::Log(pb::SessionLog {
+                    message: "log\u{1b}[31m\rline".into(),
+                }),
+                Kind::PermissionRequested(request),
+                Kind::Error(pb::SessionError {
+                    code: "x\u{9b}".into(),
+                    message: "bad\u{1b}[K".into(),
+                }),
+            ],
+        );
+        assert!(!out.contains(['\u{1b}', '\u{7}', '\u{9b}', '\r']), "{out:?}");
+        assert!(!err.contains(['\u{1b}', '\u{9b}']), "{err:?}");
+        assert!(out.starts_with("a]0;titleb\n[1Ac\td\n"), "{out:?}");
     }
 
     #[test]
