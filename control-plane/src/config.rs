@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::grpc::limits::{LimitsConfig, PeerRate};
 use crate::store::Backend;
 
 /// Where the state lives.
@@ -25,15 +26,25 @@ impl DatabaseArgs {
         if let Some(url) = &self.database_url {
             return Ok(Backend::from_url(url));
         }
-        let dir = match &self.data_dir {
-            Some(dir) => dir.clone(),
-            None => dirs::data_dir()
-                .ok_or("cannot find the user's data directory; pass --data-dir")?
-                .join("oma-control-plane"),
-        };
         Ok(Backend::Sqlite {
-            path: dir.join("oma.db"),
+            path: self.data_dir()?.join("oma.db"),
         })
+    }
+
+    /// `--data-dir`, or the user's data dir.
+    fn data_dir(&self) -> Result<PathBuf, String> {
+        match &self.data_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(dirs::data_dir()
+                .ok_or("cannot find the user's data directory; pass --data-dir")?
+                .join("oma-control-plane")),
+        }
+    }
+
+    /// Where the first admin token is saved when stdout is no terminal and
+    /// `--bootstrap-token-file` is not given: beside the embedded database.
+    pub fn default_bootstrap_token_file(&self) -> Result<PathBuf, String> {
+        Ok(self.data_dir()?.join("bootstrap-admin-token"))
     }
 }
 
@@ -60,7 +71,9 @@ pub struct ServeArgs {
     #[arg(long, env = "OMA_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
 
-    /// Also write the first-start admin token to this file (mode 0600).
+    /// Write the first-start admin token to this file (mode 0600). Without
+    /// it the token is printed when stdout is a terminal, and otherwise
+    /// written to `bootstrap-admin-token` in the data dir.
     #[arg(long, env = "OMA_BOOTSTRAP_TOKEN_FILE")]
     pub bootstrap_token_file: Option<PathBuf>,
 
@@ -73,6 +86,24 @@ pub struct ServeArgs {
     /// person before it is rejected.
     #[arg(long, env = "OMA_PERMISSION_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub permission_timeout: Duration,
+
+    /// Requests handled at once across all connections; more are refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "OMA_MAX_REQUESTS_IN_FLIGHT", default_value_t = 2048)]
+    pub max_requests_in_flight: usize,
+
+    /// Requests handled at once on one connection.
+    #[arg(long, env = "OMA_MAX_REQUESTS_PER_CONNECTION", default_value_t = 512)]
+    pub max_requests_per_connection: usize,
+
+    /// How long a call may take to answer (a stream only until it starts).
+    #[arg(long, env = "OMA_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Connect-code exchanges and failed authentications allowed per client
+    /// address: `N/m` or `N/s`, optionally `,burst=B`; `off` disables.
+    #[arg(long, env = "OMA_UNAUTHENTICATED_RATE", default_value = "60/m,burst=20", value_parser = parse_peer_rate)]
+    pub unauthenticated_rate: PeerRateArg,
 
     /// How long in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "OMA_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -88,6 +119,15 @@ impl ServeArgs {
         }
     }
 
+    pub fn limits_config(&self) -> LimitsConfig {
+        LimitsConfig {
+            max_in_flight: self.max_requests_in_flight.max(1),
+            max_per_connection: self.max_requests_per_connection.max(1),
+            request_timeout: self.request_timeout,
+            peer_rate: self.unauthenticated_rate.0,
+        }
+    }
+
     /// Refuses to serve plaintext beyond loopback unless told to.
     pub fn check_tls_policy(&self) -> Result<(), String> {
         if self.tls_cert.is_none() && !self.listen.ip().is_loopback() && !self.insecure_plaintext {
@@ -98,6 +138,14 @@ impl ServeArgs {
         }
         Ok(())
     }
+}
+
+/// A parsed `--unauthenticated-rate` (`None`: off).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerRateArg(pub Option<PeerRate>);
+
+fn parse_peer_rate(value: &str) -> Result<PeerRateArg, String> {
+    PeerRate::parse(value).map(PeerRateArg)
 }
 
 /// Parses `90s`, `5m`, `2h`, `1d` or plain seconds.

@@ -22,6 +22,7 @@ pub struct RunConfig {
     pub service: ServiceConfig,
     pub live: LiveConfig,
     pub tls: Option<ServerTlsConfig>,
+    pub limits: grpc::limits::LimitsConfig,
 }
 
 /// Serves the API on an already-bound listener until `shutdown` fires.
@@ -34,5 +35,5 @@ pub async fn run(
     if let Err(e) = service.mark_runtimes_offline().await {
         tracing::error!(error = %e, "could not reset runtime statuses");
     }
-    grpc::serve(service, listener, config.tls, shutdown).await
+    grpc::serve(service, listener, config.tls, config.limits, shutdown).await
 }

@@ -117,10 +117,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "first start: created tenant {:?} and admin user {:?}",
             new.tenant.name, new.admin.name
         );
-        println!("admin token (shown once; store it now): {}", new.bearer);
-        if let Some(path) = &args.bootstrap_token_file {
-            write_secret_file(path, &new.bearer)?;
-        }
+        announce_bootstrap_token(&args, &new.bearer)?;
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -142,6 +139,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 store,
                 service: ServiceConfig::default(),
                 live: args.live_config(),
+                limits: args.limits_config(),
                 tls,
             },
             listener,
@@ -179,15 +177,48 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first admin token goes only to a person at a terminal or into a
+/// 0600 file: under systemd, docker or a CI runner stdout is a log that
+/// others can read.
+fn announce_bootstrap_token(args: &ServeArgs, bearer: &str) -> anyhow::Result<()> {
+    let to_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if to_terminal {
+        println!("admin token (shown once; store it now): {bearer}");
+    }
+    let path = match &args.bootstrap_token_file {
+        Some(path) => path.clone(),
+        None if to_terminal => return Ok(()),
+        None => args
+            .database
+            .default_bootstrap_token_file()
+            .map_err(anyhow::Error::msg)?,
+    };
+    write_secret_file(&path, bearer).with_context(|| {
+        format!(
+            "the first admin token could not be saved to {}; mint another with `oma-control-plane admin create-token`",
+            path.display()
+        )
+    })?;
+    println!("admin token written to {} (mode 0600; shown once)", path.display());
+    Ok(())
+}
+
+/// Writes a new file readable by its owner only. An existing file (or a
+/// symlink planted in its place) is removed first, never written through.
 fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .open(path)?;
     writeln!(file, "{secret}")?;
     Ok(())
 }

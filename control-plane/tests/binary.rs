@@ -78,3 +78,40 @@ fn bad_flags_are_refused_with_a_sentence() {
     let out = bin().args(["serve", "--tls-cert", "/nonexistent"]).output().unwrap();
     assert!(!out.status.success(), "--tls-cert needs --tls-key");
 }
+
+/// Under a service manager stdout is a log others read: the first admin
+/// token must not go there, only into a 0600 file.
+#[test]
+fn the_first_admin_token_never_goes_to_a_non_terminal_stdout() {
+    use std::io::{BufRead as _, BufReader};
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut printed = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("oma-control-plane listening on ");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stdout = printed.join("\n");
+    assert!(!stdout.contains("oma_"), "the token was printed: {stdout}");
+    let file = dir.path().join("bootstrap-admin-token");
+    assert!(
+        stdout.contains(&format!("admin token written to {}", file.display())),
+        "{stdout}"
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with("oma_"));
+}

@@ -365,7 +365,7 @@ fn control_plane_command(database: &TestDatabase, listen: &str, extra_args: &[&s
         .arg("serve")
         .arg("--listen")
         .arg(listen)
-        .args(database.args())
+        .args(database.serve_args())
         .args(extra_args)
         .env("OMA_LOG", log_level());
     command
@@ -383,10 +383,7 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
 pub fn start_control_plane(database: TestDatabase, extra_args: &[&str]) -> anyhow::Result<ControlPlane> {
     let command = control_plane_command(&database, "127.0.0.1:0", extra_args);
     let mut process = Process::spawn(command, "oma-control-plane")?;
-    let admin_token = process.wait_for_line(START_DEADLINE, |line| {
-        line.strip_prefix("admin token (shown once; store it now): ")
-            .map(str::to_owned)
-    })?;
+    let admin_token = crate::read_token_file(&process.wait_for_line(START_DEADLINE, crate::bootstrap_token_path)?)?;
     let addr = process.wait_for_line(START_DEADLINE, listening_addr)?;
     Ok(ControlPlane {
         process,

@@ -181,6 +181,8 @@ impl Drop for Process {
 pub struct ControlPlaneOptions {
     /// PEM cert and key to serve TLS with.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// More `serve` flags, e.g. limits.
+    pub extra_args: Vec<String>,
 }
 
 /// A running `oma-control-plane`.
@@ -206,17 +208,15 @@ impl ControlPlane {
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .args(database.args());
+            .args(database.serve_args());
         command.env("OMA_LOG", "warn");
         let tls = options.tls.is_some();
         if let Some((cert, key)) = &options.tls {
             command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }
+        command.args(&options.extra_args);
         let mut process = Process::spawn(command, "oma-control-plane")?;
-        let admin_token = process.wait_for_line(START_DEADLINE, |line| {
-            line.strip_prefix("admin token (shown once; store it now): ")
-                .map(str::to_owned)
-        })?;
+        let admin_token = read_token_file(&process.wait_for_line(START_DEADLINE, bootstrap_token_path)?)?;
         let addr = process.wait_for_line(START_DEADLINE, |line| {
             line.strip_prefix("oma-control-plane listening on ")
                 .and_then(|rest| rest.split_whitespace().next())
@@ -267,6 +267,21 @@ impl ControlPlane {
         let out = self.admin(&["create-tenant", name])?;
         token_line(&out).context("create-tenant printed no token")
     }
+}
+
+/// The file named by the control plane's first-start line `admin token
+/// written to PATH (…)`.
+pub fn bootstrap_token_path(line: &str) -> Option<PathBuf> {
+    let rest = line.strip_prefix("admin token written to ")?;
+    Some(PathBuf::from(rest.rsplit_once(" (").map_or(rest, |(path, _)| path)))
+}
+
+/// The token in a file the control plane wrote (mode 0600, one line).
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    anyhow::ensure!(mode == 0o600, "{} has mode {mode:o}, not 600", path.display());
+    Ok(std::fs::read_to_string(path)?.trim().to_owned())
 }
 
 /// The token from a line `… (shown once; store it now): TOKEN`.

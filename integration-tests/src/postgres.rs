@@ -20,6 +20,9 @@ pub enum TestDatabase {
         admin_url: String,
         name: String,
         url: String,
+        /// For files the server writes beside its database (its first
+        /// admin token).
+        dir: TempDir,
     },
 }
 
@@ -46,7 +49,12 @@ impl TestDatabase {
             Some((base, _)) => format!("{base}/{name}"),
             None => anyhow::bail!("{POSTGRES_URL_ENV} must end in /<database>"),
         };
-        Ok(Some(TestDatabase::Postgres { admin_url, name, url }))
+        Ok(Some(TestDatabase::Postgres {
+            admin_url,
+            name,
+            url,
+            dir: tempfile::tempdir()?,
+        }))
     }
 
     /// The `oma-control-plane` flags selecting this database.
@@ -55,6 +63,19 @@ impl TestDatabase {
             TestDatabase::Sqlite { dir } => vec!["--data-dir".into(), dir.path().display().to_string()],
             TestDatabase::Postgres { url, .. } => vec!["--database-url".into(), url.clone()],
         }
+    }
+
+    /// The `oma-control-plane serve` flags for this database: its selection
+    /// and where the first start saves the admin token (stdout is no
+    /// terminal here, so the server prints only the file's path).
+    pub fn serve_args(&self) -> Vec<String> {
+        let dir = match self {
+            TestDatabase::Sqlite { dir } | TestDatabase::Postgres { dir, .. } => dir,
+        };
+        let mut args = self.args();
+        args.push("--bootstrap-token-file".into());
+        args.push(dir.path().join("bootstrap-admin-token").display().to_string());
+        args
     }
 }
 

@@ -1,6 +1,8 @@
 //! The authentication layer: every request except the public ones (health,
 //! reflection, connect-code exchange) must carry a valid bearer token. The
 //! resulting [`Principal`] travels to handlers in the request extensions.
+//! The same layer applies the server-wide [`Limits`]: requests in flight,
+//! and the per-address rate of unauthenticated and failed calls.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,23 +10,29 @@ use std::task::{Context, Poll};
 
 use tonic::{Request, Status};
 
+use super::limits::{Limits, peer_ip};
 use crate::service::{Caller, Machine, Principal, Service};
 
 /// Paths reachable without a token.
 fn is_public(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/")
-        || path.starts_with("/grpc.reflection.")
-        || path == "/oma.v1.RuntimeService/ExchangeConnectCode"
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.") || is_exchange(path)
+}
+
+/// The one public call that does database work: it is rate limited per
+/// address (health and reflection answer from memory).
+fn is_exchange(path: &str) -> bool {
+    path == "/oma.v1.RuntimeService/ExchangeConnectCode"
 }
 
 #[derive(Clone)]
 pub struct AuthLayer {
     service: Arc<Service>,
+    limits: Arc<Limits>,
 }
 
 impl AuthLayer {
-    pub fn new(service: Arc<Service>) -> Self {
-        AuthLayer { service }
+    pub fn new(service: Arc<Service>, limits: Arc<Limits>) -> Self {
+        AuthLayer { service, limits }
     }
 }
 
@@ -35,6 +43,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthMiddleware {
             inner,
             service: self.service.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -43,6 +52,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthMiddleware<S> {
     inner: S,
     service: Arc<Service>,
+    limits: Arc<Limits>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -67,8 +77,21 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let service = self.service.clone();
+        let limits = self.limits.clone();
         Box::pin(async move {
-            if is_public(request.uri().path()) {
+            // Held until the handler has answered (a stream's response
+            // starts at once, so open streams do not hold slots).
+            let _slot = match limits.admit() {
+                Ok(slot) => slot,
+                Err(status) => return Ok(status.into_http()),
+            };
+            let path = request.uri().path();
+            if is_public(path) {
+                if is_exchange(path)
+                    && let Err(status) = limits.charge(peer_ip(&request))
+                {
+                    return Ok(status.into_http());
+                }
                 return inner.call(request).await;
             }
             let header = request
@@ -81,7 +104,15 @@ where
                     request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }
-                Err(error) => Ok(Status::from(error).into_http()),
+                Err(error) => {
+                    // A failed authentication counts against the address;
+                    // past its rate the answer says so instead.
+                    let status = limits
+                        .charge(peer_ip(&request))
+                        .err()
+                        .unwrap_or_else(|| Status::from(error));
+                    Ok(status.into_http())
+                }
             }
         })
     }

@@ -6,6 +6,7 @@ mod audit;
 pub mod auth;
 mod convert;
 mod identity;
+pub mod limits;
 mod runtime;
 mod session;
 pub mod status;
@@ -28,6 +29,7 @@ pub async fn serve(
     service: Arc<Service>,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
+    limits: limits::LimitsConfig,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let max = oma_proto::MAX_MESSAGE_BYTES;
@@ -62,15 +64,23 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
 
+    // Past the per-connection limit a call is refused at once
+    // (RESOURCE_EXHAUSTED), not queued behind the others.
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .concurrency_limit_per_connection(limits.max_per_connection)
+        .load_shed(true)
+        .timeout(limits.request_timeout);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     builder
-        .layer(auth::AuthLayer::new(service.clone()))
+        .layer(auth::AuthLayer::new(
+            service.clone(),
+            Arc::new(limits::Limits::new(&limits)),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -58,6 +58,23 @@ pub(crate) fn runtime_for_use(conn: &mut DbConn, caller: &Caller, runtime_id: &R
     Ok(runtime)
 }
 
+/// The connect code with this hash, if it can still pair a machine.
+fn usable_connect_code(conn: &mut DbConn, code_hash: &[u8], now: i64) -> ServiceResult<ConnectCodeRow> {
+    let code = rows::find_connect_code(conn, code_hash)?
+        .ok_or_else(|| ServiceError::NotFound("connect code not found: check it or create a new one".into()))?;
+    if code.used_at.is_some() {
+        return Err(ServiceError::FailedPrecondition(
+            "this connect code was already used; create a new one with `omactl runtimes connect`".into(),
+        ));
+    }
+    if code.expires_at <= now {
+        return Err(ServiceError::FailedPrecondition(
+            "this connect code has expired; create a new one with `omactl runtimes connect`".into(),
+        ));
+    }
+    Ok(code)
+}
+
 impl Service {
     pub async fn create_connect_code(
         &self,
@@ -135,21 +152,18 @@ impl Service {
         let arch = validate::label("arch", &request.arch, 64, false)?;
         let code_hash = secrets::hash(&canonical);
 
+        // Anyone may call this: refuse unknown, used and expired codes with a
+        // read, so guesses never take the write lock that every tenant's
+        // event commits need. The write checks again (the code may be used
+        // in between).
+        let hash = code_hash.clone();
+        self.store
+            .read(move |conn| usable_connect_code(conn, &hash, now_ms()).map(|_| ()))
+            .await?;
         self.store
             .write(move |conn| {
-                let code = rows::find_connect_code(conn, &code_hash)?
-                    .ok_or_else(|| ServiceError::NotFound("connect code not found: check it or create a new one".into()))?;
                 let now = now_ms();
-                if code.used_at.is_some() {
-                    return Err(ServiceError::FailedPrecondition(
-                        "this connect code was already used; create a new one with `omactl runtimes connect`".into(),
-                    ));
-                }
-                if code.expires_at <= now {
-                    return Err(ServiceError::FailedPrecondition(
-                        "this connect code has expired; create a new one with `omactl runtimes connect`".into(),
-                    ));
-                }
+                let code = usable_connect_code(conn, &code_hash, now)?;
                 let runtime_id = RuntimeId::generate();
                 if !rows::use_connect_code(conn, &code.id, runtime_id.as_str(), now)? {
                     return Err(ServiceError::FailedPrecondition("this connect code was already used; create a new one".into()));

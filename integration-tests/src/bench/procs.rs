@@ -143,10 +143,9 @@ impl ControlPlane {
     /// Starts on a fresh database and waits until it listens.
     pub fn start(database: TestDatabase, log_dir: &Path) -> anyhow::Result<ControlPlane> {
         let mut proc = Proc::spawn(Self::command(&database)?, "oma-control-plane", log_dir)?;
-        let admin_token = proc.wait_for_line(START_DEADLINE, |line| {
-            line.strip_prefix("admin token (shown once; store it now): ")
-                .map(str::to_owned)
-        })?;
+        let admin_token = oma_integration_tests::read_token_file(
+            &proc.wait_for_line(START_DEADLINE, oma_integration_tests::bootstrap_token_path)?,
+        )?;
         let addr = Self::wait_listening(&mut proc)?;
         Ok(ControlPlane {
             proc,
@@ -163,7 +162,9 @@ impl ControlPlane {
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .args(database.args())
+            .args(database.serve_args())
+            // The scale run pairs thousands of machines from one address.
+            .args(["--unauthenticated-rate", "off"])
             .env("OMA_LOG", log_level());
         Ok(command)
     }
