@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::grpc::limits::{LimitsConfig, PeerRate};
+use crate::service::ServiceConfig;
+use crate::service::quotas::Quotas;
 use crate::store::Backend;
 
 /// Where the state lives.
@@ -105,6 +107,27 @@ pub struct ServeArgs {
     #[arg(long, env = "OMA_UNAUTHENTICATED_RATE", default_value = "60/m,burst=20", value_parser = parse_peer_rate)]
     pub unauthenticated_rate: PeerRateArg,
 
+    /// Per-tenant quota: runtimes (paired machines).
+    #[arg(long, env = "OMA_QUOTA_RUNTIMES", default_value_t = Quotas::default().runtimes)]
+    pub quota_runtimes: u64,
+
+    /// Per-tenant quota: agents.
+    #[arg(long, env = "OMA_QUOTA_AGENTS", default_value_t = Quotas::default().agents)]
+    pub quota_agents: u64,
+
+    /// Per-tenant quota: sessions not deleted.
+    #[arg(long, env = "OMA_QUOTA_SESSIONS", default_value_t = Quotas::default().sessions)]
+    pub quota_sessions: u64,
+
+    /// Per-tenant quota: connect codes that can still be used.
+    #[arg(long, env = "OMA_QUOTA_CONNECT_CODES", default_value_t = Quotas::default().connect_codes)]
+    pub quota_connect_codes: u64,
+
+    /// Per-tenant quota: stored session events, e.g. `10GiB`; past it new
+    /// turns are refused until sessions are deleted.
+    #[arg(long, env = "OMA_QUOTA_STORED_BYTES", default_value = "10GiB", value_parser = parse_bytes)]
+    pub quota_stored_bytes: u64,
+
     /// How long in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "OMA_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -116,6 +139,19 @@ impl ServeArgs {
             heartbeat_interval: self.heartbeat_interval,
             permission_timeout: self.permission_timeout,
             ..Default::default()
+        }
+    }
+
+    pub fn service_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            quotas: Quotas {
+                runtimes: self.quota_runtimes,
+                agents: self.quota_agents,
+                sessions: self.quota_sessions,
+                connect_codes: self.quota_connect_codes,
+                stored_bytes: self.quota_stored_bytes,
+            },
+            ..ServiceConfig::default()
         }
     }
 
@@ -148,6 +184,15 @@ fn parse_peer_rate(value: &str) -> Result<PeerRateArg, String> {
     PeerRate::parse(value).map(PeerRateArg)
 }
 
+/// Parses a size: `10GiB`, `500 MB`, or plain bytes.
+fn parse_bytes(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| format!("{value:?} is not a size: use e.g. 10GiB, 500MiB or a number of bytes"))
+}
+
 /// Parses `90s`, `5m`, `2h`, `1d` or plain seconds.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
@@ -177,6 +222,13 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_bytes("512").unwrap(), 512);
+        assert!(parse_bytes("ten").is_err());
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use oma_control_plane::config::{DatabaseArgs, ServeArgs, parse_duration};
+use oma_control_plane::service::ServiceError;
 use oma_control_plane::service::identity::offline;
-use oma_control_plane::service::{ServiceConfig, ServiceError};
 use oma_control_plane::store::Store;
 use oma_control_plane::{RunConfig, run};
 use oma_proto::model::Role;
@@ -137,7 +137,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut server = tokio::spawn(run(
             RunConfig {
                 store,
-                service: ServiceConfig::default(),
+                service: args.service_config(),
                 live: args.live_config(),
                 limits: args.limits_config(),
                 tls,

@@ -191,3 +191,61 @@ async fn a_handler_that_takes_too_long_is_cut_off() -> anyhow::Result<()> {
     admin.identity.who_am_i(pb::WhoAmIRequest {}).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn tenant_quotas_on_machines_and_connect_codes() -> anyhow::Result<()> {
+    let cp = start(&["--quota-runtimes", "1", "--quota-connect-codes", "2"])?;
+    let channel = cp.channel().await?;
+    let mut admin = Clients::new(channel.clone(), Bearer::new(&cp.admin_token));
+    let mut anonymous = Clients::new(channel.clone(), Bearer::none());
+    let mut code = || {
+        let mut admin = Clients::new(channel.clone(), Bearer::new(&cp.admin_token));
+        async move {
+            admin
+                .runtimes
+                .create_connect_code(pb::CreateConnectCodeRequest::default())
+                .await
+                .map(|r| r.into_inner().code)
+        }
+    };
+    let first = code().await?;
+    let second = code().await?;
+    let status = code().await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("quota of 2 unused connect codes"),
+        "{status:?}"
+    );
+
+    let runtime = anonymous
+        .runtimes
+        .exchange_connect_code(guess(&first))
+        .await?
+        .into_inner()
+        .runtime
+        .unwrap();
+    // One runtime is the quota: the second code is refused and NOT spent.
+    let mut second_machine = guess(&second);
+    second_machine.machine_id = "m-2".into();
+    let status = anonymous
+        .runtimes
+        .exchange_connect_code(second_machine.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("quota of 1 runtimes"), "{status:?}");
+    let listed = admin
+        .runtimes
+        .list_runtimes(pb::ListRuntimesRequest::default())
+        .await?
+        .into_inner()
+        .runtimes;
+    assert_eq!(listed.len(), 1, "nothing half-written");
+
+    admin
+        .runtimes
+        .delete_runtime(pb::DeleteRuntimeRequest { runtime_id: runtime.id })
+        .await?;
+    anonymous.runtimes.exchange_connect_code(second_machine).await?;
+    Ok(())
+}

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod identity;
 pub mod live;
+pub mod quotas;
 pub mod runtimes;
 pub mod secrets;
 pub mod sessions;
@@ -118,12 +119,15 @@ pub enum Principal {
 pub struct ServiceConfig {
     /// Lifetime of a connect code when the request does not say.
     pub default_connect_code_ttl: Duration,
+    /// What one tenant may hold.
+    pub quotas: quotas::Quotas,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             default_connect_code_ttl: Duration::from_secs(600),
+            quotas: quotas::Quotas::default(),
         }
     }
 }

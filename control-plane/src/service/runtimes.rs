@@ -7,6 +7,7 @@ use oma_proto::validate::{self, ValidationError};
 use serde_json::json;
 
 use super::audit::record;
+use super::quotas::{self, Quota};
 use super::secrets;
 use super::{Caller, PageRequest, Paged, Service, ServiceError, ServiceResult};
 use crate::store::rows::{self, ConnectCodeRow, RuntimeRow};
@@ -91,10 +92,12 @@ impl Service {
             caller.require_admin("pairing a machine for another user")?;
         }
         let caller = caller.clone();
+        let quotas = self.config.quotas.clone();
         self.store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 rows::get_user(conn, tenant, owner.as_str())?.ok_or_else(|| ServiceError::not_found("user", &owner))?;
+                quotas::check(conn, &quotas, tenant, Quota::ConnectCodes, now_ms())?;
                 let code = secrets::new_connect_code();
                 let canonical = secrets::normalize_connect_code(&code)
                     .ok_or_else(|| ServiceError::Internal("generated connect code does not normalize".into()))?;
@@ -160,10 +163,14 @@ impl Service {
         self.store
             .read(move |conn| usable_connect_code(conn, &hash, now_ms()).map(|_| ()))
             .await?;
+        let quotas = self.config.quotas.clone();
         self.store
             .write(move |conn| {
                 let now = now_ms();
                 let code = usable_connect_code(conn, &code_hash, now)?;
+                // Checked before the code is spent: the owner can retry it
+                // once a runtime is deleted.
+                quotas::check(conn, &quotas, &code.tenant_id, Quota::Runtimes, now)?;
                 let runtime_id = RuntimeId::generate();
                 if !rows::use_connect_code(conn, &code.id, runtime_id.as_str(), now)? {
                     return Err(ServiceError::FailedPrecondition("this connect code was already used; create a new one".into()));

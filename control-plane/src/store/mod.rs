@@ -8,6 +8,7 @@
 
 pub mod rows;
 pub mod schema;
+pub mod usage;
 
 use std::path::Path;
 use std::time::Duration;

@@ -98,6 +98,7 @@ diesel::table! {
         last_seq -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
+        stored_bytes -> BigInt,
     }
 }
 
