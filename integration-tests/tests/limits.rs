@@ -198,7 +198,7 @@ async fn tenant_quotas_on_machines_and_connect_codes() -> anyhow::Result<()> {
     let channel = cp.channel().await?;
     let mut admin = Clients::new(channel.clone(), Bearer::new(&cp.admin_token));
     let mut anonymous = Clients::new(channel.clone(), Bearer::none());
-    let mut code = || {
+    let code = || {
         let mut admin = Clients::new(channel.clone(), Bearer::new(&cp.admin_token));
         async move {
             admin

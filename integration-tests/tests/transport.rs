@@ -88,6 +88,7 @@ async fn serves_tls_with_rustls() {
         TestDatabase::sqlite().unwrap(),
         ControlPlaneOptions {
             tls: Some((tls.cert.clone(), tls.key.clone())),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -157,6 +158,7 @@ fn omactl_verifies_the_server_with_a_ca_file() {
         TestDatabase::sqlite().unwrap(),
         ControlPlaneOptions {
             tls: Some((tls.cert.clone(), tls.key.clone())),
+            ..Default::default()
         },
     )
     .unwrap();

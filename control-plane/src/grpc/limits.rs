@@ -194,6 +194,6 @@ mod tests {
         let _b = limits.admit().unwrap();
         assert_eq!(limits.admit().unwrap_err().code(), tonic::Code::ResourceExhausted);
         drop(a);
-        limits.admit().unwrap();
+        let _again = limits.admit().unwrap();
     }
 }
