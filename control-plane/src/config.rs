@@ -128,6 +128,11 @@ pub struct ServeArgs {
     #[arg(long, env = "OMA_QUOTA_STORED_BYTES", default_value = "10GiB", value_parser = parse_bytes)]
     pub quota_stored_bytes: u64,
 
+    /// Most `WatchSession` streams one tenant may hold open at once; one
+    /// more is answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "OMA_MAX_WATCHERS_PER_TENANT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watchers_per_tenant: u32,
+
     /// How long in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "OMA_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -151,6 +156,7 @@ impl ServeArgs {
                 connect_codes: self.quota_connect_codes,
                 stored_bytes: self.quota_stored_bytes,
             },
+            max_watchers_per_tenant: self.max_watchers_per_tenant as usize,
             ..ServiceConfig::default()
         }
     }

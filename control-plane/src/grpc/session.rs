@@ -5,7 +5,6 @@ use futures::{Stream, StreamExt as _};
 use oma_proto::ids::{AgentId, SessionId};
 use oma_proto::pb::{self, session_service_server::SessionService};
 use oma_proto::validate::ValidationError;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::caller;
@@ -141,7 +140,7 @@ impl SessionService for SessionGrpc {
             .service
             .watch_session(&caller, id, req.from_seq, req.until_turn_end)
             .await?;
-        let stream = ReceiverStream::new(events).map(|item| item.map(Arc::unwrap_or_clone).map_err(Status::from));
+        let stream = events.map(|item| item.map(Arc::unwrap_or_clone).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -8,6 +8,7 @@ use prost::Message as _;
 use serde_json::json;
 
 use super::audit::record;
+use super::rights;
 use super::runtimes::runtime_for_use;
 use super::{Caller, PageRequest, Paged, Service, ServiceError, ServiceResult};
 use crate::store::rows::{self, AgentRow};
@@ -193,9 +194,9 @@ impl Service {
         self.store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
-                let row = rows::get_agent(conn, tenant, agent_id.as_str())?
-                    .ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
-                let current = Agent::from_row(row)?;
+                // The right to change the agent as stored, then (below) the
+                // right to use a new binding's runtime.
+                let current = rights::agent_to_manage(conn, &caller, &agent_id)?;
                 if update.expected_version != 0 && update.expected_version != current.row.version as u64 {
                     return Err(ServiceError::Aborted(format!(
                         "agent {agent_id} is at version {}, not {}; fetch it again and retry",
@@ -240,8 +241,7 @@ impl Service {
         self.store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
-                let row = rows::get_agent(conn, tenant, agent_id.as_str())?
-                    .ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
+                let agent = rights::agent_to_manage(conn, &caller, &agent_id)?;
                 rows::delete_agent(conn, tenant, agent_id.as_str())?;
                 record(
                     conn,
@@ -249,7 +249,7 @@ impl Service {
                     &caller.actor(),
                     "agent.delete",
                     agent_id.as_str(),
-                    json!({"name": row.name}),
+                    json!({"name": agent.row.name}),
                 )?;
                 Ok(())
             })

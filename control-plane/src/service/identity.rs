@@ -262,6 +262,8 @@ impl Service {
 
     pub async fn delete_user(&self, caller: &Caller, user_id: UserId) -> ServiceResult<()> {
         caller.require_admin("deleting users")?;
+        let tenant = caller.tenant_id.to_string();
+        let deleted = user_id.to_string();
         let caller = caller.clone();
         self.store
             .write(move |conn| {
@@ -290,9 +292,13 @@ impl Service {
                     user_id.as_str(),
                     json!({"name": user.name}),
                 )?;
-                Ok(())
+                Ok::<_, ServiceError>(())
             })
-            .await
+            .await?;
+        // After the commit: a watch that read the user before it sees the
+        // deletion here, one that reads after finds no token.
+        self.live.watchers.end_user(&tenant, &deleted);
+        Ok(())
     }
 
     /// `user_id` `None` means the caller.
@@ -362,8 +368,10 @@ impl Service {
     }
 
     pub async fn revoke_token(&self, caller: &Caller, token_id: TokenId) -> ServiceResult<ApiTokenRow> {
+        let revoked = token_id.to_string();
         let caller = caller.clone();
-        self.store
+        let token = self
+            .store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 let token = rows::get_token(conn, tenant, token_id.as_str())?
@@ -385,6 +393,9 @@ impl Service {
                 rows::get_token(conn, tenant, token_id.as_str())?
                     .ok_or_else(|| ServiceError::not_found("token", &token_id))
             })
-            .await
+            .await?;
+        // After the commit (see `watch_session` for why that order is safe).
+        self.live.watchers.end_token(&revoked);
+        Ok(token)
     }
 }

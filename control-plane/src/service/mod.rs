@@ -7,6 +7,7 @@ pub mod auth;
 pub mod identity;
 pub mod live;
 pub mod quotas;
+pub mod rights;
 pub mod runtimes;
 pub mod secrets;
 pub mod sessions;
@@ -121,6 +122,8 @@ pub struct ServiceConfig {
     pub default_connect_code_ttl: Duration,
     /// What one tenant may hold.
     pub quotas: quotas::Quotas,
+    /// Most `WatchSession` streams one tenant may hold open at once.
+    pub max_watchers_per_tenant: usize,
 }
 
 impl Default for ServiceConfig {
@@ -128,6 +131,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             default_connect_code_ttl: Duration::from_secs(600),
             quotas: quotas::Quotas::default(),
+            max_watchers_per_tenant: 1000,
         }
     }
 }
@@ -137,6 +141,7 @@ pub(crate) struct LiveState {
     pub registry: live::registry::Registry,
     pub hub: Arc<live::hub::Hub>,
     pub event_log: live::event_log::EventLog,
+    pub watchers: Arc<live::watchers::Watchers>,
 }
 
 /// The service: one per process, shared by every gRPC handler.
@@ -153,6 +158,7 @@ impl Service {
     pub fn new(store: Store, config: ServiceConfig, live_config: live::LiveConfig) -> Self {
         let hub = Arc::new(live::hub::Hub::default());
         let event_log = live::event_log::EventLog::start(store.clone(), hub.clone());
+        let watchers = Arc::new(live::watchers::Watchers::new(config.max_watchers_per_tenant));
         Service {
             store,
             config,
@@ -161,6 +167,7 @@ impl Service {
                 registry: live::registry::Registry::default(),
                 hub,
                 event_log,
+                watchers,
             }),
         }
     }

@@ -51,11 +51,7 @@ pub struct Paired {
 pub(crate) fn runtime_for_use(conn: &mut DbConn, caller: &Caller, runtime_id: &RuntimeId) -> ServiceResult<RuntimeRow> {
     let runtime = rows::get_runtime(conn, caller.tenant_id.as_str(), runtime_id.as_str())?
         .ok_or_else(|| ServiceError::not_found("runtime", runtime_id))?;
-    if runtime.owner_user_id != caller.user_id.as_str() && !caller.is_admin() {
-        return Err(ServiceError::PermissionDenied(format!(
-            "runtime {runtime_id} belongs to another user; only its owner or an admin may run agents on it"
-        )));
-    }
+    super::rights::require_runtime_use(caller, &runtime)?;
     Ok(runtime)
 }
 

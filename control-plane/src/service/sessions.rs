@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::agents::Agent;
 use super::audit::record;
+use super::rights;
 use super::runtimes::runtime_for_use;
 use super::{Caller, PageRequest, Paged, Service, ServiceError, ServiceResult};
 use crate::store::now_ms;
@@ -80,12 +81,9 @@ impl Service {
     }
 
     pub async fn get_session(&self, caller: &Caller, session_id: SessionId) -> ServiceResult<SessionRow> {
-        let tenant = caller.tenant_id.to_string();
+        let caller = caller.clone();
         self.store
-            .read(move |conn| {
-                rows::get_session(conn, &tenant, session_id.as_str())?
-                    .ok_or_else(|| ServiceError::not_found("session", &session_id))
-            })
+            .read(move |conn| rights::session_to_see(conn, &caller, &session_id))
             .await
     }
 
@@ -97,13 +95,21 @@ impl Service {
     ) -> ServiceResult<Paged<SessionRow>> {
         let page = page.to_page()?;
         let tenant = caller.tenant_id.to_string();
+        // Filtered in the query, so pages stay full and the cursor exact.
+        let visible_to = (!caller.is_admin()).then(|| caller.user_id.to_string());
         self.store
             .read(move |conn| {
                 if let Some(agent) = &agent_id {
                     rows::get_agent(conn, &tenant, agent.as_str())?
                         .ok_or_else(|| ServiceError::not_found("agent", agent))?;
                 }
-                let rows = rows::list_sessions(conn, &tenant, agent_id.as_ref().map(|a| a.as_str()), &page)?;
+                let rows = rows::list_sessions(
+                    conn,
+                    &tenant,
+                    agent_id.as_ref().map(|a| a.as_str()),
+                    visible_to.as_deref(),
+                    &page,
+                )?;
                 Ok(Paged::from_rows(rows, &page, |r| &r.id))
             })
             .await
@@ -115,8 +121,7 @@ impl Service {
             .store
             .write(move |conn| {
                 let tenant = caller.tenant_id.as_str();
-                let session = rows::get_session(conn, tenant, session_id.as_str())?
-                    .ok_or_else(|| ServiceError::not_found("session", &session_id))?;
+                let session = rights::session_to_drive(conn, &caller, &session_id)?;
                 rows::tombstone_session(conn, tenant, session_id.as_str(), now_ms())?;
                 record(
                     conn,

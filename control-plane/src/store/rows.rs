@@ -433,11 +433,13 @@ pub fn get_session(conn: &mut DbConn, tenant: &str, id: &str) -> QueryResult<Opt
         .optional()?)
 }
 
-/// Newest first.
+/// Newest first. With `visible_to`, only the sessions that user created or
+/// that run on a runtime it owns.
 pub fn list_sessions(
     conn: &mut DbConn,
     tenant: &str,
     agent: Option<&str>,
+    visible_to: Option<&str>,
     page: &Page,
 ) -> QueryResult<Vec<SessionRow>> {
     let mut q = sessions::table
@@ -449,6 +451,17 @@ pub fn list_sessions(
         .into_boxed();
     if let Some(agent) = agent {
         q = q.filter(sessions::agent_id.eq(agent.to_owned()));
+    }
+    if let Some(user) = visible_to {
+        let owned_runtimes = runtimes::table
+            .filter(runtimes::tenant_id.eq(tenant.to_owned()))
+            .filter(runtimes::owner_user_id.eq(user.to_owned()))
+            .select(runtimes::id);
+        q = q.filter(
+            sessions::created_by_user_id
+                .eq(user.to_owned())
+                .or(sessions::runtime_id.eq_any(owned_runtimes)),
+        );
     }
     if let Some(after) = &page.after_id {
         q = q.filter(sessions::id.lt(after.clone()));
@@ -604,6 +617,13 @@ pub fn set_last_seq(conn: &mut DbConn, id: &str, last_seq: i64, at: i64) -> Quer
     Ok(())
 }
 
+#[diesel::declare_sql_function]
+extern "SQL" {
+    /// Bytes of a blob; both backends answer from the row header without
+    /// reading the value.
+    fn length(value: diesel::sql_types::Binary) -> diesel::sql_types::Integer;
+}
+
 pub fn events_from(conn: &mut DbConn, session_id: &str, from_seq: i64, limit: i64) -> QueryResult<Vec<EventRow>> {
     Ok(session_events::table
         .filter(
@@ -613,6 +633,45 @@ pub fn events_from(conn: &mut DbConn, session_id: &str, from_seq: i64, limit: i6
         )
         .order(session_events::seq.asc())
         .limit(limit)
+        .select(EventRow::as_select())
+        .load(conn)?)
+}
+
+/// Events from `from_seq` on: at most `max_rows`, and no more than
+/// `max_bytes` of payload unless the first event alone is larger (it comes
+/// alone then). The sizes are read first, so a page of large events never
+/// loads more than it returns.
+pub fn events_page(
+    conn: &mut DbConn,
+    session_id: &str,
+    from_seq: i64,
+    max_rows: i64,
+    max_bytes: usize,
+) -> QueryResult<Vec<EventRow>> {
+    let of_session = session_events::session_id
+        .eq(session_id)
+        .and(session_events::seq.ge(from_seq));
+    let sizes: Vec<(i64, i32)> = session_events::table
+        .filter(of_session)
+        .order(session_events::seq.asc())
+        .limit(max_rows)
+        .select((session_events::seq, length(session_events::payload)))
+        .load(conn)?;
+    let mut bytes = 0usize;
+    let mut last = None;
+    for (seq, size) in sizes {
+        bytes += size.max(0) as usize;
+        if last.is_some() && bytes > max_bytes {
+            break;
+        }
+        last = Some(seq);
+    }
+    let Some(last) = last else {
+        return Ok(Vec::new());
+    };
+    Ok(session_events::table
+        .filter(of_session.and(session_events::seq.le(last)))
+        .order(session_events::seq.asc())
         .select(EventRow::as_select())
         .load(conn)?)
 }
@@ -776,4 +835,43 @@ pub fn list_audit(conn: &mut DbConn, tenant: &str, target: Option<&str>, page: &
         q = q.filter(audit_log::id.lt(after.clone()));
     }
     Ok(q.load(conn)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn event_pages_are_bounded_by_bytes_but_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("oma.db")).unwrap();
+        let sizes = [100, 100, 100, 1000, 10];
+        let events: Vec<EventRow> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| EventRow {
+                session_id: "ses_x".into(),
+                seq: i as i64 + 1,
+                created_at: 0,
+                payload: vec![7; size],
+            })
+            .collect();
+        store.write_blocking(|conn| insert_events(conn, &events)).unwrap();
+        let page = |from, rows, bytes| {
+            store
+                .write_blocking(|conn| events_page(conn, "ses_x", from, rows, bytes))
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(page(1, 100, 250), vec![1, 2]);
+        assert_eq!(page(1, 100, 300), vec![1, 2, 3]);
+        assert_eq!(page(1, 2, 10_000), vec![1, 2]);
+        // An event larger than the budget comes alone rather than never.
+        assert_eq!(page(4, 100, 50), vec![4]);
+        assert_eq!(page(5, 100, 50), vec![5]);
+        assert!(page(6, 100, 50).is_empty());
+    }
 }

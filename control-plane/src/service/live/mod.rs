@@ -8,7 +8,9 @@
 //! - [`hub`]: fan-out of committed events to watchers.
 //! - [`stream`]: one runtime stream from Hello to its end.
 //! - [`start`]: the StartSession frame a machine gets for a session.
-//! - [`turns`]: prompts, cancels, permission answers, disposes and watches.
+//! - [`turns`]: prompts, cancels, permission answers and disposes.
+//! - [`watch`]: one session watch, from the log to live, bounded in bytes.
+//! - [`watchers`]: the live watches (revocation, the per-tenant cap).
 
 pub mod event_log;
 pub mod hub;
@@ -16,6 +18,8 @@ pub mod registry;
 pub mod start;
 pub mod stream;
 pub mod turns;
+pub mod watch;
+pub mod watchers;
 
 use std::time::Duration;
 

@@ -1,28 +1,20 @@
-//! Prompts, cancels, permission answers, disposes and watches: the public
-//! live RPCs, routed to the runtime's stream.
-
-use std::sync::Arc;
+//! Prompts, cancels, permission answers and disposes: the public live RPCs,
+//! routed to the runtime's stream.
 
 use oma_proto::ids::SessionId;
 use oma_proto::pb;
 use oma_proto::validate::ValidationError;
 use prost::Message as _;
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
 
 use super::start::start_session_frame;
 use super::stream::frame;
 use crate::service::audit::record;
-use crate::service::runtimes::runtime_for_use;
+use crate::service::rights;
 use crate::service::sessions::{STATUS_FAILED, STATUS_RUNNING};
 use crate::service::{Caller, Service, ServiceError, ServiceResult};
 use crate::store::now_ms;
 use crate::store::rows::{self, SessionRow};
-
-/// Events a watcher may have queued before its stream pushes back.
-const WATCH_BUFFER: usize = 256;
-/// Events read from the log per query when replaying.
-const REPLAY_PAGE: i64 = 2000;
 
 /// A prompt as the service takes it.
 #[derive(Debug, Clone)]
@@ -118,18 +110,12 @@ impl Service {
         self.live.registry.disconnect(runtime_id);
     }
 
-    /// Loads a session the caller may drive: its runtime's owner or an admin.
+    /// Loads a session the caller may drive (see `rights`).
     async fn session_for_use(&self, caller: &Caller, session_id: &SessionId) -> ServiceResult<SessionRow> {
         let caller = caller.clone();
         let sid = session_id.clone();
         self.store
-            .read(move |conn| {
-                let session = rows::get_session(conn, caller.tenant_id.as_str(), sid.as_str())?
-                    .ok_or_else(|| ServiceError::not_found("session", &sid))?;
-                let runtime_id = oma_proto::ids::RuntimeId::from_trusted(session.runtime_id.clone());
-                runtime_for_use(conn, &caller, &runtime_id)?;
-                Ok(session)
-            })
+            .read(move |conn| rights::session_to_drive(conn, &caller, &sid))
             .await
     }
 
@@ -348,91 +334,4 @@ impl Service {
             }
         });
     }
-
-    /// Streams the session's events from `from_seq`: the log first, then
-    /// live ones, with no gap and no duplicate. A watcher that falls behind
-    /// the live feed goes back to the log, so it never slows anyone else.
-    pub async fn watch_session(
-        &self,
-        caller: &Caller,
-        session_id: SessionId,
-        from_seq: u64,
-        until_turn_end: bool,
-    ) -> ServiceResult<mpsc::Receiver<ServiceResult<Arc<pb::SessionEvent>>>> {
-        let tenant = caller.tenant_id.to_string();
-        let sid = session_id.clone();
-        self.store
-            .read(move |conn| {
-                rows::get_session(conn, &tenant, sid.as_str())?.ok_or_else(|| ServiceError::not_found("session", &sid))
-            })
-            .await?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        // Subscribe before reading the log so nothing committed in between
-        // is missed.
-        let mut live = self.live.hub.subscribe(session_id.as_str());
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let sid = session_id.to_string();
-            let mut next = from_seq.max(1);
-            'outer: loop {
-                // Replay from the log until it is exhausted.
-                loop {
-                    let s = sid.clone();
-                    let from = next as i64;
-                    let page = store
-                        .read(move |conn| Ok::<_, ServiceError>(rows::events_from(conn, &s, from, REPLAY_PAGE)?))
-                        .await;
-                    let page = match page {
-                        Ok(p) => p,
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                    };
-                    if page.is_empty() {
-                        break;
-                    }
-                    for row in page {
-                        let event = match pb::SessionEvent::decode(row.payload.as_slice()) {
-                            Ok(e) => Arc::new(e),
-                            Err(e) => {
-                                let _ = tx
-                                    .send(Err(ServiceError::Internal(format!(
-                                        "stored event does not decode: {e}"
-                                    ))))
-                                    .await;
-                                return;
-                            }
-                        };
-                        next = event.seq + 1;
-                        let ends = until_turn_end && is_turn_end(&event);
-                        if tx.send(Ok(event)).await.is_err() || ends {
-                            return;
-                        }
-                    }
-                }
-                // Live, until we lag or skip ahead.
-                loop {
-                    match live.recv().await {
-                        Ok(event) if event.seq < next => continue,
-                        Ok(event) if event.seq > next => continue 'outer, // missed some: read the log
-                        Ok(event) => {
-                            next = event.seq + 1;
-                            let ends = until_turn_end && is_turn_end(&event);
-                            if tx.send(Ok(event)).await.is_err() || ends {
-                                return;
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue 'outer,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            }
-        });
-        Ok(rx)
-    }
-}
-
-fn is_turn_end(event: &pb::SessionEvent) -> bool {
-    matches!(event.kind, Some(pb::session_event::Kind::TurnEnded(_)))
 }
