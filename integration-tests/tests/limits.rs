@@ -140,7 +140,7 @@ async fn requests_beyond_the_in_flight_cap_are_refused_at_once() -> anyhow::Resu
             .open_stream(tokio_stream::wrappers::ReceiverStream::new(held))
             .await
     });
-    let refused = oma_integration_tests::wait_until("a call to be refused", Duration::from_secs(10), || {
+    let refused = oma_integration_tests::wait_until("a call to be refused", Duration::from_secs(30), || {
         let mut admin = Clients::new(channel.clone(), Bearer::new(&cp.admin_token));
         async move {
             match admin.identity.who_am_i(pb::WhoAmIRequest {}).await {
@@ -149,7 +149,13 @@ async fn requests_beyond_the_in_flight_cap_are_refused_at_once() -> anyhow::Resu
             }
         }
     })
-    .await?;
+    .await;
+    anyhow::ensure!(
+        !busy.is_finished(),
+        "the stream without Hello was answered early: {:?}",
+        busy.await
+    );
+    let refused = refused?;
     assert!(refused.message().contains("limit of 1 requests"), "{refused:?}");
 
     // The slot comes back when the handler answers.
@@ -247,5 +253,78 @@ async fn tenant_quotas_on_machines_and_connect_codes() -> anyhow::Result<()> {
         .delete_runtime(pb::DeleteRuntimeRequest { runtime_id: runtime.id })
         .await?;
     anonymous.runtimes.exchange_connect_code(second_machine).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenant_quotas_on_agents_and_sessions() -> anyhow::Result<()> {
+    let cp = start(&["--quota-agents", "1", "--quota-sessions", "1"])?;
+    let channel = cp.channel().await?;
+    let mut admin = Clients::new(channel.clone(), Bearer::new(&cp.admin_token));
+    let mut anonymous = Clients::new(channel.clone(), Bearer::none());
+    let code = admin
+        .runtimes
+        .create_connect_code(pb::CreateConnectCodeRequest::default())
+        .await?
+        .into_inner()
+        .code;
+    let runtime_id = anonymous
+        .runtimes
+        .exchange_connect_code(guess(&code))
+        .await?
+        .into_inner()
+        .runtime
+        .unwrap()
+        .id;
+    let spec = |name: &str| pb::AgentSpec {
+        name: name.into(),
+        runtime_binding: Some(pb::RuntimeBinding {
+            runtime_id: runtime_id.clone(),
+            acp_agent_id: "test".into(),
+            local_skill_blocklist: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    let agent = admin
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            spec: Some(spec("one")),
+            allow_unknown_skills: false,
+        })
+        .await?
+        .into_inner()
+        .agent
+        .unwrap();
+    let status = admin
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            spec: Some(spec("two")),
+            allow_unknown_skills: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("quota of 1 agents"), "{status:?}");
+
+    let create = || pb::CreateSessionRequest {
+        agent_id: agent.id.clone(),
+        title: String::new(),
+    };
+    let session = admin
+        .sessions
+        .create_session(create())
+        .await?
+        .into_inner()
+        .session
+        .unwrap();
+    let status = admin.sessions.create_session(create()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("quota of 1 sessions"), "{status:?}");
+    // A deleted session no longer counts.
+    admin
+        .sessions
+        .delete_session(pb::DeleteSessionRequest { session_id: session.id })
+        .await?;
+    admin.sessions.create_session(create()).await?;
     Ok(())
 }

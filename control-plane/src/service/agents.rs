@@ -8,6 +8,7 @@ use prost::Message as _;
 use serde_json::json;
 
 use super::audit::record;
+use super::quotas::{self, Quota};
 use super::rights;
 use super::runtimes::runtime_for_use;
 use super::{Caller, PageRequest, Paged, Service, ServiceError, ServiceResult};
@@ -131,12 +132,14 @@ impl Service {
         allow_unknown_skills: bool,
     ) -> ServiceResult<Agent> {
         let caller = caller.clone();
+        let quotas = self.config.quotas.clone();
         self.store
             .write(move |conn| {
                 if let Some(binding) = &spec.runtime_binding {
                     check_binding(conn, &caller, binding, allow_unknown_skills)?;
                 }
                 let now = now_ms();
+                quotas::check(conn, &quotas, caller.tenant_id.as_str(), Quota::Agents, now)?;
                 let row = AgentRow {
                     id: AgentId::generate().to_string(),
                     tenant_id: caller.tenant_id.to_string(),

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::agents::Agent;
 use super::audit::record;
+use super::quotas::{self, Quota};
 use super::rights;
 use super::runtimes::runtime_for_use;
 use super::{Caller, PageRequest, Paged, Service, ServiceError, ServiceResult};
@@ -23,6 +24,7 @@ impl Service {
     pub async fn create_session(&self, caller: &Caller, agent_id: AgentId, title: &str) -> ServiceResult<SessionRow> {
         let title = validate::label("title", title, 200, false)?;
         let caller = caller.clone();
+        let quotas = self.config.quotas.clone();
         let session: SessionRow = self
             .store
             .write(move |conn| {
@@ -46,6 +48,7 @@ impl Service {
                     other => other,
                 })?;
                 let now = now_ms();
+                quotas::check(conn, &quotas, tenant, Quota::Sessions, now)?;
                 let session = SessionRow {
                     id: SessionId::generate().to_string(),
                     tenant_id: tenant.to_owned(),

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::start::start_session_frame;
 use super::stream::frame;
 use crate::service::audit::record;
+use crate::service::quotas::{self, Quota};
 use crate::service::rights;
 use crate::service::sessions::{STATUS_FAILED, STATUS_RUNNING};
 use crate::service::{Caller, Service, ServiceError, ServiceResult};
@@ -154,9 +155,13 @@ impl Service {
         let tid = turn_id.clone();
         let actor = caller.actor();
         let tenant = caller.tenant_id.to_string();
+        let quotas = self.config.quotas.clone();
         let began = self
             .store
             .write(move |conn| {
+                // A turn adds to the log: none starts once the tenant's
+                // stored events are at their quota (running turns finish).
+                quotas::check(conn, &quotas, &tenant, Quota::StoredBytes, now_ms())?;
                 let began = rows::begin_turn(conn, &sid, &tid, &encoded, STATUS_RUNNING, now_ms())?;
                 if began {
                     record(conn, &tenant, &actor, "session.prompt", &sid, json!({"turn_id": tid}))?;
