@@ -7,8 +7,20 @@
 //! session started before the attacks.
 //!
 //! Adding a case: build a start with [`Lab::bundle`], set the hostile field,
-//! and say what the daemon must answer, e.g.
-//! `Attack::new("…").start(bundle).failed(&id, "code", "the rule")`.
+//! and say what the daemon must answer. A server-sent command line, say:
+//!
+//! ```ignore
+//! let id = session_id();
+//! let mut start = lab.bundle(PLAIN, &id);
+//! start.mcp_servers_json = serde_json::json!([{
+//!     "name": "x", "command": lab.canary.command, "args": [], "env": []
+//! }]).to_string();
+//! lab.run(Attack::new("a stdio MCP command").start(start).failed(&id, "CODE", "THE RULE")).await?;
+//! ```
+//!
+//! or an environment variable the daemon must not pass on:
+//! `start.credentials.insert("LD_PRELOAD".into(), …)`, then
+//! `.ready(&id).turn(&id, "env LD_PRELOAD", "env LD_PRELOAD unset")`.
 
 use oma_integration_tests::hostile_cp::{
     AGENTS_MD, Attack, CLAUDISH, DEADLINE, Lab, Outbound, PLAIN, session_id, swapped_for_symlinks,
