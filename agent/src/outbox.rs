@@ -97,7 +97,7 @@ impl SessionOutbox {
             pending,
             pending_bytes,
             acked_in_file,
-            next_seq: max_seq + 1,
+            next_seq: max_seq.saturating_add(1),
             acked,
             persisted_ack: acked,
         })
@@ -117,8 +117,11 @@ impl SessionOutbox {
         Ok(event)
     }
 
-    /// The control plane has stored everything up to `seq`.
+    /// The control plane has stored everything up to `seq`. An ack beyond
+    /// the last event numbered counts up to that event only: kept as is, it
+    /// would skip numbers (or, at `u64::MAX`, leave none) after a restart.
     pub fn ack(&mut self, seq: u64) -> io::Result<()> {
+        let seq = seq.min(self.last_seq());
         if seq <= self.acked {
             return Ok(());
         }
@@ -149,7 +152,7 @@ impl SessionOutbox {
     /// life of this machine): number after them.
     pub fn start_after(&mut self, seq: u64) -> io::Result<()> {
         if self.next_seq <= seq {
-            self.next_seq = seq + 1;
+            self.next_seq = seq.saturating_add(1);
             self.acked = self.acked.max(seq);
             self.persist_ack()?;
         }
@@ -304,5 +307,21 @@ mod tests {
         assert_eq!(mode(&outbox_dir), 0o700);
         assert_eq!(mode(&outbox_dir.join("ses_m.log")), 0o600);
         assert_eq!(mode(&outbox_dir.join("ses_m.ack")), 0o600);
+    }
+
+    #[test]
+    fn an_ack_beyond_what_was_numbered_counts_only_what_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = SessionOutbox::open(dir.path(), "ses_h").unwrap();
+        for i in 0..3 {
+            outbox.push(event(&i.to_string())).unwrap();
+        }
+        outbox.ack(u64::MAX).unwrap();
+        assert_eq!(outbox.acked(), 3);
+        assert_eq!(outbox.push(event("next")).unwrap().seq, 4);
+        outbox.ack(u64::MAX).unwrap();
+        drop(outbox);
+        let mut again = SessionOutbox::open(dir.path(), "ses_h").unwrap();
+        assert_eq!(again.push(event("after a restart")).unwrap().seq, 5);
     }
 }

@@ -185,6 +185,22 @@ async fn session_ids_and_blocklists_with_path_characters_go_nowhere() {
     }
     lab.run(attack).await.unwrap();
 
+    // Seqs the session never numbered.
+    let id = session_id();
+    let mut start = lab.bundle(PLAIN, &id);
+    start.last_stored_seq = u64::MAX;
+    lab.run(
+        Attack::new("a start claiming more stored events than a session can number, an ack of events never sent")
+            .start(start)
+            .refused(&id, "invalid_start", "more than a session can number")
+            .send(Frame::EventAck(pb::EventAck {
+                session_id: lab.normal.clone(),
+                seq: u64::MAX,
+            })),
+    )
+    .await
+    .unwrap();
+
     // A blocklist is names matched against the local skills, never paths.
     let id = session_id();
     let mut start = lab.bundle(CLAUDISH, &id);

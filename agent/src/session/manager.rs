@@ -288,14 +288,30 @@ impl Manager {
                     }
                     sessions.len()
                 };
+                // The control plane stores seqs as i64; a start after that
+                // leaves no number for this session's events.
+                if start.last_stored_seq > i64::MAX as u64 {
+                    let message = format!(
+                        "the start says {} events are stored: more than a session can number",
+                        start.last_stored_seq
+                    );
+                    self.refuse_start(&start.session_id, None, "invalid_start", &message)
+                        .await;
+                    return;
+                }
                 let max = self.config.max_sessions;
                 if held >= max {
                     let message = format!(
                         "this machine already holds {held} sessions, the most its oma-agent allows \
                          (--max-sessions {max}); dispose of a session or raise the limit"
                     );
-                    self.refuse_start(&start.session_id, start.last_stored_seq, "session_limit", &message)
-                        .await;
+                    self.refuse_start(
+                        &start.session_id,
+                        Some(start.last_stored_seq),
+                        "session_limit",
+                        &message,
+                    )
+                    .await;
                     return;
                 }
                 let (session_id, last_stored_seq) = (start.session_id.clone(), start.last_stored_seq);
@@ -305,7 +321,7 @@ impl Manager {
                 };
                 if let Err(e) = self.spawn_actor(start, state, true) {
                     let message = format!("cannot create the session: {e}");
-                    self.refuse_start(&session_id, last_stored_seq, "start_failed", &message)
+                    self.refuse_start(&session_id, Some(last_stored_seq), "start_failed", &message)
                         .await;
                 }
             }
@@ -350,10 +366,11 @@ impl Manager {
 
     /// A start this machine will not run: the same error event, failed
     /// status and SessionFailed frame as a session that fails to start
-    /// ([`Actor::fail`]), numbered after the server's last stored seq. No
-    /// actor, outbox or folder is created, so nothing is kept: if the
-    /// frames are lost, the server resends the start at the next Welcome.
-    async fn refuse_start(&self, session_id: &str, last_stored_seq: u64, code: &str, message: &str) {
+    /// ([`Actor::fail`]), the events numbered after `stored` (the server's
+    /// last stored seq; `None`: no events, only the frame). No actor,
+    /// outbox or folder is created, so nothing is kept: if the frames are
+    /// lost, the server resends the start at the next Welcome.
+    async fn refuse_start(&self, session_id: &str, stored: Option<u64>, code: &str, message: &str) {
         tracing::warn!(session_id, code, message, "refusing a session start");
         let error = pb::SessionError {
             code: code.into(),
@@ -366,19 +383,20 @@ impl Manager {
             turn_id: String::new(),
             kind: Some(kind),
         };
-        let seq = last_stored_seq;
-        let events = vec![
-            event(seq + 1, pb::session_event::Kind::Error(error.clone())),
-            event(
-                seq + 2,
-                pb::session_event::Kind::StatusChanged(pb::SessionStatusChanged {
-                    status: pb::SessionStatus::Failed as i32,
-                    acp_session_id: String::new(),
-                }),
-            ),
-        ];
-        self.send_frame(pb::agent_frame::Frame::Events(pb::SessionEventBatch { events }))
-            .await;
+        if let Some(seq) = stored {
+            let events = vec![
+                event(seq + 1, pb::session_event::Kind::Error(error.clone())),
+                event(
+                    seq + 2,
+                    pb::session_event::Kind::StatusChanged(pb::SessionStatusChanged {
+                        status: pb::SessionStatus::Failed as i32,
+                        acp_session_id: String::new(),
+                    }),
+                ),
+            ];
+            self.send_frame(pb::agent_frame::Frame::Events(pb::SessionEventBatch { events }))
+                .await;
+        }
         self.send_frame(pb::agent_frame::Frame::SessionFailed(pb::SessionFailed {
             session_id: session_id.to_owned(),
             error: Some(error),

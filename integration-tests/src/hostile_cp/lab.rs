@@ -40,6 +40,13 @@ pub enum Step {
         code: String,
         contains: String,
     },
+    /// The daemon refuses the session with a SessionFailed frame alone
+    /// (there is no seq to number an event with), and no folder exists.
+    Refused {
+        session_id: String,
+        code: String,
+        contains: String,
+    },
     /// Prompt the session with a test-agent script; the turn ends and its
     /// agent text contains `expect`.
     Turn {
@@ -114,6 +121,14 @@ impl Attack {
 
     pub fn failed(self, session_id: &str, code: &str, contains: &str) -> Attack {
         self.step(Step::Failed {
+            session_id: session_id.to_owned(),
+            code: code.to_owned(),
+            contains: contains.to_owned(),
+        })
+    }
+
+    pub fn refused(self, session_id: &str, code: &str, contains: &str) -> Attack {
+        self.step(Step::Refused {
             session_id: session_id.to_owned(),
             code: code.to_owned(),
             contains: contains.to_owned(),
@@ -311,21 +326,18 @@ impl Lab {
                 code,
                 contains,
             } => {
-                let error = wait_until(&format!("session {session_id} to fail"), DEADLINE, || async {
-                    self.cp.failure(&session_id)
-                })
-                .await?;
-                ensure!(
-                    error.code == code && error.message.contains(&contains),
-                    "expected a {code} error naming {contains:?}, got {error:?}"
-                );
+                let error = self.refusal(&session_id, &code, &contains).await?;
                 let logged = self.cp.events(&session_id).into_iter().any(|e| {
                     matches!(&e.kind, Some(pb::session_event::Kind::Error(logged)) if *logged == error)
                 });
                 ensure!(logged, "no error event for {session_id}: {:?}", self.cp.events(&session_id));
-                ensure!(!self.cp.is_ready(&session_id), "{session_id} failed and was ready");
-                let dir = self.session_dir(&session_id);
-                ensure!(!dir.exists(), "a folder was made for a refused session: {}", dir.display());
+            }
+            Step::Refused {
+                session_id,
+                code,
+                contains,
+            } => {
+                self.refusal(&session_id, &code, &contains).await?;
             }
             Step::Turn {
                 session_id,
@@ -373,6 +385,27 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Waits for the SessionFailed of a session and checks its error, that
+    /// it never ran and that no folder was made for it.
+    async fn refusal(&self, session_id: &str, code: &str, contains: &str) -> anyhow::Result<pb::SessionError> {
+        let error = wait_until(&format!("session {session_id} to fail"), DEADLINE, || async {
+            self.cp.failure(session_id)
+        })
+        .await?;
+        ensure!(
+            error.code == code && error.message.contains(contains),
+            "expected a {code} error naming {contains:?}, got {error:?}"
+        );
+        ensure!(!self.cp.is_ready(session_id), "{session_id} failed and was ready");
+        let dir = self.session_dir(session_id);
+        ensure!(
+            !dir.exists(),
+            "a folder was made for a refused session: {}",
+            dir.display()
+        );
+        Ok(error)
     }
 
     /// Disposes of sessions and waits until the daemon says so and their
