@@ -113,7 +113,7 @@ fn names_a_new_place(id: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_ids_and_blocklists_with_path_characters_go_nowhere() {
+async fn ids_and_blocklists_with_path_characters_or_commands_go_nowhere() {
     let lab = Lab::start(64).await.unwrap();
     let t = lab.canary.token.clone();
     let valid = session_id();
@@ -182,6 +182,25 @@ async fn session_ids_and_blocklists_with_path_characters_go_nowhere() {
     }));
     for id in targets.iter().filter(|id| names_a_new_place(id)) {
         attack = attack.absent(id);
+    }
+    lab.run(attack).await.unwrap();
+
+    // The agent is named by its id in the machine's own table: a command
+    // line or a path names nothing.
+    let command = lab.canary.command.display().to_string();
+    let mut attack = Attack::new("ACP agent ids that are command lines or paths");
+    for agent in [
+        command.clone(),
+        format!("sh -c {command}"),
+        format!("{PLAIN} {command}"),
+        format!("../../../../../../../..{command}"),
+        "/bin/sh".to_owned(),
+        String::new(),
+    ] {
+        let id = session_id();
+        attack = attack
+            .start(lab.bundle(&agent, &id))
+            .failed(&id, "agent_not_found", &format!("{agent:?}"));
     }
     lab.run(attack).await.unwrap();
 
