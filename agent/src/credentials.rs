@@ -15,10 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::paths::{Paths, create_atomic_if_absent, create_private_dir, write_atomic};
-
-/// Mode of every file holding a secret or the machine's identity.
-const PRIVATE_FILE_MODE: u32 = 0o600;
+use crate::fsutil::{Durability, PRIVATE_FILE_MODE, create_atomic_if_absent, create_private_dir, write_atomic};
+use crate::paths::Paths;
 
 /// Longest machine id accepted (the control plane's limit).
 const MAX_MACHINE_ID_CHARS: usize = 128;
@@ -164,7 +162,7 @@ pub fn save(paths: &Paths, creds: &Credentials, force: bool) -> Result<(), Crede
     }
     create_private_dir(&paths.config_dir).map_err(io_error("create directory", &paths.config_dir))?;
     let text = toml::to_string(creds)?;
-    write_atomic(&path, text.as_bytes(), PRIVATE_FILE_MODE).map_err(io_error("write", &path))
+    write_atomic(&path, text.as_bytes(), PRIVATE_FILE_MODE, Durability::Synced).map_err(io_error("write", &path))
 }
 
 /// Deletes the credentials file. Returns whether there was one. The machine

@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod credentials;
 pub mod detect;
+pub mod fsutil;
 pub mod outbox;
 pub mod paths;
 pub mod process;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use oma_agent::connection::{Backoff, Daemon, DaemonExit, endpoint};
 use oma_agent::credentials::{self, Credentials};
 use oma_agent::detect::{self, DetectReport};
+use oma_agent::fsutil;
 use oma_agent::paths::Paths;
 use oma_agent::service_unit::{self, ServiceManager, UnitSpec};
 use oma_agent::session::manager::{Manager, ManagerConfig};
@@ -82,6 +83,12 @@ struct RunArgs {
     /// Allow plaintext to a non-loopback server.
     #[arg(long, env = "OMA_AGENT_INSECURE")]
     insecure: bool,
+    /// The most sessions this machine holds at once (each runs its own ACP
+    /// agent process); a start beyond it fails that session with an error
+    /// naming this limit, and spawns nothing.
+    #[arg(long, env = "OMA_AGENT_MAX_SESSIONS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_sessions: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -265,6 +272,13 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
         "this machine is not paired: run `oma-agent setup --server URL --code CODE` (a code comes from `omactl runtimes connect`)",
     )?;
     let machine_id = credentials::machine_id(paths)?;
+    // Start bundles, transcripts and logs live here: owner only.
+    for path in paths
+        .secure_data_dir()
+        .with_context(|| format!("cannot create the data dir {}", paths.data_dir.display()))?
+    {
+        tracing::warn!(path = %path.display(), "was readable by others; now owner only");
+    }
     let report = detect_agents(paths)?;
     for missing in &report.missing {
         tracing::info!("{missing}");
@@ -296,6 +310,7 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
         idle_timeout: args.idle_timeout,
         startup_timeout: args.startup_timeout,
         shutdown_grace: Duration::from_secs(5),
+        max_sessions: args.max_sessions as usize,
     });
     let state_file = paths.state_file();
     let endpoint = endpoint(&creds.server_url, creds.ca_file.as_deref(), args.insecure).map_err(anyhow::Error::msg)?;
@@ -319,10 +334,12 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
             };
-            if let Some(parent) = state_file.parent() {
-                let _ = std::fs::create_dir_all(parent);
-            }
-            let _ = std::fs::write(&state_file, serde_json::to_vec(&state).unwrap_or_default());
+            let _ = fsutil::write_atomic(
+                &state_file,
+                &serde_json::to_vec(&state).unwrap_or_default(),
+                fsutil::PRIVATE_FILE_MODE,
+                fsutil::Durability::Cached,
+            );
         }),
     };
     let shutdown = CancellationToken::new();
@@ -503,5 +520,18 @@ mod tests {
         assert_eq!(parse_secs("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_secs("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_secs("x").is_err());
+    }
+
+    #[test]
+    fn max_sessions_defaults_and_refuses_zero() {
+        let run = |extra: &[&str]| {
+            Cli::try_parse_from(["oma-agent", "run"].iter().chain(extra)).map(|cli| match cli.command {
+                Command::Run(args) => args.max_sessions,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(run(&[]).unwrap(), 64);
+        assert_eq!(run(&["--max-sessions", "3"]).unwrap(), 3);
+        assert!(run(&["--max-sessions", "0"]).is_err());
     }
 }

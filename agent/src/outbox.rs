@@ -8,12 +8,14 @@
 //! after the next Welcome. The log is compacted once most of it is acked.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use oma_proto::pb;
 use prost::Message as _;
+
+use crate::fsutil::{self, Durability, PRIVATE_FILE_MODE};
 
 /// Unacknowledged bytes after which the session stops reading its child
 /// until acks arrive (backpressure instead of unbounded memory).
@@ -46,7 +48,7 @@ impl SessionOutbox {
     /// Opens (or creates) the outbox of a session, reloading what a previous
     /// run left unacknowledged.
     pub fn open(dir: &Path, session_id: &str) -> io::Result<SessionOutbox> {
-        fs::create_dir_all(dir)?;
+        fsutil::create_private_dir(dir)?;
         let log_path = dir.join(format!("{session_id}.log"));
         let ack_path = dir.join(format!("{session_id}.ack"));
         let acked = fs::read_to_string(&ack_path)
@@ -83,7 +85,7 @@ impl SessionOutbox {
                 }
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let file = fsutil::open_append(&log_path, PRIVATE_FILE_MODE)?;
         // Cut a torn tail so new records follow whole ones.
         if file.metadata()?.len() > valid_len {
             file.set_len(valid_len)?;
@@ -95,7 +97,7 @@ impl SessionOutbox {
             pending,
             pending_bytes,
             acked_in_file,
-            next_seq: max_seq + 1,
+            next_seq: max_seq.saturating_add(1),
             acked,
             persisted_ack: acked,
         })
@@ -115,8 +117,11 @@ impl SessionOutbox {
         Ok(event)
     }
 
-    /// The control plane has stored everything up to `seq`.
+    /// The control plane has stored everything up to `seq`. An ack beyond
+    /// the last event numbered counts up to that event only: kept as is, it
+    /// would skip numbers (or, at `u64::MAX`, leave none) after a restart.
     pub fn ack(&mut self, seq: u64) -> io::Result<()> {
+        let seq = seq.min(self.last_seq());
         if seq <= self.acked {
             return Ok(());
         }
@@ -147,7 +152,7 @@ impl SessionOutbox {
     /// life of this machine): number after them.
     pub fn start_after(&mut self, seq: u64) -> io::Result<()> {
         if self.next_seq <= seq {
-            self.next_seq = seq + 1;
+            self.next_seq = seq.saturating_add(1);
             self.acked = self.acked.max(seq);
             self.persist_ack()?;
         }
@@ -164,7 +169,12 @@ impl SessionOutbox {
     }
 
     fn persist_ack(&mut self) -> io::Result<()> {
-        write_atomic(&self.ack_path, self.acked.to_string().as_bytes())?;
+        fsutil::write_atomic(
+            &self.ack_path,
+            self.acked.to_string().as_bytes(),
+            PRIVATE_FILE_MODE,
+            Durability::Cached,
+        )?;
         self.persisted_ack = self.acked;
         Ok(())
     }
@@ -174,18 +184,17 @@ impl SessionOutbox {
     /// cursor keeps numbering from reusing their seqs after a restart.
     fn compact(&mut self) -> io::Result<()> {
         self.persist_ack()?;
-        let tmp = self.log_path.with_extension("log.tmp");
-        {
-            let mut out = File::create(&tmp)?;
-            for event in &self.pending {
+        let pending = &self.pending;
+        fsutil::write_atomic_with(&self.log_path, PRIVATE_FILE_MODE, Durability::Synced, |out| {
+            let mut out = io::BufWriter::new(out);
+            for event in pending {
                 let bytes = event.encode_to_vec();
                 out.write_all(&(bytes.len() as u32).to_le_bytes())?;
                 out.write_all(&bytes)?;
             }
-            out.sync_all()?;
-        }
-        fs::rename(&tmp, &self.log_path)?;
-        self.file = OpenOptions::new().append(true).open(&self.log_path)?;
+            out.flush()
+        })?;
+        self.file = fsutil::open_append(&self.log_path, PRIVATE_FILE_MODE)?;
         self.acked_in_file = 0;
         Ok(())
     }
@@ -198,12 +207,6 @@ impl SessionOutbox {
             _ => Ok(()),
         }
     }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, data)?;
-    fs::rename(tmp, path)
 }
 
 #[cfg(test)]
@@ -288,5 +291,37 @@ mod tests {
         let again = SessionOutbox::open(dir.path(), "ses_c").unwrap();
         assert_eq!(again.pending().count(), 5);
         assert_eq!(again.last_seq(), COMPACT_AFTER as u64 + 10);
+    }
+
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let outbox_dir = dir.path().join("outbox");
+        let mut outbox = SessionOutbox::open(&outbox_dir, "ses_m").unwrap();
+        for i in 0..(COMPACT_AFTER as u64 + 1) {
+            outbox.push(event(&i.to_string())).unwrap();
+        }
+        outbox.ack(COMPACT_AFTER as u64).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&outbox_dir), 0o700);
+        assert_eq!(mode(&outbox_dir.join("ses_m.log")), 0o600);
+        assert_eq!(mode(&outbox_dir.join("ses_m.ack")), 0o600);
+    }
+
+    #[test]
+    fn an_ack_beyond_what_was_numbered_counts_only_what_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = SessionOutbox::open(dir.path(), "ses_h").unwrap();
+        for i in 0..3 {
+            outbox.push(event(&i.to_string())).unwrap();
+        }
+        outbox.ack(u64::MAX).unwrap();
+        assert_eq!(outbox.acked(), 3);
+        assert_eq!(outbox.push(event("next")).unwrap().seq, 4);
+        outbox.ack(u64::MAX).unwrap();
+        drop(outbox);
+        let mut again = SessionOutbox::open(dir.path(), "ses_h").unwrap();
+        assert_eq!(again.push(event("after a restart")).unwrap().seq, 5);
     }
 }

@@ -10,13 +10,14 @@
 //! their shape before joining them onto a path: nothing the server sends can
 //! name a directory outside `<data dir>/sessions/`.
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::io;
+use std::path::PathBuf;
 
 use oma_proto::ids::SessionId;
 use oma_proto::validate::ValidationError;
+
+use crate::fsutil::{PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, create_private_dir, restrict};
 
 /// The folder name used under the platform's config and data directories.
 pub const APP_DIR_NAME: &str = "oma-agent";
@@ -117,6 +118,38 @@ impl Paths {
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
     }
+
+    /// Creates the data dir and the daemon's folders in it with mode 0700,
+    /// and tightens what an earlier version (or a loose umask) left more
+    /// open: those folders to 0700; the outbox, logs and state file to 0600.
+    /// Session folders' contents belong to the sessions and are left alone.
+    /// Returns what it tightened.
+    pub fn secure_data_dir(&self) -> io::Result<Vec<PathBuf>> {
+        let mut tightened = Vec::new();
+        for dir in [
+            self.data_dir.clone(),
+            self.sessions_dir(),
+            self.outbox_dir(),
+            self.log_dir(),
+        ] {
+            create_private_dir(&dir)?;
+            if restrict(&dir, PRIVATE_DIR_MODE)? {
+                tightened.push(dir);
+            }
+        }
+        let files = [self.outbox_dir(), self.log_dir()]
+            .into_iter()
+            .flat_map(|dir| fs::read_dir(dir).into_iter().flatten().flatten())
+            .map(|entry| entry.path())
+            .chain([self.state_file()]);
+        for file in files {
+            let is_file = fs::symlink_metadata(&file).is_ok_and(|meta| meta.is_file());
+            if is_file && restrict(&file, PRIVATE_FILE_MODE)? {
+                tightened.push(file);
+            }
+        }
+        Ok(tightened)
+    }
 }
 
 /// `<platform config dir>/oma-agent`: `$XDG_CONFIG_HOME/oma-agent` (else
@@ -144,67 +177,9 @@ pub fn validate_session_id(session_id: &str) -> Result<(), PathsError> {
         .map_err(PathsError::InvalidSessionId)
 }
 
-/// Creates `dir` and any missing parents with mode 0700 (existing
-/// directories keep their mode).
-pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
-/// Writes `contents` to `path` atomically: a temporary file with `mode` in the
-/// same directory, flushed to disk, then renamed over `path`. A reader sees
-/// the old file or the new one, never a partial write. The parent directory
-/// must exist.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let tmp = temp_sibling(path)?;
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Creates `path` with `contents` and `mode` only if it does not exist yet.
-/// Returns `false` (and leaves the existing file alone) when it does. The
-/// file appears complete or not at all, even with concurrent callers.
-pub(crate) fn create_atomic_if_absent(path: &Path, contents: &[u8], mode: u32) -> io::Result<bool> {
-    let tmp = temp_sibling(path)?;
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        // A hard link fails if the target exists: an atomic "create if absent"
-        // that never exposes a half-written file.
-        match fs::hard_link(&tmp, path) {
-            Ok(()) => Ok(true),
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(err) => Err(err),
-        }
-    })();
-    let _ = fs::remove_file(&tmp);
-    result
-}
-
-fn temp_sibling(path: &Path) -> io::Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} has no file name", path.display()),
-        )
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-    Ok(path.with_file_name(tmp_name))
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
     use super::*;
 
@@ -251,28 +226,47 @@ mod tests {
     }
 
     #[test]
-    fn atomic_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("nested/a/file");
-        create_private_dir(target.parent().unwrap()).unwrap();
-        let mode = fs::metadata(target.parent().unwrap()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+    fn the_data_dir_is_private_and_an_old_one_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let root = tempfile::tempdir().unwrap();
+        let paths = Paths::new(root.path().join("c"), root.path().join("d"));
+        assert!(paths.secure_data_dir().unwrap().is_empty());
+        for dir in [
+            &paths.data_dir,
+            &paths.sessions_dir(),
+            &paths.outbox_dir(),
+            &paths.log_dir(),
+        ] {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        }
 
-        write_atomic(&target, b"one", 0o600).unwrap();
-        write_atomic(&target, b"two", 0o600).unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"two");
-        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+        // What an older daemon left under umask 022.
+        let loose = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+        loose(&paths.data_dir, 0o755);
+        loose(&paths.outbox_dir(), 0o755);
+        let log = paths.outbox_dir().join("ses_x.log");
+        fs::write(&log, "x").unwrap();
+        loose(&log, 0o644);
+        fs::write(paths.state_file(), "{}").unwrap();
+        loose(&paths.state_file(), 0o644);
+        let in_session = paths.sessions_dir().join("user-file");
+        fs::write(&in_session, "x").unwrap();
+        loose(&in_session, 0o644);
 
-        let fresh = dir.path().join("nested/a/fresh");
-        assert!(create_atomic_if_absent(&fresh, b"first", 0o600).unwrap());
-        assert!(!create_atomic_if_absent(&fresh, b"second", 0o600).unwrap());
-        assert_eq!(fs::read(&fresh).unwrap(), b"first");
-
-        // No temporary files are left behind.
-        let names: Vec<_> = fs::read_dir(target.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names.len(), 2, "{names:?}");
+        let mut tightened = paths.secure_data_dir().unwrap();
+        tightened.sort();
+        let mut expected = vec![
+            paths.data_dir.clone(),
+            paths.outbox_dir(),
+            log.clone(),
+            paths.state_file(),
+        ];
+        expected.sort();
+        assert_eq!(tightened, expected);
+        assert_eq!(mode(&paths.data_dir), 0o700);
+        assert_eq!(mode(&log), 0o600);
+        assert_eq!(mode(&paths.state_file()), 0o600);
+        assert_eq!(mode(&in_session), 0o644, "session contents are not the daemon's");
     }
 }

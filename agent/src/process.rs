@@ -421,6 +421,7 @@ impl LogFile {
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(crate::fsutil::PRIVATE_FILE_MODE)
             .open(path)
             .await?;
         self.size = file.metadata().await?.len();

@@ -47,10 +47,11 @@ use std::fs::{self, DirBuilder};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, symlink};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use oma_proto::model::local_skill_id;
 use oma_proto::pb;
+
+use crate::fsutil;
 
 /// At most this many skills are reported (global and plugin together).
 pub const MAX_SKILLS: usize = 10_000;
@@ -181,7 +182,8 @@ pub fn fingerprint(skills: &[FoundSkill]) -> u64 {
 /// its original path, never followed or copied.
 ///
 /// The tree is built in a temporary directory next to the target and renamed
-/// into place, replacing one from an earlier start (left-over temporary
+/// into place, replacing one from an earlier start, or a symlink the child
+/// put at its name (the link itself, never its target; left-over temporary
 /// directories of other processes are removed). Nothing is written into
 /// `source.root`; `session_dir` must not be inside it. A missing source root
 /// gives an empty (valid) config dir. Returns the path to set as
@@ -201,11 +203,11 @@ pub fn build_config_dir(source: &SkillSource, session_dir: &Path, blocklist: &[S
             ),
         ));
     }
-    fs::create_dir_all(&session_dir)?;
-    remove_stale_temps(&session_dir);
+    fsutil::real_dir(&session_dir)?;
+    fsutil::remove_stale(&session_dir, &[TMP_PREFIX, OLD_PREFIX]);
     let target = session_dir.join(CONFIG_DIR_NAME);
-    let tmp = create_unique_dir(&session_dir, TMP_PREFIX)?;
-    let built = populate(&root, &tmp, &target, blocklist).and_then(|()| swap_into_place(&tmp, &target, &session_dir));
+    let tmp = fsutil::temp_dir(&session_dir, TMP_PREFIX)?;
+    let built = populate(&root, &tmp, &target, blocklist).and_then(|()| fsutil::replace(&tmp, &target, OLD_PREFIX));
     if let Err(e) = built {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
@@ -650,9 +652,13 @@ fn rewrite_plugin_registries(src: &Path, dst: &Path, final_dst: &Path) -> io::Re
             continue;
         };
         rewrite_paths(&mut value, &prefixes, &replacement);
-        let out = dst.join(name);
-        remove_any(&out)?;
-        fs::write(&out, serde_json::to_vec_pretty(&value).map_err(io::Error::other)?)?;
+        // Replaces the symlink the mirror put there.
+        fsutil::write_atomic(
+            &dst.join(name),
+            &serde_json::to_vec_pretty(&value).map_err(io::Error::other)?,
+            fsutil::PRIVATE_FILE_MODE,
+            fsutil::Durability::Cached,
+        )?;
     }
     Ok(())
 }
@@ -675,75 +681,8 @@ fn rewrite_paths(value: &mut serde_json::Value, prefixes: &[String], replacement
     }
 }
 
-/// Puts the finished tree at `target`, replacing what is there.
-fn swap_into_place(tmp: &Path, target: &Path, session_dir: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(target) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(tmp, target),
-        Err(e) => Err(e),
-        Ok(_) => {
-            // rename(2) cannot replace a non-empty directory: move the old
-            // one aside first, then delete it.
-            let old = unique_name(session_dir, OLD_PREFIX);
-            fs::rename(target, &old)?;
-            if let Err(e) = fs::rename(tmp, target) {
-                let _ = fs::rename(&old, target);
-                return Err(e);
-            }
-            remove_any(&old)
-        }
-    }
-}
-
-/// Removes temporary and displaced trees left by other (crashed) processes.
-fn remove_stale_temps(session_dir: &Path) {
-    let Ok(entries) = fs::read_dir(session_dir) else { return };
-    let own = format!("{}-", std::process::id());
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix(TMP_PREFIX).or_else(|| name.strip_prefix(OLD_PREFIX)) else {
-            continue;
-        };
-        if !rest.starts_with(&own)
-            && let Err(e) = remove_any(&entry.path())
-        {
-            tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale config dir");
-        }
-    }
-}
-
-/// Removes a file, symlink or directory tree; never follows symlinks.
-fn remove_any(path: &Path) -> io::Result<()> {
-    if fs::symlink_metadata(path)?.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
-}
-
-fn unique_name(parent: &Path, prefix: &str) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    parent.join(format!("{prefix}{}-{n}-{nanos}", std::process::id()))
-}
-
-fn create_unique_dir(parent: &Path, prefix: &str) -> io::Result<PathBuf> {
-    loop {
-        let path = unique_name(parent, prefix);
-        match DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => return Ok(path),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 fn make_dir(path: &Path) -> io::Result<()> {
-    DirBuilder::new().mode(0o700).create(path)
+    DirBuilder::new().mode(fsutil::PRIVATE_DIR_MODE).create(path)
 }
 
 /// A directory, following symlinks.
@@ -1097,6 +1036,21 @@ mod tests {
         let third = build_config_dir(&source(&h), &session, &[]).unwrap();
         assert_eq!(names(&third.join("skills")), ["alpha", "beta", "delta", "gamma"]);
         assert_eq!(names(&session), [".claude-config", "AGENTS.md"]);
+    }
+
+    #[test]
+    fn a_config_dir_the_child_swapped_for_a_symlink_is_replaced() {
+        let h = fake_home();
+        let before = snapshot(&h.root);
+        let session = h.home.join("sessions/s3");
+        build_config_dir(&source(&h), &session, &[]).unwrap();
+        // The child points the private config dir at the user's real one.
+        fs::remove_dir_all(session.join(CONFIG_DIR_NAME)).unwrap();
+        symlink(&h.root, session.join(CONFIG_DIR_NAME)).unwrap();
+        let built = build_config_dir(&source(&h), &session, &["alpha".to_owned()]).unwrap();
+        assert!(fs::symlink_metadata(&built).unwrap().is_dir());
+        assert_eq!(names(&built.join("skills")), ["beta", "gamma"]);
+        assert_eq!(snapshot(&h.root), before, "the user's config is untouched");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod fake_anthropic;
 pub mod faults;
+pub mod hostile_cp;
 pub mod postgres;
 
 use std::io::{BufRead as _, BufReader};

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::paths::write_atomic;
+use crate::fsutil::{Durability, write_atomic};
 
 /// Mode of the unit file: the user's, readable by the service manager.
 const UNIT_FILE_MODE: u32 = 0o644;
@@ -504,7 +504,7 @@ fn write_file(path: &Path, contents: &str) -> Result<(), ServiceError> {
             source,
         })?;
     }
-    write_atomic(path, contents.as_bytes(), UNIT_FILE_MODE).map_err(|source| ServiceError::Io {
+    write_atomic(path, contents.as_bytes(), UNIT_FILE_MODE, Durability::Synced).map_err(|source| ServiceError::Io {
         action: "write",
         path: path.to_path_buf(),
         source,

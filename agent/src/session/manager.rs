@@ -23,6 +23,7 @@ use super::acp::{AcpLaunch, AcpOutput, AcpSession};
 use super::translate;
 use super::workspace;
 use crate::detect::DetectReport;
+use crate::fsutil::{Durability, PRIVATE_FILE_MODE, write_atomic};
 use crate::outbox::SessionOutbox;
 use crate::paths::Paths;
 use crate::process::ChildSpec;
@@ -54,6 +55,9 @@ pub struct ManagerConfig {
     pub idle_timeout: Duration,
     pub startup_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Sessions held at once; a start beyond it is refused (one ACP child
+    /// per session: a flood of starts must not become a flood of processes).
+    pub max_sessions: usize,
 }
 
 /// Persisted per session, beside its outbox.
@@ -277,21 +281,48 @@ impl Manager {
                     );
                     return;
                 }
-                let exists = self
-                    .sessions
-                    .lock()
-                    .expect("sessions lock")
-                    .contains_key(&start.session_id);
-                if exists {
-                    return; // a resend: starts are idempotent
+                let held = {
+                    let sessions = self.sessions.lock().expect("sessions lock");
+                    if sessions.contains_key(&start.session_id) {
+                        return; // a resend: starts are idempotent
+                    }
+                    sessions.len()
+                };
+                // The control plane stores seqs as i64; a start after that
+                // leaves no number for this session's events.
+                if start.last_stored_seq > i64::MAX as u64 {
+                    let message = format!(
+                        "the start says {} events are stored: more than a session can number",
+                        start.last_stored_seq
+                    );
+                    self.refuse_start(&start.session_id, None, "invalid_start", &message)
+                        .await;
+                    return;
                 }
-                let session_id = start.session_id.clone();
+                let max = self.config.max_sessions;
+                if held >= max {
+                    let message = format!(
+                        "this machine already holds {held} sessions, the most its oma-agent allows \
+                         (--max-sessions {max}); dispose of a session or raise the limit"
+                    );
+                    self.refuse_start(
+                        &start.session_id,
+                        Some(start.last_stored_seq),
+                        "session_limit",
+                        &message,
+                    )
+                    .await;
+                    return;
+                }
+                let (session_id, last_stored_seq) = (start.session_id.clone(), start.last_stored_seq);
                 let state = SessionState {
                     start: B64.encode(start.encode_to_vec()),
                     ..Default::default()
                 };
                 if let Err(e) = self.spawn_actor(start, state, true) {
-                    tracing::error!(session_id, error = %e, "cannot create the session");
+                    let message = format!("cannot create the session: {e}");
+                    self.refuse_start(&session_id, Some(last_stored_seq), "start_failed", &message)
+                        .await;
                 }
             }
             Frame::Prompt(prompt) => {
@@ -331,6 +362,46 @@ impl Manager {
             }
             Frame::Welcome(_) | Frame::Superseded(_) | Frame::Heartbeat(_) => {}
         }
+    }
+
+    /// A start this machine will not run: the same error event, failed
+    /// status and SessionFailed frame as a session that fails to start
+    /// ([`Actor::fail`]), the events numbered after `stored` (the server's
+    /// last stored seq; `None`: no events, only the frame). No actor,
+    /// outbox or folder is created, so nothing is kept: if the frames are
+    /// lost, the server resends the start at the next Welcome.
+    async fn refuse_start(&self, session_id: &str, stored: Option<u64>, code: &str, message: &str) {
+        tracing::warn!(session_id, code, message, "refusing a session start");
+        let error = pb::SessionError {
+            code: code.into(),
+            message: message.into(),
+        };
+        let event = |seq: u64, kind| pb::SessionEvent {
+            session_id: session_id.to_owned(),
+            seq,
+            time: Some(now()),
+            turn_id: String::new(),
+            kind: Some(kind),
+        };
+        if let Some(seq) = stored {
+            let events = vec![
+                event(seq + 1, pb::session_event::Kind::Error(error.clone())),
+                event(
+                    seq + 2,
+                    pb::session_event::Kind::StatusChanged(pb::SessionStatusChanged {
+                        status: pb::SessionStatus::Failed as i32,
+                        acp_session_id: String::new(),
+                    }),
+                ),
+            ];
+            self.send_frame(pb::agent_frame::Frame::Events(pb::SessionEventBatch { events }))
+                .await;
+        }
+        self.send_frame(pb::agent_frame::Frame::SessionFailed(pb::SessionFailed {
+            session_id: session_id.to_owned(),
+            error: Some(error),
+        }))
+        .await;
     }
 
     async fn send_frame(&self, frame: pb::agent_frame::Frame) {
@@ -552,11 +623,7 @@ impl Actor {
         let path = state_path(&self.manager.config.paths, self.id());
         let result = serde_json::to_vec(&self.state)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(tmp, &path)
-            });
+            .and_then(|bytes| write_atomic(&path, &bytes, PRIVATE_FILE_MODE, Durability::Cached));
         if let Err(e) = result {
             tracing::error!(session_id = self.id(), error = %e, "cannot save session state");
         }

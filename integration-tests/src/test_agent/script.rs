@@ -54,6 +54,10 @@ pub enum Directive {
     ListSkills,
     /// `system-prompt`: the system prompt the session was created with.
     SystemPrompt,
+    /// `symlink TARGET LINK`: replace `LINK` (relative to the session cwd,
+    /// file or folder) with a symlink to `TARGET`, as a compromised agent
+    /// could between two starts.
+    Symlink { target: String, link: String },
     /// A directive name nobody knows; carries the whole piece.
     Unknown(String),
     /// A known directive with a bad argument.
@@ -135,6 +139,13 @@ pub fn parse_piece(piece: &str) -> Directive {
         "env" => invalid("expected `env NAME`"),
         "cat" if !arg.is_empty() => Directive::Cat(arg.to_owned()),
         "cat" => invalid("expected `cat PATH`"),
+        "symlink" => match arg.split_whitespace().collect::<Vec<_>>()[..] {
+            [target, link] => Directive::Symlink {
+                target: target.to_owned(),
+                link: link.to_owned(),
+            },
+            _ => invalid("expected `symlink TARGET LINK`"),
+        },
         _ => Directive::Unknown(piece.to_owned()),
     }
 }
@@ -180,5 +191,13 @@ mod tests {
         assert!(matches!(parse_piece("chunks x"), Directive::Invalid { .. }));
         assert!(matches!(parse_piece("stop later"), Directive::Invalid { .. }));
         assert!(matches!(parse_piece("tool now"), Directive::Invalid { .. }));
+        assert_eq!(
+            parse_piece("symlink /home/u/.bashrc AGENTS.md"),
+            Directive::Symlink {
+                target: "/home/u/.bashrc".into(),
+                link: "AGENTS.md".into()
+            }
+        );
+        assert!(matches!(parse_piece("symlink /x"), Directive::Invalid { .. }));
     }
 }

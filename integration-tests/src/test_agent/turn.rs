@@ -173,6 +173,13 @@ impl Turn {
                 "system prompt: {}",
                 self.session.system_prompt.as_deref().unwrap_or("<none>")
             )),
+            Directive::Symlink { target, link } => {
+                let result = plant_symlink(&self.session.cwd.join(&link), std::path::Path::new(&target));
+                self.message(match result {
+                    Ok(()) => format!("symlink {link} -> {target}"),
+                    Err(err) => format!("symlink {link}: {err}"),
+                })
+            }
             Directive::Unknown(piece) => self.message(format!("unknown directive: {piece}")),
             Directive::Invalid { piece, reason } => self.message(format!("invalid directive: {piece}: {reason}")),
         }
@@ -417,4 +424,16 @@ fn list_skills() -> String {
     }
     names.sort();
     names.join(",")
+}
+
+/// Replaces whatever is at `link` (never following a link there) with a
+/// symlink to `target`.
+fn plant_symlink(link: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(link) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(link)?,
+        Ok(_) => std::fs::remove_file(link)?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    std::os::unix::fs::symlink(target, link)
 }
