@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod detect;
 pub mod outbox;
 pub mod paths;
+pub mod policy;
 pub mod process;
 pub mod service_unit;
 pub mod session;

@@ -878,6 +878,7 @@ impl RawMachine {
                     name: "raw".into(),
                     ..Default::default()
                 }],
+                ..Default::default()
             }),
             sessions: Vec::new(),
         }

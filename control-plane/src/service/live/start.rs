@@ -36,36 +36,12 @@ pub(crate) fn start_session_frame(session: &SessionRow) -> ServiceResult<pb::Sta
             .as_ref()
             .map(|b| b.local_skill_blocklist.clone())
             .unwrap_or_default(),
-        mcp_servers_json: mcp_servers_json(&spec),
+        // Local references and URLs only: the machine resolves and checks
+        // them against its own policy.
+        mcp_servers: spec.mcp_servers.iter().cloned().map(pb::McpServer::from).collect(),
+        // No credentials are sent yet (they would come from the secret store
+        // and reach only machines whose owner opted in).
         credentials: Default::default(),
         last_stored_seq: session.last_seq as u64,
     })
-}
-
-/// ACP `mcpServers`: stdio entries carry no type tag; http/sse do.
-fn mcp_servers_json(spec: &AgentSpec) -> String {
-    use oma_proto::model::McpTransport;
-    use serde_json::json;
-    let pairs = |items: &[(String, String)]| {
-        items
-            .iter()
-            .map(|(n, v)| json!({"name": n, "value": v}))
-            .collect::<Vec<_>>()
-    };
-    let servers: Vec<serde_json::Value> = spec
-        .mcp_servers
-        .iter()
-        .map(|m| match &m.transport {
-            McpTransport::Stdio { command, args, env } => {
-                json!({"name": m.name, "command": command, "args": args, "env": pairs(env)})
-            }
-            McpTransport::Http { url, headers } => {
-                json!({"type": "http", "name": m.name, "url": url, "headers": pairs(headers)})
-            }
-            McpTransport::Sse { url, headers } => {
-                json!({"type": "sse", "name": m.name, "url": url, "headers": pairs(headers)})
-            }
-        })
-        .collect();
-    serde_json::Value::Array(servers).to_string()
 }
