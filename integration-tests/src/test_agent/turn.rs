@@ -173,6 +173,7 @@ impl Turn {
                 "system prompt: {}",
                 self.session.system_prompt.as_deref().unwrap_or("<none>")
             )),
+            Directive::McpServers => self.message(format!("mcp servers: {}", self.session.mcp_servers)),
             Directive::Unknown(piece) => self.message(format!("unknown directive: {piece}")),
             Directive::Invalid { piece, reason } => self.message(format!("invalid directive: {piece}: {reason}")),
         }
