@@ -237,7 +237,8 @@ fn acp_entry(server: &McpServer, policy: &Policy) -> Result<Value, Refusal> {
             };
             Ok(json!({
                 "name": server.name,
-                "command": local.command,
+                // Lossy: a `PATH` entry may not be UTF-8, and JSON text must be.
+                "command": local.command.to_string_lossy(),
                 "args": local.args,
                 "env": pairs(&mut local.env.iter()),
             }))
