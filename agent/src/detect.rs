@@ -204,7 +204,7 @@ pub enum DetectError {
     },
 }
 
-fn location(line: Option<usize>, column: Option<usize>) -> String {
+pub(crate) fn location(line: Option<usize>, column: Option<usize>) -> String {
     match (line, column) {
         (Some(line), Some(column)) => format!(":{line}:{column}"),
         (Some(line), None) => format!(":{line}"),
@@ -297,9 +297,7 @@ struct UserAgent {
 /// found are left out of `agents` and listed in `missing`.
 pub fn detect(config_file: &Path, path_env: Option<&OsStr>) -> Result<DetectReport, DetectError> {
     let user = read_user_config(config_file)?;
-    let search_dirs: Vec<PathBuf> = path_env
-        .map(|p| std::env::split_paths(p).filter(|d| d.is_absolute()).collect())
-        .unwrap_or_default();
+    let search_dirs = search_dirs(path_env);
 
     let mut report = DetectReport::default();
     let mut user_by_id: BTreeMap<String, UserAgent> = BTreeMap::new();
@@ -366,6 +364,14 @@ pub fn detect(config_file: &Path, path_env: Option<&OsStr>) -> Result<DetectRepo
         }
     }
     Ok(report)
+}
+
+/// The absolute directories of a `PATH`-style list, in order (relative ones
+/// are never searched: they would depend on the daemon's cwd).
+pub(crate) fn search_dirs(path_env: Option<&OsStr>) -> Vec<PathBuf> {
+    path_env
+        .map(|p| std::env::split_paths(p).filter(|d| d.is_absolute()).collect())
+        .unwrap_or_default()
 }
 
 /// [`detect`] with the process's own `PATH`.
@@ -484,7 +490,7 @@ fn read_user_config(path: &Path) -> Result<Vec<UserAgent>, DetectError> {
     Ok(config.agent)
 }
 
-fn check_command(command: &str) -> Result<(), String> {
+pub(crate) fn check_command(command: &str) -> Result<(), String> {
     if command.trim().is_empty() {
         return Err("`command` must not be empty".into());
     }
@@ -507,7 +513,7 @@ pub fn is_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn expand_home(command: &str) -> String {
+pub(crate) fn expand_home(command: &str) -> String {
     match (command.strip_prefix("~/"), dirs::home_dir()) {
         (Some(rest), Some(home)) => home.join(rest).to_string_lossy().into_owned(),
         _ => command.to_owned(),
@@ -516,7 +522,7 @@ fn expand_home(command: &str) -> String {
 
 /// An absolute command is taken as is if executable; a bare name is looked
 /// up in `search_dirs` in order.
-fn resolve_command(command: &str, search_dirs: &[PathBuf]) -> Option<PathBuf> {
+pub(crate) fn resolve_command(command: &str, search_dirs: &[PathBuf]) -> Option<PathBuf> {
     let path = Path::new(command);
     if path.is_absolute() {
         return is_executable(path).then(|| path.to_path_buf());
@@ -535,7 +541,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;

@@ -7,6 +7,7 @@ pub mod detect;
 pub mod fsutil;
 pub mod outbox;
 pub mod paths;
+pub mod policy;
 pub mod process;
 pub mod service_unit;
 pub mod session;

@@ -10,6 +10,7 @@ use oma_agent::credentials::{self, Credentials};
 use oma_agent::detect::{self, DetectReport};
 use oma_agent::fsutil;
 use oma_agent::paths::Paths;
+use oma_agent::policy::Policy;
 use oma_agent::service_unit::{self, ServiceManager, UnitSpec};
 use oma_agent::session::manager::{Manager, ManagerConfig};
 use oma_agent::skills::{self, SkillSource};
@@ -60,6 +61,9 @@ enum Command {
     Status,
     /// List the ACP agents found on this machine and how each is launched.
     Agents,
+    /// Show this machine's local policy (policy.toml): its MCP servers, the
+    /// MCP URL allow-list and which agents take server-sent credentials.
+    Policy,
     /// Remove credentials, sessions and the service unit.
     Uninstall,
     /// Manage the systemd user unit / launchd agent that runs the daemon.
@@ -172,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => runtime.block_on(daemon(&paths, args)),
         Command::Status => status(&paths),
         Command::Agents => agents(&paths),
+        Command::Policy => show_policy(&paths),
         Command::Uninstall => uninstall(&paths),
         Command::Service { command } => service(&paths, command),
     }
@@ -247,11 +252,14 @@ fn skill_source() -> Option<SkillSource> {
     ))
 }
 
-/// What this machine offers: its ACP agents and, for Claude agents, the
-/// user's local skills. Also returns a fingerprint to detect changes.
-fn manifest(report: &DetectReport, source: Option<&SkillSource>) -> (pb::Manifest, u64) {
+/// What this machine offers: its ACP agents, for Claude agents the user's
+/// local skills, and from the owner's policy the local MCP servers (ids and
+/// names only) and the MCP URL allow-list. Also returns a fingerprint of the
+/// skills to detect changes.
+fn manifest(report: &DetectReport, source: Option<&SkillSource>, policy: &Policy) -> (pb::Manifest, u64) {
     let found = source.map(skills::scan).unwrap_or_default();
     let local = skills::to_manifest(&found);
+    let (local_mcp_servers, mcp_url_allow_list) = policy.manifest_parts();
     let manifest = pb::Manifest {
         acp_agents: report
             .agents
@@ -263,8 +271,20 @@ fn manifest(report: &DetectReport, source: Option<&SkillSource>) -> (pb::Manifes
                 ..Default::default()
             })
             .collect(),
+        local_mcp_servers,
+        mcp_url_allow_list,
     };
     (manifest, skills::fingerprint(&found))
+}
+
+/// What the last manifest was built from, to report only changes.
+struct ManifestState {
+    skills: u64,
+    /// The last policy that loaded (a broken file keeps it in the manifest;
+    /// sessions fail on it until it is fixed).
+    policy: Policy,
+    /// The last policy error logged (logged again only when it changes).
+    policy_error: Option<String>,
 }
 
 async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
@@ -284,8 +304,16 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
         tracing::info!("{missing}");
     }
     tracing::info!(agents = ?report.agents.iter().map(|a| &a.id).collect::<Vec<_>>(), "detected ACP agents");
+    // A broken policy stops the daemon here, with `file:line: why`.
+    let policy = Policy::load_with_process_path(&paths.policy_file())?;
+    tracing::info!(
+        file = %policy.file.display(),
+        local_mcp_servers = ?policy.mcp_servers.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        mcp_urls = policy.mcp_url_allow_list.len(),
+        "local policy"
+    );
     let source = skill_source();
-    let (initial_manifest, fingerprint) = manifest(&report, source.as_ref());
+    let (initial_manifest, fingerprint) = manifest(&report, source.as_ref(), &policy);
     let hello = pb::Hello {
         machine_id,
         instance_id: uuid::Uuid::new_v4().simple().to_string(),
@@ -297,11 +325,33 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
     };
     let refresh_report = report.clone();
     let refresh_source = source.clone();
-    let last_fingerprint = std::sync::Mutex::new(fingerprint);
+    let policy_file = paths.policy_file();
+    let last = std::sync::Mutex::new(ManifestState {
+        skills: fingerprint,
+        policy,
+        policy_error: None,
+    });
     let refresh_manifest: oma_agent::connection::ManifestSource = Box::new(move || {
-        let (manifest, fingerprint) = manifest(&refresh_report, refresh_source.as_ref());
-        let mut last = last_fingerprint.lock().expect("fingerprint lock");
-        (std::mem::replace(&mut *last, fingerprint) != fingerprint).then_some(manifest)
+        let mut last = last.lock().expect("manifest state lock");
+        let policy = match Policy::load_with_process_path(&policy_file) {
+            Ok(policy) => {
+                last.policy_error = None;
+                policy
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if last.policy_error.as_ref() != Some(&message) {
+                    tracing::warn!("the local policy is broken (sessions fail to start until it is fixed): {message}");
+                    last.policy_error = Some(message);
+                }
+                last.policy.clone()
+            }
+        };
+        let (manifest, fingerprint) = manifest(&refresh_report, refresh_source.as_ref(), &policy);
+        let changed = last.skills != fingerprint || last.policy.manifest_parts() != policy.manifest_parts();
+        last.skills = fingerprint;
+        last.policy = policy;
+        changed.then_some(manifest)
     });
     let manager = Manager::load(ManagerConfig {
         paths: paths.clone(),
@@ -440,6 +490,55 @@ fn agents(paths: &Paths) -> anyhow::Result<i32> {
     for disabled in &report.disabled {
         println!("disabled   {disabled}");
     }
+    Ok(0)
+}
+
+fn show_policy(paths: &Paths) -> anyhow::Result<i32> {
+    let file = paths.policy_file();
+    let policy = Policy::load_with_process_path(&file)?;
+    if file.exists() {
+        println!("policy: {}", file.display());
+    } else {
+        println!("policy: {} (absent: nothing below is allowed)", file.display());
+    }
+    println!("local MCP servers (agents name them with --mcp-local NAME=ID):");
+    if policy.mcp_servers.is_empty() {
+        println!("  none");
+    }
+    for server in &policy.mcp_servers {
+        let mut line = format!("  {:<10} {}", server.id, server.command.display());
+        for arg in &server.args {
+            line.push(' ');
+            line.push_str(arg);
+        }
+        if !server.env.is_empty() {
+            // Names only: values may be secrets.
+            let names: Vec<&str> = server.env.keys().map(String::as_str).collect();
+            line.push_str(&format!("    (env: {})", names.join(", ")));
+        }
+        println!("{line}");
+    }
+    println!("MCP URL allow-list (http/sse servers):");
+    if policy.mcp_url_allow_list.is_empty() {
+        println!("  none: no HTTP/SSE MCP server is allowed");
+    }
+    for url in &policy.mcp_url_allow_list {
+        println!("  {url}");
+    }
+    if policy.accept_credentials_for.is_empty() {
+        println!("server-sent credentials: taken for no ACP agent");
+    } else {
+        let ids: Vec<&str> = policy.accept_credentials_for.iter().map(String::as_str).collect();
+        println!("server-sent credentials: taken for {}", ids.join(", "));
+    }
+    println!(
+        "server-set base URLs (*_BASE_URL): {}",
+        if policy.allow_server_base_url {
+            "allowed"
+        } else {
+            "not allowed"
+        }
+    );
     Ok(0)
 }
 

@@ -1,7 +1,7 @@
 //! Where `oma-agent` keeps its files.
 //!
 //! Two roots: the **config dir** (credentials, machine id, the user's ACP agent
-//! table) and the **data dir** (session directories, the outbox of un-acked
+//! table and local policy) and the **data dir** (session directories, the outbox of un-acked
 //! events, daemon state, logs). Both have platform defaults and can be
 //! overridden with [`Paths::new`] (the daemon's `--config-dir`/`--data-dir`
 //! flags and `OMA_AGENT_CONFIG_DIR`/`OMA_AGENT_DATA_DIR`).
@@ -42,7 +42,7 @@ pub enum PathsError {
 /// The agent's config and data roots, and every file path derived from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
-    /// Credentials, machine id and the user's `agents.toml`.
+    /// Credentials, machine id, the user's `agents.toml` and `policy.toml`.
     pub config_dir: PathBuf,
     /// Session directories, outbox, state and logs.
     pub data_dir: PathBuf,
@@ -89,6 +89,13 @@ impl Paths {
     /// `<config dir>/agents.toml`: the user's additions and overrides to the ACP agent table.
     pub fn agents_config_file(&self) -> PathBuf {
         self.config_dir.join("agents.toml")
+    }
+
+    /// `<config dir>/policy.toml`: the owner's local policy (local MCP
+    /// servers, the MCP URL allow-list, which agents take server-sent
+    /// credentials).
+    pub fn policy_file(&self) -> PathBuf {
+        self.config_dir.join("policy.toml")
     }
 
     /// `<data dir>/sessions`: one directory per session.
@@ -189,6 +196,7 @@ mod tests {
         assert_eq!(paths.credentials_file(), Path::new("/c/credentials.toml"));
         assert_eq!(paths.machine_id_file(), Path::new("/c/machine-id"));
         assert_eq!(paths.agents_config_file(), Path::new("/c/agents.toml"));
+        assert_eq!(paths.policy_file(), Path::new("/c/policy.toml"));
         assert_eq!(paths.sessions_dir(), Path::new("/d/sessions"));
         assert_eq!(paths.outbox_dir(), Path::new("/d/outbox"));
         assert_eq!(paths.state_file(), Path::new("/d/state.json"));

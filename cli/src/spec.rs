@@ -127,27 +127,29 @@ pub struct FileEntry {
     pub content_base64: Option<String>,
 }
 
-/// An MCP server with exactly one of `stdio`, `http` or `sse`.
+/// An MCP server with exactly one of `local`, `http` or `sse`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpEntry {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdio: Option<StdioEntry>,
+    pub local: Option<LocalEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse: Option<HttpEntry>,
+    /// Removed (a command line the control plane would send to machines);
+    /// read only to say what replaces it.
+    #[serde(default, skip_serializing)]
+    pub stdio: Option<serde_yaml::Value>,
 }
 
+/// An MCP server the runtime's machine defines (policy.toml), by its id.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StdioEntry {
-    pub command: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<NameValue>,
+pub struct LocalEntry {
+    #[serde(alias = "serverId")]
+    pub server_id: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -403,15 +405,18 @@ impl McpEntry {
             url: h.url,
             headers: nv(h.headers),
         };
-        let transport = match (self.stdio, self.http, self.sse) {
-            (Some(s), None, None) => Transport::Stdio(pb::McpStdio {
-                command: s.command,
-                args: s.args,
-                env: nv(s.env),
-            }),
+        if self.stdio.is_some() {
+            bail!(
+                "MCP server {:?}: `stdio` was removed (the control plane never sends a command line to a machine); \
+                 define the server as [[mcp_server]] in the machine's policy.toml and use `local: {{ server_id: ID }}`",
+                self.name
+            );
+        }
+        let transport = match (self.local, self.http, self.sse) {
+            (Some(l), None, None) => Transport::Local(pb::McpLocal { server_id: l.server_id }),
             (None, Some(h), None) => Transport::Http(http(h)),
             (None, None, Some(h)) => Transport::Sse(http(h)),
-            _ => bail!("MCP server {:?} needs exactly one of stdio, http and sse", self.name),
+            _ => bail!("MCP server {:?} needs exactly one of local, http and sse", self.name),
         };
         Ok(pb::McpServer {
             name: self.name,
@@ -483,16 +488,15 @@ impl From<&pb::AgentSpec> for SpecFile {
                     .map(|m| {
                         let mut entry = McpEntry {
                             name: m.name.clone(),
-                            stdio: None,
+                            local: None,
                             http: None,
                             sse: None,
+                            stdio: None,
                         };
                         match &m.transport {
-                            Some(Transport::Stdio(s)) => {
-                                entry.stdio = Some(StdioEntry {
-                                    command: s.command.clone(),
-                                    args: s.args.clone(),
-                                    env: nv(&s.env),
+                            Some(Transport::Local(l)) => {
+                                entry.local = Some(LocalEntry {
+                                    server_id: l.server_id.clone(),
                                 })
                             }
                             Some(Transport::Http(h)) => entry.http = Some(http(h)),
@@ -601,7 +605,7 @@ skills:
       - { path: bin/x, content_base64: AAEC }
 mcp_servers:
   - name: fs
-    stdio: { command: mcp-fs, args: [--root, /tmp], env: [{ name: A, value: b }] }
+    local: { server_id: files }
   - name: web
     http: { url: "https://mcp.example" }
 runtime_binding: { runtime_id: rt_0123456789abcdef0123456789abcdef, acp_agent_id: claude }
@@ -631,6 +635,19 @@ runtime_binding: { runtime_id: rt_0123456789abcdef0123456789abcdef, acp_agent_id
             .unwrap();
         again.spec.runtime_binding = again.binding.resolve(None).unwrap();
         assert_eq!(again.spec, edit.spec);
+    }
+
+    #[test]
+    fn a_stdio_mcp_server_says_what_replaces_it() {
+        let yaml = "mcp_servers:\n  - name: fs\n    stdio: { command: mcp-fs }\n";
+        let file: SpecFile = serde_yaml::from_str(yaml).unwrap();
+        let err = Edit::default()
+            .apply_file(file, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("policy.toml") && err.contains("local"), "{err}");
+        let printed = serde_json::to_string(&SpecFile::from(&pb::AgentSpec::default())).unwrap();
+        assert!(!printed.contains("stdio"), "{printed}");
     }
 
     #[test]

@@ -119,7 +119,13 @@ pub fn runtime(r: &pb::Runtime) -> Value {
         "agent_version": r.agent_version,
         "os": r.os,
         "arch": r.arch,
-        "manifest": { "acp_agents": agents },
+        "manifest": {
+            "acp_agents": agents,
+            "local_mcp_servers": r.manifest.iter().flat_map(|m| &m.local_mcp_servers).map(|s| {
+                json!({ "id": s.id, "name": s.name, "description": s.description })
+            }).collect::<Vec<_>>(),
+            "mcp_url_allow_list": r.manifest.iter().flat_map(|m| &m.mcp_url_allow_list).collect::<Vec<_>>(),
+        },
     })
 }
 

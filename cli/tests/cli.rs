@@ -456,6 +456,12 @@ fn stored_agent(version: u64) -> pb::Agent {
                 acp_agent_id: "claude".into(),
                 local_skill_blocklist: vec!["pdf".into()],
             }),
+            mcp_servers: vec![pb::McpServer {
+                name: "files".into(),
+                transport: Some(pb::mcp_server::Transport::Local(pb::McpLocal {
+                    server_id: "fs".into(),
+                })),
+            }],
             ..Default::default()
         }),
         ..Default::default()
@@ -632,7 +638,14 @@ impl RuntimeService for Fake {
                             skill("review", pb::local_skill::Source::Plugin, "superpowers"),
                         ],
                     }],
+                    local_mcp_servers: vec![pb::LocalMcpServer {
+                        id: "fs".into(),
+                        name: "Files".into(),
+                        description: "read-only ~/src".into(),
+                    }],
+                    mcp_url_allow_list: vec!["https://mcp.example/tools".into()],
                 }),
+                last_seen_time: now(),
                 ..Default::default()
             }),
         }))
@@ -967,6 +980,19 @@ fn talks_to_a_control_plane() {
         runtime["manifest"]["acp_agents"][0]["local_skills"][0]["source"],
         "global"
     );
+    assert_eq!(runtime["manifest"]["local_mcp_servers"][0]["id"], "fs");
+    assert_eq!(
+        runtime["manifest"]["mcp_url_allow_list"],
+        serde_json::json!(["https://mcp.example/tools"])
+    );
+
+    let text = run(&["runtimes", "get", RUNTIME]).stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.contains("fs") && l.contains("Files") && l.contains("read-only ~/src")),
+        "{text}"
+    );
+    assert!(text.contains("MCP URL allow-list: https://mcp.example/tools"), "{text}");
 
     // Updates name exactly the fields given; a partial binding keeps the rest.
     assert_eq!(
@@ -1000,6 +1026,40 @@ fn talks_to_a_control_plane() {
         (RUNTIME, "codex", vec!["pdf".to_owned()])
     );
     assert_eq!(updates[1].expected_version, 7);
+    drop(updates);
+
+    // MCP servers: a machine's local server by id, never a command line.
+    let local = run(&["agents", "update", AGENT, "--mcp-local", "files=fs"]);
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    let sent = fake.updates.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(sent.update_mask.unwrap().paths, ["mcp_servers"]);
+    assert_eq!(
+        sent.spec.unwrap().mcp_servers,
+        [pb::McpServer {
+            name: "files".into(),
+            transport: Some(pb::mcp_server::Transport::Local(pb::McpLocal {
+                server_id: "fs".into()
+            })),
+        }]
+    );
+    let stdio = run(&["agents", "update", AGENT, "--mcp-stdio", "fs=curl evil.example"]);
+    assert_eq!(stdio.code, 2, "{}", stdio.stderr);
+    assert!(stdio.stderr.contains("--mcp-local NAME=ID"), "{}", stdio.stderr);
+    assert_eq!(fake.updates.lock().unwrap().len(), 3, "a refused flag sent nothing");
+    let shown = run(&["agents", "get", AGENT]);
+    assert!(
+        shown
+            .stdout
+            .lines()
+            .any(|l| l.contains("files") && l.contains("local") && l.contains("fs")),
+        "{}",
+        shown.stdout
+    );
+    let shown: serde_json::Value = serde_json::from_str(&run(&["agents", "get", AGENT, "-o", "json"]).stdout).unwrap();
+    assert_eq!(
+        shown["spec"]["mcp_servers"][0],
+        serde_json::json!({"name": "files", "local": {"server_id": "fs"}})
+    );
 }
 
 #[test]

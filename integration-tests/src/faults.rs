@@ -875,6 +875,7 @@ impl RawMachine {
                     name: "raw".into(),
                     ..Default::default()
                 }],
+                ..Default::default()
             }),
             sessions: Vec::new(),
         }

@@ -477,6 +477,18 @@ impl AgentDaemon {
         Ok(())
     }
 
+    /// This machine's local policy file (`<config dir>/policy.toml`).
+    pub fn policy_file(&self) -> PathBuf {
+        self.config_dir.path().join("policy.toml")
+    }
+
+    /// Writes this machine's `policy.toml`: before `start` it is what the
+    /// daemon starts with; afterwards the next session start reads it.
+    pub fn set_policy(&self, policy_toml: &str) -> anyhow::Result<()> {
+        std::fs::write(self.policy_file(), policy_toml)?;
+        Ok(())
+    }
+
     /// The folder of a session on this machine.
     pub fn session_dir(&self, session_id: &str) -> PathBuf {
         self.data_dir.path().join("sessions").join(session_id)

@@ -52,13 +52,8 @@ fn full_spec(name: &str, runtime_id: &str) -> pb::AgentSpec {
         mcp_servers: vec![
             pb::McpServer {
                 name: "files".into(),
-                transport: Some(pb::mcp_server::Transport::Stdio(pb::McpStdio {
-                    command: "mcp-files".into(),
-                    args: vec!["--root".into(), "/srv".into()],
-                    env: vec![pb::NameValue {
-                        name: "LEVEL".into(),
-                        value: "debug".into(),
-                    }],
+                transport: Some(pb::mcp_server::Transport::Local(pb::McpLocal {
+                    server_id: "files".into(),
                 })),
             },
             pb::McpServer {

@@ -375,6 +375,7 @@ impl World {
                             ..Default::default()
                         }))
                         .collect(),
+                    ..Default::default()
                 }),
             }),
         })

@@ -3,6 +3,7 @@
 //! validation rules and limits are defined once.
 
 pub mod ids;
+pub mod mcp_url;
 pub mod model;
 pub mod validate;
 

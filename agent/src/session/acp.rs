@@ -74,7 +74,8 @@ pub struct AcpLaunch {
     /// Sent as `_meta: {"systemPrompt": {"append": ...}}` on session/new and
     /// session/load (understood by Claude).
     pub system_prompt_meta: Option<String>,
-    /// The ACP `mcpServers` array, passed as is (`null` means none).
+    /// The ACP `mcpServers` array as [`super::launch::decide`] built it from
+    /// the owner's policy (`null` means none).
     pub mcp_servers: Value,
     /// Try session/load with this id first, when the agent advertises
     /// `loadSession`.

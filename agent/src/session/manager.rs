@@ -7,7 +7,7 @@
 //! together with the control plane's cursor, so an actor always resends its
 //! unacknowledged events before it sends anything new on a fresh stream.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,26 +20,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::acp::{AcpLaunch, AcpOutput, AcpSession};
+use super::launch;
 use super::translate;
 use super::workspace;
 use crate::detect::DetectReport;
 use crate::fsutil::{Durability, PRIVATE_FILE_MODE, write_atomic};
 use crate::outbox::SessionOutbox;
 use crate::paths::Paths;
+use crate::policy::Policy;
 use crate::process::ChildSpec;
-
-/// Environment variables the control plane may inject into a child (its
-/// credentials); anything else it sends is ignored.
-pub const CREDENTIAL_ENV_ALLOW_LIST: &[&str] = &[
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_AUTH_TOKEN",
-    "ANTHROPIC_BASE_URL",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "GEMINI_API_KEY",
-    "GOOGLE_API_KEY",
-    "GOOGLE_GEMINI_BASE_URL",
-];
 
 /// Turn ids remembered per session, so a resent Prompt runs once.
 const SEEN_TURNS: usize = 1000;
@@ -640,12 +629,53 @@ impl Actor {
             self.fail("agent_not_found", &message).await;
             return false;
         };
+        // The owner's policy, read again at every start so edits apply
+        // without a restart; it decides what the child gets before anything
+        // is written or spawned.
+        let policy_file = config.paths.policy_file();
+        let policy = match Policy::load_with_process_path(&policy_file) {
+            Ok(policy) => policy,
+            Err(e) => {
+                self.fail("policy_invalid", &format!("this machine's policy is broken: {e}"))
+                    .await;
+                return false;
+            }
+        };
+        let daemon_env: BTreeSet<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
+        let launch = match launch::decide(&self.start, &entry, &policy, &daemon_env) {
+            Ok(launch) => launch,
+            Err(refusals) => {
+                let (last, earlier) = refusals.split_last().expect("a refusal");
+                for refusal in earlier {
+                    let error = pb::SessionError {
+                        code: refusal.rule.code().into(),
+                        message: refusal.message.clone(),
+                    };
+                    self.emit(pb::session_event::Kind::Error(error), "").await;
+                }
+                self.fail(last.rule.code(), &last.message).await;
+                return false;
+            }
+        };
+        for refusal in &launch.dropped {
+            tracing::warn!(
+                session_id = self.id(),
+                rule = refusal.rule.code(),
+                "{}",
+                refusal.message
+            );
+            let error = pb::SessionError {
+                code: refusal.rule.code().into(),
+                message: refusal.message.clone(),
+            };
+            self.emit(pb::session_event::Kind::Error(error), "").await;
+        }
         if let Err(e) = workspace::prepare(&self.dir, &self.start, entry.quirks.skills_layout) {
             self.fail("start_failed", &format!("cannot prepare the session directory: {e}"))
                 .await;
             return false;
         }
-        let mut env: Vec<(String, String)> = entry.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut env = launch.env;
         let blocklist = self.start.local_skill_blocklist.clone();
         if entry.quirks.is_claude {
             // A private CLAUDE_CONFIG_DIR of symlinks to the user's own, with
@@ -675,20 +705,7 @@ impl Actor {
             self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), "")
                 .await;
         }
-        for (name, value) in &self.start.credentials {
-            if CREDENTIAL_ENV_ALLOW_LIST.contains(&name.as_str()) {
-                env.push((name.clone(), value.clone()));
-            } else {
-                tracing::warn!(
-                    session_id = self.id(),
-                    name,
-                    "ignoring a credential outside the allow-list"
-                );
-            }
-        }
-        let mcp_servers =
-            serde_json::from_str(&self.start.mcp_servers_json).unwrap_or(serde_json::Value::Array(vec![]));
-        let launch = AcpLaunch {
+        let acp_launch = AcpLaunch {
             child: ChildSpec {
                 command: entry.command.clone(),
                 args: entry.args.clone(),
@@ -705,7 +722,7 @@ impl Actor {
             advertise_write_text_file: entry.quirks.advertise_write_text_file,
             system_prompt_meta: (entry.quirks.system_prompt_in_meta && !self.start.system_prompt.is_empty())
                 .then(|| self.start.system_prompt.clone()),
-            mcp_servers,
+            mcp_servers: launch.mcp_servers,
             resume_acp_session_id: self.state.acp_session_id.clone(),
             startup_timeout: config.startup_timeout,
             idle_timeout: config.idle_timeout,
@@ -719,7 +736,7 @@ impl Actor {
         // the channel and stall the start until its timeout.
         let mut early = Vec::new();
         let started = {
-            let start = AcpSession::start(launch, out_tx);
+            let start = AcpSession::start(acp_launch, out_tx);
             tokio::pin!(start);
             loop {
                 tokio::select! {

@@ -2,6 +2,7 @@
 //! messages to the contract, the session directory, and the manager.
 
 pub mod acp;
+pub mod launch;
 pub mod manager;
 pub mod translate;
 pub mod workspace;

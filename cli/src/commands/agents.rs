@@ -95,15 +95,20 @@ pub struct SpecArgs {
     /// the folder; repeatable. Replaces the agent's skills.
     #[arg(long, value_name = "DIR")]
     pub skill: Vec<PathBuf>,
-    /// An MCP server run as a command, e.g. 'fs=mcp-fs --root /srv'
-    /// (shell-style quoting); repeatable. The --mcp-* flags together replace
-    /// the agent's MCP servers.
-    #[arg(long, value_name = "NAME=CMD ARGS...")]
+    /// An MCP server the runtime's machine defines itself, by its id there
+    /// (`[[mcp_server]]` in the machine's policy.toml; `omactl runtimes get`
+    /// lists them), e.g. 'files=fs'; repeatable. The --mcp-* flags together
+    /// replace the agent's MCP servers.
+    #[arg(long, value_name = "NAME=ID")]
+    pub mcp_local: Vec<String>,
+    /// Removed: the control plane never sends a command line to a machine.
+    #[arg(long, hide = true)]
     pub mcp_stdio: Vec<String>,
-    /// An MCP server over streamable HTTP; repeatable.
+    /// An MCP server over streamable HTTP; repeatable. The URL must be on
+    /// the runtime's MCP URL allow-list (its machine's policy.toml).
     #[arg(long, value_name = "NAME=URL")]
     pub mcp_http: Vec<String>,
-    /// An MCP server over SSE; repeatable.
+    /// An MCP server over SSE; repeatable. Same allow-list as --mcp-http.
     #[arg(long, value_name = "NAME=URL")]
     pub mcp_sse: Vec<String>,
     /// How the ACP agent's permission requests are answered.
@@ -298,7 +303,14 @@ fn build_edit(args: &SpecArgs, name: Option<String>) -> Result<Edit> {
             .collect::<Result<_>>()?;
         edit.set_skills(skills);
     }
-    if !(args.mcp_stdio.is_empty() && args.mcp_http.is_empty() && args.mcp_sse.is_empty()) {
+    if !args.mcp_stdio.is_empty() {
+        return Err(Failure::usage(
+            "--mcp-stdio was removed: the control plane never sends a command line to a machine; \
+             define the server as [[mcp_server]] in the machine's policy.toml and name it with --mcp-local NAME=ID",
+        )
+        .into());
+    }
+    if !(args.mcp_local.is_empty() && args.mcp_http.is_empty() && args.mcp_sse.is_empty()) {
         edit.set_mcp_servers(mcp_servers(args)?);
     }
     if let Some(policy) = args.permission_policy {
@@ -331,18 +343,12 @@ fn split_pair<'a>(flag: &str, form: &str, item: &'a str) -> Result<(&'a str, &'a
 fn mcp_servers(args: &SpecArgs) -> Result<Vec<pb::McpServer>> {
     use pb::mcp_server::Transport;
     let mut servers = Vec::new();
-    for item in &args.mcp_stdio {
-        let (name, command_line) = split_pair("--mcp-stdio", "'NAME=CMD ARGS...'", item)?;
-        let mut words = split_words(command_line)
-            .map_err(|why| Failure::usage(format!("--mcp-stdio {item:?}: {why}")))?
-            .into_iter();
-        let command = words.next().unwrap_or_default();
+    for item in &args.mcp_local {
+        let (name, server_id) = split_pair("--mcp-local", "NAME=ID", item)?;
         servers.push(pb::McpServer {
             name: name.to_owned(),
-            transport: Some(Transport::Stdio(pb::McpStdio {
-                command,
-                args: words.collect(),
-                env: Vec::new(),
+            transport: Some(Transport::Local(pb::McpLocal {
+                server_id: server_id.to_owned(),
             })),
         });
     }
@@ -364,57 +370,6 @@ fn mcp_servers(args: &SpecArgs) -> Result<Vec<pb::McpServer>> {
         }
     }
     Ok(servers)
-}
-
-/// Splits a command line into words as a POSIX shell would, for quotes and
-/// backslashes (no expansions).
-fn split_words(line: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => words.extend(word.take()),
-            '\'' => {
-                let w = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => w.push(c),
-                        None => return Err("unterminated single quote".into()),
-                    }
-                }
-            }
-            '"' => {
-                let w = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
-                            Some(c) => {
-                                w.push('\\');
-                                w.push(c);
-                            }
-                            None => return Err("unterminated double quote".into()),
-                        },
-                        Some(c) => w.push(c),
-                        None => return Err("unterminated double quote".into()),
-                    }
-                }
-            }
-            '\\' => {
-                let next = chars.next().ok_or("trailing backslash")?;
-                word.get_or_insert_with(String::new).push(next);
-            }
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word);
-    if words.is_empty() {
-        return Err("no command given".into());
-    }
-    Ok(words)
 }
 
 fn show(ctx: &Ctx, agent: &pb::Agent) -> Result<()> {
@@ -475,14 +430,7 @@ fn describe(agent: &pb::Agent) -> String {
         let mut table = Table::new(&["MCP SERVER", "TRANSPORT", "TARGET"]);
         for m in &spec.mcp_servers {
             let (kind, target) = match &m.transport {
-                Some(Transport::Stdio(s)) => (
-                    "stdio",
-                    std::iter::once(&s.command)
-                        .chain(&s.args)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                ),
+                Some(Transport::Local(l)) => ("local", l.server_id.clone()),
                 Some(Transport::Http(h)) => ("http", h.url.clone()),
                 Some(Transport::Sse(h)) => ("sse", h.url.clone()),
                 None => ("none", String::new()),
@@ -551,27 +499,31 @@ mod tests {
     }
 
     #[test]
-    fn mcp_stdio_is_split_like_a_shell() {
-        assert_eq!(
-            split_words(r#"mcp-fs --root "/srv/my data" 'a b' c\ d"#).unwrap(),
-            ["mcp-fs", "--root", "/srv/my data", "a b", "c d"]
-        );
-        assert!(split_words("'open").is_err());
-        assert!(split_words("  ").is_err());
+    fn mcp_local_names_a_server_of_the_machine_and_stdio_is_gone() {
         let argv = [
             "update",
             "agt_0123456789abcdef0123456789abcdef",
-            "--mcp-stdio",
-            "fs=mcp-fs --root /srv",
+            "--mcp-local",
+            "files=fs",
+            "--mcp-http",
+            "web=https://mcp.example/x",
         ];
         let parsed = Update::try_parse_from(argv).unwrap();
         let edit = update_edit(&parsed.args).unwrap();
-        let Some(pb::mcp_server::Transport::Stdio(stdio)) = &edit.spec.mcp_servers[0].transport else {
-            panic!("not stdio");
-        };
+        assert_eq!(edit.mask(), ["mcp_servers"]);
+        assert_eq!(edit.spec.mcp_servers[0].name, "files");
         assert_eq!(
-            (stdio.command.as_str(), stdio.args.as_slice()),
-            ("mcp-fs", ["--root".to_owned(), "/srv".to_owned()].as_slice())
+            edit.spec.mcp_servers[0].transport,
+            Some(pb::mcp_server::Transport::Local(pb::McpLocal {
+                server_id: "fs".into()
+            }))
         );
+        for bad in ["fs", "=fs", "files="] {
+            let parsed = Update::try_parse_from(["update", "agt_x", "--mcp-local", bad]).unwrap();
+            assert!(update_edit(&parsed.args).is_err(), "{bad}");
+        }
+        let parsed = Update::try_parse_from(["update", "agt_x", "--mcp-stdio", "fs=curl evil.example"]).unwrap();
+        let err = update_edit(&parsed.args).unwrap_err().to_string();
+        assert!(err.contains("--mcp-local") && err.contains("policy.toml"), "{err}");
     }
 }

@@ -229,6 +229,7 @@ fn describe(r: &pb::Runtime) -> String {
     let agents: Vec<&pb::AcpAgentInfo> = r.manifest.iter().flat_map(|m| &m.acp_agents).collect();
     if agents.is_empty() {
         text.push_str("\nNo ACP agents reported yet.\n");
+        text.push_str(&describe_mcp(r));
         return text;
     }
     let mut table = Table::new(&["ACP AGENT", "NAME", "VERSION", "LOCAL SKILLS"]);
@@ -257,6 +258,33 @@ fn describe(r: &pb::Runtime) -> String {
         }
         text.push('\n');
         text.push_str(&skills.render());
+    }
+    text.push_str(&describe_mcp(r));
+    text
+}
+
+/// The MCP servers the machine defines itself (agents name them with
+/// `--mcp-local NAME=ID`) and the HTTP/SSE URLs it allows.
+fn describe_mcp(r: &pb::Runtime) -> String {
+    let Some(manifest) = &r.manifest else {
+        return String::new();
+    };
+    let mut text = String::new();
+    if !manifest.local_mcp_servers.is_empty() {
+        let mut table = Table::new(&["LOCAL MCP SERVER", "NAME", "DESCRIPTION"]);
+        for m in &manifest.local_mcp_servers {
+            table.row([m.id.clone(), m.name.clone(), m.description.clone()]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    if r.last_seen_time.is_some() {
+        let urls = if manifest.mcp_url_allow_list.is_empty() {
+            "none (no HTTP/SSE MCP server is allowed)".to_owned()
+        } else {
+            manifest.mcp_url_allow_list.join(", ")
+        };
+        text.push_str(&format!("\nMCP URL allow-list: {urls}\n"));
     }
     text
 }

@@ -1,12 +1,13 @@
 //! Agent configurations.
 
 use oma_proto::ids::AgentId;
-use oma_proto::model::{self, AgentField, AgentSpec, RuntimeBinding};
+use oma_proto::model::{self, AgentField, AgentSpec, McpServer, RuntimeBinding};
 use oma_proto::pb;
 use oma_proto::validate::ValidationError;
 use prost::Message as _;
 use serde_json::json;
 
+use super::agent_mcp;
 use super::audit::record;
 use super::quotas::{self, Quota};
 use super::rights;
@@ -56,12 +57,14 @@ fn name_taken(name: &str) -> impl Fn(StoreError) -> ServiceError + '_ {
 
 /// Checks the caller may bind the runtime, and that what the binding names
 /// exists on it as far as the machine has reported: the ACP agent (a runtime
-/// that never connected has reported no agents yet, so any id goes) and the
+/// that never connected has reported no agents yet, so any id goes), the
+/// agent's MCP servers (local ids and URLs the machine allows) and the
 /// blocklisted local skills (unknown ones only with `allow_unknown_skills`).
 fn check_binding(
     conn: &mut DbConn,
     caller: &Caller,
     binding: &RuntimeBinding,
+    mcp_servers: &[McpServer],
     allow_unknown_skills: bool,
 ) -> ServiceResult<()> {
     let runtime = runtime_for_use(conn, caller, &binding.runtime_id)?;
@@ -85,6 +88,7 @@ fn check_binding(
         )
         .into());
     }
+    agent_mcp::check(&runtime.id, runtime.last_seen_at.is_some(), &manifest, mcp_servers)?;
     if binding.local_skill_blocklist.is_empty() || allow_unknown_skills {
         return Ok(());
     }
@@ -136,7 +140,7 @@ impl Service {
         self.store
             .write(move |conn| {
                 if let Some(binding) = &spec.runtime_binding {
-                    check_binding(conn, &caller, binding, allow_unknown_skills)?;
+                    check_binding(conn, &caller, binding, &spec.mcp_servers, allow_unknown_skills)?;
                 }
                 let now = now_ms();
                 quotas::check(conn, &quotas, caller.tenant_id.as_str(), Quota::Agents, now)?;
@@ -207,10 +211,14 @@ impl Service {
                     )));
                 }
                 let spec = model::merge_update(&current.spec, update.request.clone(), &fields)?;
-                if fields.contains(&AgentField::RuntimeBinding)
+                // MCP servers are checked against the bound runtime too; the
+                // blocklist only when the binding itself changes.
+                let binding_changed = fields.contains(&AgentField::RuntimeBinding);
+                if (binding_changed || fields.contains(&AgentField::McpServers))
                     && let Some(binding) = &spec.runtime_binding
                 {
-                    check_binding(conn, &caller, binding, update.allow_unknown_skills)?;
+                    let allow_unknown_skills = update.allow_unknown_skills || !binding_changed;
+                    check_binding(conn, &caller, binding, &spec.mcp_servers, allow_unknown_skills)?;
                 }
                 let row = AgentRow {
                     name: spec.name.clone(),

@@ -1,6 +1,7 @@
 //! The service layer: the product's rules over the store. Domain types in and
 //! out, `Result<T, ServiceError>`; it never sees protobuf or tonic.
 
+mod agent_mcp;
 pub mod agents;
 pub mod audit;
 pub mod auth;

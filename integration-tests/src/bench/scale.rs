@@ -171,6 +171,7 @@ pub fn hello(machine_id: &str) -> pb::AgentFrame {
                     capabilities_json: "{}".into(),
                     local_skills: vec![],
                 }],
+                ..Default::default()
             }),
             sessions: vec![],
         })),

@@ -11,6 +11,8 @@
 //! - `OMA_TEST_AGENT_IGNORE_EOF=1`: keep running after stdin closes (until killed).
 //! - `OMA_TEST_AGENT_STARTUP_DELAY_MS=N`: sleep N ms before reading stdin.
 //! - `OMA_TEST_AGENT_STDERR_LINES=N`: print N lines to stderr at startup.
+//! - `OMA_TEST_AGENT_STARTED_FILE=PATH`: append a line (`started <pid>`) to
+//!   PATH at startup, so a test can prove a child was (or was never) spawned.
 
 /// Writes one line to stderr. Unlike `eprintln!`, never panics when stderr
 /// is closed or full of errors.
@@ -53,6 +55,7 @@ struct Config {
     ignore_eof: bool,
     startup_delay: Duration,
     stderr_lines: u64,
+    started_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -68,12 +71,24 @@ impl Config {
             ignore_eof: var("OMA_TEST_AGENT_IGNORE_EOF").is_some_and(|value| value.trim() == "1"),
             startup_delay: Duration::from_millis(number("OMA_TEST_AGENT_STARTUP_DELAY_MS")),
             stderr_lines: number("OMA_TEST_AGENT_STDERR_LINES"),
+            started_file: std::env::var_os("OMA_TEST_AGENT_STARTED_FILE").map(Into::into),
         }
     }
 }
 
 fn main() {
     let config = Config::from_env();
+    if let Some(path) = &config.started_file {
+        use std::io::Write as _;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| writeln!(file, "started {}", std::process::id()));
+        if let Err(err) = written {
+            log!("oma-test-agent: cannot append to {}: {err}", path.display());
+        }
+    }
     for line in 1..=config.stderr_lines {
         log!("oma-test-agent: stderr line {line} of {}", config.stderr_lines);
     }
@@ -141,7 +156,8 @@ async fn run(config: Config) -> i32 {
                     let id = session::new_session_id();
                     let prompt = system_prompt(request.meta.as_ref(), request.system_prompt.as_ref());
                     log!("oma-test-agent: new session {id} in {}", request.cwd.display());
-                    agent.insert_session(Arc::new(Session::new(id.clone(), request.cwd, prompt)));
+                    let mcp_servers = serde_json::to_value(&request.mcp_servers).unwrap_or_default();
+                    agent.insert_session(Arc::new(Session::new(id.clone(), request.cwd, prompt, mcp_servers)));
                     responder.respond(NewSessionResponse::new(id))
                 }
             },
@@ -168,7 +184,8 @@ async fn run(config: Config) -> i32 {
                         return responder.respond_with_error(Error::new(-32603, "No previous sessions found"));
                     };
                     let prompt = system_prompt(request.meta.as_ref(), request.system_prompt.as_ref());
-                    agent.insert_session(Arc::new(Session::new(id.clone(), request.cwd, prompt)));
+                    let mcp_servers = serde_json::to_value(&request.mcp_servers).unwrap_or_default();
+                    agent.insert_session(Arc::new(Session::new(id.clone(), request.cwd, prompt, mcp_servers)));
                     let mut replayed = 0usize;
                     for line in transcript.split(|&byte| byte == b'\n') {
                         let Ok(update) = serde_json::from_slice::<serde_json::Value>(line) else {

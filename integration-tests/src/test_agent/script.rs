@@ -58,6 +58,8 @@ pub enum Directive {
     /// file or folder) with a symlink to `TARGET`, as a compromised agent
     /// could between two starts.
     Symlink { target: String, link: String },
+    /// `mcp-servers`: the `mcpServers` the session was created with, as JSON.
+    McpServers,
     /// A directive name nobody knows; carries the whole piece.
     Unknown(String),
     /// A known directive with a bad argument.
@@ -115,8 +117,9 @@ pub fn parse_piece(piece: &str) -> Directive {
         "cwd" if arg.is_empty() => Directive::Cwd,
         "list-skills" if arg.is_empty() => Directive::ListSkills,
         "system-prompt" if arg.is_empty() => Directive::SystemPrompt,
+        "mcp-servers" if arg.is_empty() => Directive::McpServers,
         "tool" | "plan" | "all-kinds" | "unknown-kind" | "permission" | "garbage" | "invalid-utf8" | "hang" | "cwd"
-        | "list-skills" | "system-prompt" => invalid("takes no argument"),
+        | "list-skills" | "system-prompt" | "mcp-servers" => invalid("takes no argument"),
         "sleep" => match arg.parse::<u64>() {
             Ok(ms) => Directive::Sleep(ms),
             Err(_) => invalid("expected `sleep MS` with MS a whole number"),
@@ -181,6 +184,8 @@ mod tests {
             }
         );
         assert_eq!(parse_piece("crash"), Directive::Crash(3));
+        assert_eq!(parse_piece("mcp-servers"), Directive::McpServers);
+        assert!(matches!(parse_piece("mcp-servers x"), Directive::Invalid { .. }));
         assert_eq!(parse_piece("crash 7"), Directive::Crash(7));
         assert_eq!(parse_piece("big 10485760"), Directive::Big(10_485_760));
         assert_eq!(parse_piece("sleep 5000"), Directive::Sleep(5000));

@@ -17,6 +17,8 @@ pub struct Session {
     pub cwd: PathBuf,
     /// What `_meta.systemPrompt` held at session/new or session/load.
     pub system_prompt: Option<String>,
+    /// The `mcpServers` array of session/new or session/load, as JSON.
+    pub mcp_servers: serde_json::Value,
     /// Bumped by every session/cancel for this session.
     cancel: watch::Sender<u64>,
     transcript: Mutex<Transcript>,
@@ -29,12 +31,13 @@ struct Transcript {
 }
 
 impl Session {
-    pub fn new(id: String, cwd: PathBuf, system_prompt: Option<String>) -> Self {
+    pub fn new(id: String, cwd: PathBuf, system_prompt: Option<String>, mcp_servers: serde_json::Value) -> Self {
         let path = transcript_path(&cwd, &id);
         Self {
             id,
             cwd,
             system_prompt,
+            mcp_servers,
             cancel: watch::Sender::new(0),
             transcript: Mutex::new(Transcript {
                 path,

@@ -180,6 +180,7 @@ impl Turn {
                     Err(err) => format!("symlink {link}: {err}"),
                 })
             }
+            Directive::McpServers => self.message(format!("mcp servers: {}", self.session.mcp_servers)),
             Directive::Unknown(piece) => self.message(format!("unknown directive: {piece}")),
             Directive::Invalid { piece, reason } => self.message(format!("invalid directive: {piece}: {reason}")),
         }
