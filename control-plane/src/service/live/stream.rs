@@ -17,7 +17,7 @@ use super::start::start_session_frame;
 use crate::service::runtimes::STATUS_ONLINE;
 use crate::service::{Machine, Service, ServiceError, ServiceResult};
 use crate::store::now_ms;
-use crate::store::rows::{self, RuntimeHello, SESSION_TOMBSTONE, SessionRow};
+use crate::store::rows::{self, RuntimeHello, SESSION_TOMBSTONE, SessionHead};
 
 /// Bytes of one runtime's events handed to the event log and not yet
 /// committed. The reader waits for commits beyond this, so a machine that
@@ -36,6 +36,13 @@ struct Conn {
     cancel: CancellationToken,
     /// The budget of [`IN_FLIGHT_BYTES`].
     in_flight: Arc<Semaphore>,
+}
+
+/// What a new stream resends after Welcome.
+enum Resend {
+    Frame(pb::ControlFrame),
+    /// A session the machine does not hold: its StartSession.
+    Start(String),
 }
 
 /// An append whose ack goes out once it is durable.
@@ -112,7 +119,7 @@ impl Service {
                         ..hello_row.clone()
                     },
                 )?;
-                Ok::<_, ServiceError>((epoch, rows::sessions_of_runtime(conn, &rid)?))
+                Ok::<_, ServiceError>((epoch, rows::session_heads_of_runtime(conn, &rid)?))
             })
             .await?;
 
@@ -144,14 +151,7 @@ impl Service {
         frames.lead_with(frame(pb::control_frame::Frame::Welcome(welcome)));
         // Resent beside the reader, which must keep reading (heartbeats,
         // acks) while a large backlog waits for room in the queue.
-        let resender = outbound.clone();
-        tokio::spawn(async move {
-            for f in resend {
-                if resender.send(f).await.is_err() {
-                    break; // the stream ended (or stopped reading and was ended)
-                }
-            }
-        });
+        tokio::spawn(self.clone().resend(runtime_id.clone(), outbound.clone(), resend));
 
         let conn = Conn {
             machine,
@@ -172,58 +172,101 @@ impl Service {
         Ok((frames, error_rx))
     }
 
+    /// Sends what a new stream's machine is missing. Starts are built one
+    /// at a time, when there is room for them: each can be megabytes, and a
+    /// machine that does not read must not make the server hold them all.
+    async fn resend(self, runtime_id: String, outbound: Outbound, resend: Vec<Resend>) {
+        for item in resend {
+            let f = match item {
+                Resend::Frame(f) => f,
+                Resend::Start(session_id) => match self.start_frame(&runtime_id, session_id).await {
+                    Some(f) => f,
+                    None => continue,
+                },
+            };
+            if outbound.send(f).await.is_err() {
+                break; // the stream ended (or stopped reading and was ended)
+            }
+        }
+    }
+
+    /// The StartSession frame of a session of this runtime, unless it is
+    /// gone meanwhile.
+    async fn start_frame(&self, runtime_id: &str, session_id: String) -> Option<pb::ControlFrame> {
+        let rid = runtime_id.to_owned();
+        let sid = session_id.clone();
+        let row = self
+            .store
+            .read(move |conn| Ok::<_, ServiceError>(rows::session_of_runtime(conn, &rid, &sid)?))
+            .await;
+        match row {
+            Ok(Some(session)) if session.status != SESSION_TOMBSTONE => match start_session_frame(&session) {
+                Ok(start) => Some(frame(pb::control_frame::Frame::StartSession(start))),
+                Err(e) => {
+                    tracing::error!(runtime_id, session_id, error = %e, "cannot build a StartSession frame");
+                    None
+                }
+            },
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(runtime_id, session_id, error = %e, "cannot read a session to resend its start");
+                None
+            }
+        }
+    }
+
     async fn welcome(
         &self,
         runtime_id: &str,
         epoch: i64,
         hello: &pb::Hello,
-        sessions: Vec<SessionRow>,
-    ) -> ServiceResult<(pb::Welcome, Vec<pb::ControlFrame>)> {
-        let held: std::collections::HashMap<&str, u64> = hello
+        sessions: Vec<SessionHead>,
+    ) -> ServiceResult<(pb::Welcome, Vec<Resend>)> {
+        let held: HashMap<&str, u64> = hello
             .sessions
             .iter()
             .map(|s| (s.session_id.as_str(), s.last_sent_seq))
             .collect();
+        let known: std::collections::HashSet<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
         let mut welcome = pb::Welcome {
             runtime_id: runtime_id.to_owned(),
             connection_epoch: epoch as u64,
             heartbeat_interval_ms: self.live_config.heartbeat_interval.as_millis() as u32,
             sessions: Vec::new(),
-            unknown_session_ids: Vec::new(),
+            unknown_session_ids: held
+                .keys()
+                .filter(|id| !known.contains(*id))
+                .map(|id| (*id).to_owned())
+                .collect(),
         };
         let mut resend = Vec::new();
         let mut purge = Vec::new();
-        for session in &sessions {
+        for session in sessions {
             let is_held = held.contains_key(session.id.as_str());
             if session.status == SESSION_TOMBSTONE {
                 if is_held {
-                    welcome.unknown_session_ids.push(session.id.clone());
+                    welcome.unknown_session_ids.push(session.id);
                 } else {
-                    purge.push(session.id.clone());
+                    purge.push(session.id);
                 }
                 continue;
             }
+            let running = match (&session.current_turn_id, &session.current_prompt) {
+                (Some(_), Some(prompt)) => pb::Prompt::decode(prompt.as_slice()).ok(),
+                _ => None,
+            };
+            let session_id = session.id.clone();
             if is_held {
                 welcome.sessions.push(pb::SessionCursor {
                     session_id: session.id.clone(),
                     last_stored_seq: session.last_seq as u64,
                 });
             } else {
-                resend.push(frame(pb::control_frame::Frame::StartSession(start_session_frame(
-                    session,
-                )?)));
+                resend.push(Resend::Start(session.id));
             }
-            if let (Some(_), Some(prompt)) = (&session.current_turn_id, &session.current_prompt)
-                && let Ok(prompt) = pb::Prompt::decode(prompt.as_slice())
-            {
-                resend.push(frame(pb::control_frame::Frame::Prompt(prompt)));
-                resend.extend(self.decided_answers(&session.id).await?);
-            }
-        }
-        let known: std::collections::HashSet<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
-        for held_id in held.keys() {
-            if !known.contains(held_id) {
-                welcome.unknown_session_ids.push((*held_id).to_owned());
+            if let Some(prompt) = running {
+                resend.push(Resend::Frame(frame(pb::control_frame::Frame::Prompt(prompt))));
+                resend.extend(self.decided_answers(&session_id).await?.into_iter().map(Resend::Frame));
             }
         }
         if !purge.is_empty() {
