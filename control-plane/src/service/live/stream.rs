@@ -145,21 +145,29 @@ impl Service {
         }
         tracing::info!(runtime_id, epoch, instance_id = hello.instance_id, "runtime connected");
 
-        // Welcome first (ahead of anything queued since the registration),
-        // then whatever the machine is missing.
-        let (welcome, resend) = self.welcome(&runtime_id, epoch, &hello, sessions).await?;
-        frames.lead_with(frame(pb::control_frame::Frame::Welcome(welcome)));
-        // Resent beside the reader, which must keep reading (heartbeats,
-        // acks) while a large backlog waits for room in the queue.
-        tokio::spawn(self.clone().resend(runtime_id.clone(), outbound.clone(), resend));
-
         let conn = Conn {
             machine,
             epoch,
-            outbound,
+            outbound: outbound.clone(),
             cancel: cancel.clone(),
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT_BYTES)),
         };
+        // Welcome first (ahead of anything queued since the registration),
+        // then whatever the machine is missing.
+        let (welcome, resend) = match self.welcome(&runtime_id, epoch, &hello, sessions).await {
+            Ok(welcome) => welcome,
+            Err(e) => {
+                // Registered but never served: unregister it now.
+                outbound.end();
+                self.stream_ended(&conn).await;
+                return Err(e);
+            }
+        };
+        frames.lead_with(frame(pb::control_frame::Frame::Welcome(welcome)));
+        // Resent beside the reader, which must keep reading (heartbeats,
+        // acks) while a large backlog waits for room in the queue.
+        tokio::spawn(self.clone().resend(runtime_id.clone(), outbound, resend));
+
         let service = self.clone();
         let (error_tx, error_rx) = oneshot::channel();
         tokio::spawn(async move {
