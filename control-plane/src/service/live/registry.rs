@@ -105,13 +105,21 @@ impl Outbound {
     /// Queues a frame, waiting at most the send timeout for room (by count
     /// and by bytes). When the time runs out the runtime has stopped
     /// reading: its stream is ended and every other sender stops waiting.
-    pub async fn send(&self, frame: pb::ControlFrame) -> Result<(), SendError> {
+    pub async fn send(&self, mut frame: pb::ControlFrame) -> Result<(), SendError> {
         let closed = || SendError::Closed(self.runtime_id.to_string());
         if self.cancel.is_cancelled() {
             return Err(closed());
         }
         // Clamped: a frame larger than the budget waits for all of it.
         let cost = frame.encoded_len().clamp(1, OUTBOUND_BYTES) as u32;
+        // Room now, the common case (every ack): no timer needed.
+        if let Ok(bytes) = self.bytes.clone().try_acquire_many_owned(cost) {
+            match self.tx.try_send(Queued { frame, _bytes: bytes }) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+                Err(mpsc::error::TrySendError::Full(queued)) => frame = queued.frame,
+            }
+        }
         let queue = async {
             let bytes = self
                 .bytes
@@ -306,6 +314,18 @@ mod tests {
         // Later sends fail at once, and the stream ends without the queue.
         assert!(matches!(tx.send(heartbeat(2)).await, Err(SendError::Closed(_))));
         assert!(frames.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_count_bound_holds_for_small_frames_too() {
+        let cancel = CancellationToken::new();
+        let (tx, mut frames) = outbound("rt_1", Duration::from_secs(5), cancel.clone());
+        for n in 0..OUTBOUND_CAPACITY as u64 {
+            tx.send(heartbeat(n)).await.unwrap();
+        }
+        let err = tx.send(heartbeat(0)).await.unwrap_err();
+        assert!(matches!(err, SendError::TimedOut { .. }), "{err}");
+        assert!(frames.next().await.is_none(), "the queue is dropped with the stream");
     }
 
     #[tokio::test(start_paused = true)]
