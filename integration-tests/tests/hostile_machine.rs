@@ -621,7 +621,7 @@ async fn bad_strings_are_refused_naming_the_field(database: TestDatabase) {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    // No status quotes what it refused.
+    // Refusals never quote what they refused: no NUL reached the log.
     let log = control_plane_log(&world.cp);
     assert!(!log.contains('\0'), "a NUL byte reached the server's log");
 
