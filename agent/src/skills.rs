@@ -522,7 +522,15 @@ fn clean(value: Option<String>, max_chars: usize) -> Option<String> {
     if trimmed.is_empty() {
         return None;
     }
-    Some(trimmed.chars().take(max_chars).collect())
+    // Control characters become spaces: the control plane refuses a
+    // manifest that holds any (and with it the machine's stream).
+    Some(
+        trimmed
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(max_chars)
+            .collect(),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -1186,5 +1194,10 @@ mod tests {
             FrontMatter::parse(&long).description.unwrap().len(),
             MAX_DESCRIPTION_CHARS
         );
+        // Control characters (YAML escapes can make any) never reach the
+        // manifest: the control plane would refuse it.
+        let fm = FrontMatter::parse("---\nname: \"a\\tb\\0c\"\ndescription: \"x\\e[2Jy\"\n---\n");
+        assert_eq!(fm.name.as_deref(), Some("a b c"));
+        assert_eq!(fm.description.as_deref(), Some("x [2Jy"));
     }
 }

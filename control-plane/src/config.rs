@@ -133,6 +133,12 @@ pub struct ServeArgs {
     #[arg(long, env = "OMA_MAX_WATCHERS_PER_TENANT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_watchers_per_tenant: u32,
 
+    /// How long a frame to a runtime may wait for room in its queue (bounded
+    /// by count and bytes); a runtime that reads nothing for that long has
+    /// its stream ended.
+    #[arg(long, env = "OMA_RUNTIME_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub runtime_send_timeout: Duration,
+
     /// How long in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "OMA_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -143,6 +149,7 @@ impl ServeArgs {
         crate::service::live::LiveConfig {
             heartbeat_interval: self.heartbeat_interval,
             permission_timeout: self.permission_timeout,
+            send_timeout: self.runtime_send_timeout,
             ..Default::default()
         }
     }

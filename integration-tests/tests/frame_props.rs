@@ -5,7 +5,12 @@
 //! session ids. Whatever it sends, the server stays up (a new stream is
 //! welcomed and answers a heartbeat), never stores anything for a session
 //! this runtime does not own, never leaves a gap or a duplicate in its own
-//! session's log, and never panics.
+//! session's log, and never panics. Hostile shapes are drawn on purpose:
+//! NUL bytes and other control characters, ids far over the 128-byte limit,
+//! batches naming up to (and past) the most sessions a frame may name. A
+//! refused frame ends only that stream, with a precise status: never
+//! INTERNAL (which would mean machine input reached the database). It runs
+//! on PostgreSQL too when `OMA_TEST_POSTGRES_URL` is set.
 //!
 //! `PROPTEST_CASES=20000 cargo test -p oma-integration-tests --test frame_props`
 //! (or `scripts/fuzz.sh`) runs it for longer.
@@ -21,6 +26,7 @@ use oma_proto::pb::control_frame::Frame as Cf;
 use oma_proto::pb::session_event::Kind;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use tonic::Code;
 
 #[derive(Debug, Clone)]
 enum Sid {
@@ -28,6 +34,10 @@ enum Sid {
     Ours,
     Unknown(u128),
     Garbage(String),
+    /// Our session's id with a NUL byte in it.
+    Nul,
+    /// An id of this many bytes (over the limit).
+    Long(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +64,8 @@ enum FrameSpec {
     Disposed(Sid),
     Ack(String),
     Manifest(Vec<String>),
+    /// A batch over this many unknown sessions, then one event of ours.
+    ManySessions(usize, Seq),
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +87,8 @@ fn sid() -> impl Strategy<Value = Sid> {
         3 => Just(Sid::Theirs),
         1 => any::<u128>().prop_map(Sid::Unknown),
         1 => any::<String>().prop_map(Sid::Garbage),
+        1 => Just(Sid::Nul),
+        1 => (129usize..4000).prop_map(Sid::Long),
     ]
 }
 
@@ -83,7 +97,23 @@ fn sid_not_ours() -> impl Strategy<Value = Sid> {
         3 => Just(Sid::Theirs),
         1 => any::<u128>().prop_map(Sid::Unknown),
         1 => any::<String>().prop_map(Sid::Garbage),
+        1 => Just(Sid::Nul),
+        1 => (129usize..4000).prop_map(Sid::Long),
     ]
+}
+
+/// `len` hex digits: incompressible, so no index can shrink it below its
+/// size limit.
+fn hex(len: usize, salt: u64) -> String {
+    let mut x = salt | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x % 16) as u32, 16).unwrap()
+        })
+        .collect()
 }
 
 fn seq() -> impl Strategy<Value = Seq> {
@@ -97,7 +127,14 @@ fn seq() -> impl Strategy<Value = Seq> {
 }
 
 fn short() -> impl Strategy<Value = String> {
-    prop_oneof![Just(String::new()), "[a-z0-9_-]{1,12}", any::<String>()]
+    prop_oneof![
+        4 => Just(String::new()),
+        8 => "[a-z0-9_-]{1,12}",
+        2 => any::<String>(),
+        1 => "[a-z]{0,4}".prop_map(|s| format!("{s}\0")),
+        1 => ("[a-z]{0,4}", prop::sample::select(vec!['\n', '\r', '\t', '\u{1b}', '\u{7f}', '\u{85}'])).prop_map(|(s, c)| format!("{s}{c}x")),
+        1 => (129usize..3000, any::<u64>()).prop_map(|(n, salt)| hex(n, salt)),
+    ]
 }
 
 fn event_kind() -> impl Strategy<Value = EventKind> {
@@ -126,6 +163,7 @@ fn frame() -> impl Strategy<Value = FrameSpec> {
         1 => sid_not_ours().prop_map(FrameSpec::Disposed),
         1 => short().prop_map(FrameSpec::Ack),
         1 => prop::collection::vec(short(), 0..3).prop_map(FrameSpec::Manifest),
+        1 => (prop_oneof![1usize..50, 990usize..1010], seq()).prop_map(|(n, q)| FrameSpec::ManySessions(n, q)),
     ]
 }
 
@@ -149,8 +187,8 @@ struct Memory {
     streams_alive: u64,
 }
 
-async fn world() -> World {
-    let cp = faults::start_control_plane(TestDatabase::sqlite().unwrap(), &[]).unwrap();
+async fn world(database: TestDatabase) -> World {
+    let cp = faults::start_control_plane(database, &[]).unwrap();
     let mut clients = Clients::new(cp.channel().await.unwrap(), Bearer::new(&cp.admin_token));
     let proxy = Proxy::start(cp.addr).unwrap();
     let code = clients
@@ -251,6 +289,8 @@ impl World {
             Sid::Ours => self.ours.clone(),
             Sid::Unknown(n) => format!("ses_{n:032x}"),
             Sid::Garbage(s) => s.clone(),
+            Sid::Nul => format!("{}\0", self.ours),
+            Sid::Long(n) => hex(*n, *n as u64),
         }
     }
 
@@ -378,6 +418,13 @@ impl World {
                     ..Default::default()
                 }),
             }),
+            FrameSpec::ManySessions(n, seq) => Af::Events(pb::SessionEventBatch {
+                events: (0..*n as u128)
+                    .map(|i| Sid::Unknown(u128::MAX - i))
+                    .chain(std::iter::once(Sid::Ours))
+                    .map(|sid| self.event(&sid, seq, &EventKind::Log("many".into()), ours_next))
+                    .collect(),
+            }),
         })
     }
 
@@ -425,7 +472,18 @@ impl World {
                 }
                 memory.lock().unwrap().streams_alive += 1;
             }
-            Err(StreamAnswer::Closed | StreamAnswer::Status(_)) => memory.lock().unwrap().streams_ended += 1,
+            Err(StreamAnswer::Status(status)) => {
+                // Refused with a precise status, never a database error.
+                prop_assert!(
+                    matches!(
+                        status.code(),
+                        Code::InvalidArgument | Code::FailedPrecondition | Code::ResourceExhausted
+                    ),
+                    "the stream ended with {status:?}"
+                );
+                memory.lock().unwrap().streams_ended += 1
+            }
+            Err(StreamAnswer::Closed) => memory.lock().unwrap().streams_ended += 1,
             Err(other) => {
                 return Err(TestCaseError::fail(format!(
                     "the stream neither answered nor ended: {other:?}"
@@ -489,12 +547,24 @@ impl World {
 
 #[test]
 fn random_frames_never_crash_the_server_nor_touch_another_runtimes_session() {
+    random_frames(TestDatabase::sqlite().unwrap());
+}
+
+#[test]
+fn random_frames_never_crash_the_server_nor_touch_another_runtimes_session_postgres() {
+    let name = "random_frames_never_crash_the_server_nor_touch_another_runtimes_session_postgres";
+    if let Some(database) = TestDatabase::postgres(name).unwrap() {
+        random_frames(database);
+    }
+}
+
+fn random_frames(database: TestDatabase) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let world = runtime.block_on(world());
+    let world = runtime.block_on(world(database));
     let memory = Mutex::new(Memory {
         ours_checked: 0,
         streams_ended: 0,

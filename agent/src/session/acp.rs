@@ -740,11 +740,7 @@ async fn handshake(
         Some(id) => (id, true),
         None => {
             let created = request(&cx, "session/new", Value::Object(params)).await?;
-            let id = created
-                .get("sessionId")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("session/new answered without a sessionId: {created}"))?;
-            (id.to_owned(), false)
+            (crate::session::translate::session_id_from_acp(&created)?, false)
         }
     };
     Ok((

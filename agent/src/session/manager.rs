@@ -917,18 +917,26 @@ impl Actor {
                 self.emit(pb::session_event::Kind::Update(update), &turn).await;
             }
             AcpOutput::PermissionRequest { request_id, raw_params } => {
-                let params: serde_json::Value = serde_json::from_str(&raw_params).unwrap_or_default();
-                let (tool_call, options) = translate::permission_from_acp(&params);
-                self.emit(
-                    pb::session_event::Kind::PermissionRequested(pb::PermissionRequested {
-                        request_id: format!("g{}.{request_id}", self.state.generation),
-                        tool_call: Some(tool_call),
-                        options,
-                        raw_json: raw_params,
-                    }),
-                    &turn,
-                )
-                .await;
+                let in_session = format!("g{}.{request_id}", self.state.generation);
+                match translate::permission_requested(in_session, raw_params) {
+                    Ok(requested) => {
+                        self.emit(pb::session_event::Kind::PermissionRequested(requested), &turn)
+                            .await
+                    }
+                    // Unusable ids: refused here, never sent to the server.
+                    Err(message) => {
+                        if let Some(acp) = &self.acp {
+                            let _ = acp.answer_permission(&request_id, None);
+                        }
+                        tracing::warn!(session_id = self.id(), message, "refused a permission request");
+                        let code = "invalid_permission_request".into();
+                        self.emit(
+                            pb::session_event::Kind::Error(pb::SessionError { code, message }),
+                            &turn,
+                        )
+                        .await;
+                    }
+                }
             }
             AcpOutput::TurnEnded {
                 turn_id,

@@ -316,9 +316,44 @@ pub fn content_block_to_acp(block: &pb::ContentBlock) -> Value {
     Value::Object(object)
 }
 
+/// A `session/request_permission` request as the control plane gets it, or
+/// why it cannot be passed on. Option ids become keys on the control plane,
+/// and the answer names one of them back to the agent: ids that are too
+/// long, hold control characters or repeat each other cannot be offered
+/// safely. Such a request is refused here (the caller answers the agent
+/// `cancelled` and records an error event) instead of reaching the control
+/// plane, which refuses the frame and ends the machine's whole stream.
+pub fn permission_requested(request_id: String, raw_params: String) -> Result<pb::PermissionRequested, String> {
+    let params: Value = serde_json::from_str(&raw_params).unwrap_or_default();
+    let (tool_call, options) = permission_from_acp(&params);
+    let requested = pb::PermissionRequested {
+        request_id,
+        tool_call: Some(tool_call),
+        options,
+        raw_json: raw_params,
+    };
+    oma_proto::validate::permission_requested(&requested)
+        .map_err(|e| format!("refused the agent's permission request (answered cancelled): {e}"))?;
+    Ok(requested)
+}
+
+/// The `sessionId` of a `session/new` answer. The control plane stores and
+/// logs it, so it must be an id like any other a machine sends: one bounded
+/// line.
+pub fn session_id_from_acp(created: &Value) -> Result<String, String> {
+    let id = created
+        .get("sessionId")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("session/new answered without a sessionId: {created}"))?;
+    oma_proto::validate::opaque_id("sessionId", id, true)
+        .map_err(|e| format!("session/new answered with an unusable {e}"))?;
+    Ok(id.to_owned())
+}
+
 /// The tool call and the options of a `session/request_permission` request's
 /// params. Best effort: fields of the wrong type are left unset and options
-/// without a string `optionId` are skipped.
+/// without a string `optionId` are skipped. Option names are labels: control
+/// characters become spaces and long ones are cut.
 pub fn permission_from_acp(params: &Value) -> (pb::ToolCall, Vec<pb::PermissionOption>) {
     let tool_call = params
         .get("toolCall")
@@ -337,7 +372,7 @@ pub fn permission_from_acp(params: &Value) -> (pb::ToolCall, Vec<pb::PermissionO
                     let text = |key: &str| option.get(key).and_then(Value::as_str).unwrap_or_default();
                     Some(pb::PermissionOption {
                         option_id: option_id.to_owned(),
-                        name: text("name").to_owned(),
+                        name: label(text("name")),
                         kind: permission_option_kind(text("kind")) as i32,
                     })
                 })
@@ -345,6 +380,14 @@ pub fn permission_from_acp(params: &Value) -> (pb::ToolCall, Vec<pb::PermissionO
         })
         .unwrap_or_default();
     (tool_call, options)
+}
+
+/// A human label from the agent, fit for the control plane's labels.
+fn label(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(oma_proto::validate::MAX_MACHINE_LABEL_CHARS)
+        .collect()
 }
 
 fn permission_option_kind(kind: &str) -> pb::PermissionOptionKind {
@@ -825,6 +868,86 @@ mod tests {
         let (call, options) = permission_from_acp(&json!("nonsense"));
         assert_eq!(call, pb::ToolCall::default());
         assert!(options.is_empty());
+    }
+
+    fn permission_params(options: Value) -> String {
+        json!({
+            "sessionId": "s",
+            "toolCall": {"toolCallId": "t", "title": "Write"},
+            "options": options,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn usable_permission_requests_pass_unchanged() {
+        let raw = permission_params(json!([
+            {"optionId": "allow", "name": "Allow\u{7} once\n", "kind": "allow_once"},
+            {"optionId": "reject", "name": "x".repeat(1000), "kind": "reject_once"},
+        ]));
+        let requested = permission_requested("g1.perm-1".into(), raw.clone()).unwrap();
+        assert_eq!(requested.request_id, "g1.perm-1");
+        assert_eq!(
+            requested.raw_json, raw,
+            "the raw params are kept as the agent sent them"
+        );
+        let ids: Vec<&str> = requested.options.iter().map(|o| o.option_id.as_str()).collect();
+        assert_eq!(ids, ["allow", "reject"]);
+        assert_eq!(requested.options[0].name, "Allow  once ");
+        assert_eq!(
+            requested.options[1].name.chars().count(),
+            oma_proto::validate::MAX_MACHINE_LABEL_CHARS
+        );
+        // What the daemon sends is what the control plane accepts.
+        oma_proto::validate::permission_requested(&requested).unwrap();
+    }
+
+    #[test]
+    fn unusable_option_ids_are_refused_with_the_reason() {
+        let long = "o".repeat(3000);
+        for (options, reason) in [
+            (
+                json!([{"optionId": "a\u{0}b", "kind": "allow_once"}]),
+                "options[0].option_id",
+            ),
+            (json!([{"optionId": "ok"}, {"optionId": long}]), "options[1].option_id"),
+            (json!([{"optionId": "a\nb"}]), "options[0].option_id"),
+            (json!([{"optionId": "\u{1b}[31m"}]), "options[0].option_id"),
+            (json!([{"optionId": ""}]), "options[0].option_id"),
+            (
+                json!([{"optionId": "same"}, {"optionId": "other"}, {"optionId": "same"}]),
+                "options[2].option_id",
+            ),
+            (json!(vec![json!({"optionId": "x"}); 65]), "options"),
+        ] {
+            let err = permission_requested("g1.perm-1".into(), permission_params(options.clone())).unwrap_err();
+            assert!(err.contains(reason), "{options}: {err}");
+            assert!(err.contains("cancelled"), "{err}");
+            assert!(!err.contains(&"o".repeat(200)), "the reason does not quote the value");
+        }
+    }
+
+    #[test]
+    fn the_session_wide_request_id_is_bounded() {
+        let raw = permission_params(json!([{"optionId": "allow"}]));
+        assert!(permission_requested(format!("g1.{}", "9".repeat(200)), raw.clone()).is_err());
+        assert!(permission_requested("g1.perm\u{0}".into(), raw.clone()).is_err());
+        assert!(permission_requested(format!("g{}.perm-{}", u64::MAX, u64::MAX), raw).is_ok());
+    }
+
+    #[test]
+    fn acp_session_ids_must_be_usable_ids() {
+        assert_eq!(session_id_from_acp(&json!({"sessionId": "sess-1"})).unwrap(), "sess-1");
+        for bad in [
+            json!({}),
+            json!({"sessionId": 7}),
+            json!({"sessionId": ""}),
+            json!({"sessionId": "a\u{0}b"}),
+            json!({"sessionId": "x".repeat(129)}),
+        ] {
+            let err = session_id_from_acp(&bad).unwrap_err();
+            assert!(err.starts_with("session/new answered"), "{err}");
+        }
     }
 
     #[test]

@@ -3,7 +3,6 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt as _};
 use oma_proto::pb::{self, runtime_stream_service_server::RuntimeStreamService};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::machine;
@@ -22,14 +21,18 @@ impl RuntimeStreamService for StreamGrpc {
         request: Request<Streaming<pb::AgentFrame>>,
     ) -> Result<Response<Self::OpenStreamStream>, Status> {
         let machine = machine(&request)?;
-        let inbound = request.into_inner().map(|r| r.map_err(inbound_error));
+        // Every frame is checked before the service acts on it: a refused
+        // one ends this stream with INVALID_ARGUMENT naming the field.
+        let inbound = request.into_inner().map(|r| -> Result<pb::AgentFrame, ServiceError> {
+            let frame = r.map_err(inbound_error)?;
+            oma_proto::validate::agent_frame(&frame)?;
+            Ok(frame)
+        });
         let (outbound, error) = self.service.open_stream(machine, Box::pin(inbound)).await?;
         // The frames, then, if the machine broke the rules, the status that
         // says how.
         let end = futures::stream::once(error).filter_map(|e| async move { e.ok().map(|e| Err(Status::from(e))) });
-        Ok(Response::new(Box::pin(
-            ReceiverStream::new(outbound).map(Ok).chain(end),
-        )))
+        Ok(Response::new(Box::pin(outbound.map(Ok).chain(end))))
     }
 }
 

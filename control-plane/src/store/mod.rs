@@ -44,7 +44,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Errors worth retrying the whole transaction for.
-    fn is_transient(&self) -> bool {
+    pub fn is_transient(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         match self {
             StoreError::Db(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => true,

@@ -505,12 +505,24 @@ pub fn purge_session(conn: &mut DbConn, runtime_id: &str, id: &str) -> QueryResu
     Ok(())
 }
 
-/// Every session row of a runtime, tombstones included.
-pub fn sessions_of_runtime(conn: &mut DbConn, runtime_id: &str) -> QueryResult<Vec<SessionRow>> {
+/// What a stream needs of each session when its machine says Hello: all but
+/// the spec, which holds megabytes of skills (a resent start reads it then).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = sessions)]
+pub struct SessionHead {
+    pub id: String,
+    pub status: String,
+    pub last_seq: i64,
+    pub current_turn_id: Option<String>,
+    pub current_prompt: Option<Vec<u8>>,
+}
+
+/// Every session of a runtime, tombstones included, without its spec.
+pub fn session_heads_of_runtime(conn: &mut DbConn, runtime_id: &str) -> QueryResult<Vec<SessionHead>> {
     Ok(sessions::table
         .filter(sessions::runtime_id.eq(runtime_id))
         .order(sessions::id.asc())
-        .select(SessionRow::as_select())
+        .select(SessionHead::as_select())
         .load(conn)?)
 }
 

@@ -34,6 +34,9 @@ pub struct LiveConfig {
     /// How long an `ask` permission request waits for a person before it is
     /// rejected.
     pub permission_timeout: Duration,
+    /// How long a frame to a runtime may wait for room in its queue; a
+    /// runtime that takes nothing for that long has its stream ended.
+    pub send_timeout: Duration,
 }
 
 impl Default for LiveConfig {
@@ -42,6 +45,7 @@ impl Default for LiveConfig {
             heartbeat_interval: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(15),
             permission_timeout: Duration::from_secs(600),
+            send_timeout: registry::DEFAULT_SEND_TIMEOUT,
         }
     }
 }

@@ -1,31 +1,56 @@
 //! One runtime stream, from Hello to its end.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
 use oma_proto::pb;
+use oma_proto::validate::{MAX_FRAME_SESSIONS, ValidationError};
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::event_log::{AppendJob, Appended};
-use super::registry::{LiveRuntime, OUTBOUND_CAPACITY};
+use super::registry::{self, LiveRuntime, Outbound, OutboundFrames};
 use super::start::start_session_frame;
 use crate::service::runtimes::STATUS_ONLINE;
 use crate::service::{Machine, Service, ServiceError, ServiceResult};
 use crate::store::now_ms;
-use crate::store::rows::{self, RuntimeHello, SESSION_TOMBSTONE, SessionRow};
-use oma_proto::validate::ValidationError;
+use crate::store::rows::{self, RuntimeHello, SESSION_TOMBSTONE, SessionHead};
+
+/// Bytes of one runtime's events handed to the event log and not yet
+/// committed. The reader waits for commits beyond this, so a machine that
+/// sends faster than the database stores holds bounded memory (it is held
+/// back by flow control instead). At least the largest message.
+const IN_FLIGHT_BYTES: usize = 4 * oma_proto::MAX_MESSAGE_BYTES;
 
 /// What the stream reader needs to know about its connection.
 #[derive(Clone)]
 struct Conn {
     machine: Machine,
     epoch: i64,
-    tx: mpsc::Sender<pb::ControlFrame>,
+    outbound: Outbound,
     /// Ends this stream (the machine reconnects and resends what is not
     /// stored).
     cancel: CancellationToken,
+    /// The budget of [`IN_FLIGHT_BYTES`].
+    in_flight: Arc<Semaphore>,
+}
+
+/// What a new stream resends after Welcome.
+enum Resend {
+    Frame(pb::ControlFrame),
+    /// A session the machine does not hold: its StartSession.
+    Start(String),
+}
+
+/// An append whose ack goes out once it is durable.
+struct PendingAck {
+    session_id: String,
+    wait: oneshot::Receiver<Result<Appended, ServiceError>>,
+    /// Its bytes of the in-flight budget, returned once it is answered.
+    _in_flight: OwnedSemaphorePermit,
 }
 
 impl Service {
@@ -36,7 +61,7 @@ impl Service {
         &self,
         machine: Machine,
         mut inbound: S,
-    ) -> ServiceResult<(mpsc::Receiver<pb::ControlFrame>, oneshot::Receiver<ServiceError>)>
+    ) -> ServiceResult<(OutboundFrames, oneshot::Receiver<ServiceError>)>
     where
         S: Stream<Item = Result<pb::AgentFrame, ServiceError>> + Send + Unpin + 'static,
     {
@@ -63,8 +88,8 @@ impl Service {
                 machine.machine_id, hello.machine_id
             )));
         }
+        // (The frame was validated on receipt: ids, labels, manifest.)
         let manifest = hello.manifest.clone().unwrap_or_default();
-        check_manifest(&manifest)?;
 
         // Register under a new epoch.
         let runtime_id = machine.runtime_id.to_string();
@@ -73,9 +98,9 @@ impl Service {
             status: STATUS_ONLINE.to_owned(),
             status_at: now,
             last_seen_at: Some(now),
-            agent_version: truncate(&hello.agent_version, 64),
-            os: truncate(&hello.os, 64),
-            arch: truncate(&hello.arch, 64),
+            agent_version: hello.agent_version.clone(),
+            os: hello.os.clone(),
+            arch: hello.arch.clone(),
             manifest: manifest.encode_to_vec(),
             connection_epoch: 0,
         };
@@ -94,16 +119,16 @@ impl Service {
                         ..hello_row.clone()
                     },
                 )?;
-                Ok::<_, ServiceError>((epoch, rows::sessions_of_runtime(conn, &rid)?))
+                Ok::<_, ServiceError>((epoch, rows::session_heads_of_runtime(conn, &rid)?))
             })
             .await?;
 
-        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let cancel = CancellationToken::new();
+        let (outbound, mut frames) = registry::outbound(&runtime_id, self.live_config.send_timeout, cancel.clone());
         let live = LiveRuntime {
             epoch,
             instance_id: hello.instance_id.clone(),
-            tx: tx.clone(),
+            outbound: outbound.clone(),
             cancel: cancel.clone(),
         };
         if let Some(old) = self.live.registry.register(&runtime_id, live) {
@@ -113,28 +138,36 @@ impl Service {
                 epoch,
                 "a new stream supersedes the old one"
             );
-            let _ = old
-                .tx
-                .try_send(frame(pb::control_frame::Frame::Superseded(pb::Superseded {
+            old.outbound
+                .end_with(frame(pb::control_frame::Frame::Superseded(pb::Superseded {
                     by_instance_id: hello.instance_id.clone(),
                 })));
-            old.cancel.cancel();
         }
         tracing::info!(runtime_id, epoch, instance_id = hello.instance_id, "runtime connected");
-
-        // Welcome, then whatever the machine is missing.
-        let (welcome, resend) = self.welcome(&runtime_id, epoch, &hello, sessions).await?;
-        let _ = tx.send(frame(pb::control_frame::Frame::Welcome(welcome))).await;
-        for f in resend {
-            let _ = tx.send(f).await;
-        }
 
         let conn = Conn {
             machine,
             epoch,
-            tx,
+            outbound: outbound.clone(),
             cancel: cancel.clone(),
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT_BYTES)),
         };
+        // Welcome first (ahead of anything queued since the registration),
+        // then whatever the machine is missing.
+        let (welcome, resend) = match self.welcome(&runtime_id, epoch, &hello, sessions).await {
+            Ok(welcome) => welcome,
+            Err(e) => {
+                // Registered but never served: unregister it now.
+                outbound.end();
+                self.stream_ended(&conn).await;
+                return Err(e);
+            }
+        };
+        frames.lead_with(frame(pb::control_frame::Frame::Welcome(welcome)));
+        // Resent beside the reader, which must keep reading (heartbeats,
+        // acks) while a large backlog waits for room in the queue.
+        tokio::spawn(self.clone().resend(runtime_id.clone(), outbound, resend));
+
         let service = self.clone();
         let (error_tx, error_rx) = oneshot::channel();
         tokio::spawn(async move {
@@ -144,7 +177,50 @@ impl Service {
                 let _ = error_tx.send(error);
             }
         });
-        Ok((rx, error_rx))
+        Ok((frames, error_rx))
+    }
+
+    /// Sends what a new stream's machine is missing. Starts are built one
+    /// at a time, when there is room for them: each can be megabytes, and a
+    /// machine that does not read must not make the server hold them all.
+    async fn resend(self, runtime_id: String, outbound: Outbound, resend: Vec<Resend>) {
+        for item in resend {
+            let f = match item {
+                Resend::Frame(f) => f,
+                Resend::Start(session_id) => match self.start_frame(&runtime_id, session_id).await {
+                    Some(f) => f,
+                    None => continue,
+                },
+            };
+            if outbound.send(f).await.is_err() {
+                break; // the stream ended (or stopped reading and was ended)
+            }
+        }
+    }
+
+    /// The StartSession frame of a session of this runtime, unless it is
+    /// gone meanwhile.
+    async fn start_frame(&self, runtime_id: &str, session_id: String) -> Option<pb::ControlFrame> {
+        let rid = runtime_id.to_owned();
+        let sid = session_id.clone();
+        let row = self
+            .store
+            .read(move |conn| Ok::<_, ServiceError>(rows::session_of_runtime(conn, &rid, &sid)?))
+            .await;
+        match row {
+            Ok(Some(session)) if session.status != SESSION_TOMBSTONE => match start_session_frame(&session) {
+                Ok(start) => Some(frame(pb::control_frame::Frame::StartSession(start))),
+                Err(e) => {
+                    tracing::error!(runtime_id, session_id, error = %e, "cannot build a StartSession frame");
+                    None
+                }
+            },
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(runtime_id, session_id, error = %e, "cannot read a session to resend its start");
+                None
+            }
+        }
     }
 
     async fn welcome(
@@ -152,53 +228,53 @@ impl Service {
         runtime_id: &str,
         epoch: i64,
         hello: &pb::Hello,
-        sessions: Vec<SessionRow>,
-    ) -> ServiceResult<(pb::Welcome, Vec<pb::ControlFrame>)> {
-        let held: std::collections::HashMap<&str, u64> = hello
+        sessions: Vec<SessionHead>,
+    ) -> ServiceResult<(pb::Welcome, Vec<Resend>)> {
+        let held: HashMap<&str, u64> = hello
             .sessions
             .iter()
             .map(|s| (s.session_id.as_str(), s.last_sent_seq))
             .collect();
+        let known: std::collections::HashSet<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
         let mut welcome = pb::Welcome {
             runtime_id: runtime_id.to_owned(),
             connection_epoch: epoch as u64,
             heartbeat_interval_ms: self.live_config.heartbeat_interval.as_millis() as u32,
             sessions: Vec::new(),
-            unknown_session_ids: Vec::new(),
+            unknown_session_ids: held
+                .keys()
+                .filter(|id| !known.contains(*id))
+                .map(|id| (*id).to_owned())
+                .collect(),
         };
         let mut resend = Vec::new();
         let mut purge = Vec::new();
-        for session in &sessions {
+        for session in sessions {
             let is_held = held.contains_key(session.id.as_str());
             if session.status == SESSION_TOMBSTONE {
                 if is_held {
-                    welcome.unknown_session_ids.push(session.id.clone());
+                    welcome.unknown_session_ids.push(session.id);
                 } else {
-                    purge.push(session.id.clone());
+                    purge.push(session.id);
                 }
                 continue;
             }
+            let running = match (&session.current_turn_id, &session.current_prompt) {
+                (Some(_), Some(prompt)) => pb::Prompt::decode(prompt.as_slice()).ok(),
+                _ => None,
+            };
+            let session_id = session.id.clone();
             if is_held {
                 welcome.sessions.push(pb::SessionCursor {
                     session_id: session.id.clone(),
                     last_stored_seq: session.last_seq as u64,
                 });
             } else {
-                resend.push(frame(pb::control_frame::Frame::StartSession(start_session_frame(
-                    session,
-                )?)));
+                resend.push(Resend::Start(session.id));
             }
-            if let (Some(_), Some(prompt)) = (&session.current_turn_id, &session.current_prompt)
-                && let Ok(prompt) = pb::Prompt::decode(prompt.as_slice())
-            {
-                resend.push(frame(pb::control_frame::Frame::Prompt(prompt)));
-                resend.extend(self.decided_answers(&session.id).await?);
-            }
-        }
-        let known: std::collections::HashSet<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
-        for held_id in held.keys() {
-            if !known.contains(held_id) {
-                welcome.unknown_session_ids.push((*held_id).to_owned());
+            if let Some(prompt) = running {
+                resend.push(Resend::Frame(frame(pb::control_frame::Frame::Prompt(prompt))));
+                resend.extend(self.decided_answers(&session_id).await?.into_iter().map(Resend::Frame));
             }
         }
         if !purge.is_empty() {
@@ -255,7 +331,7 @@ impl Service {
         let runtime_id = conn.machine.runtime_id.to_string();
         // Acks go out in order, after each append is durable, without
         // making the reader wait for commits (so batches can form).
-        let (ack_tx, ack_rx) = mpsc::channel::<(String, oneshot::Receiver<Result<Appended, ServiceError>>)>(4096);
+        let (ack_tx, ack_rx) = mpsc::channel::<PendingAck>(4096);
         let acker = tokio::spawn(self.clone().send_acks(conn.clone(), ack_rx));
         let dead_after = self.live_config.heartbeat_interval * 3;
         let mut last_touch = std::time::Instant::now();
@@ -277,7 +353,9 @@ impl Service {
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
                     tracing::info!(runtime_id, error = %e, "runtime stream failed");
-                    final_error = matches!(e, ServiceError::ResourceExhausted(_)).then_some(e);
+                    // A refused frame is the machine's fault: say why.
+                    final_error =
+                        matches!(e, ServiceError::ResourceExhausted(_) | ServiceError::InvalidArgument(_)).then_some(e);
                     break;
                 }
                 Ok(Some(Ok(frame))) => frame,
@@ -294,7 +372,14 @@ impl Service {
                     .write(move |c| Ok::<_, ServiceError>(rows::touch_runtime(c, &rid, epoch, now_ms())?))
                     .await;
             }
-            if let Err(e) = self.handle_frame(&conn, frame, &ack_tx).await {
+            // Also cut short when the stream is ended meanwhile (e.g. the
+            // machine stopped reading its acks while this waits for room):
+            // whatever was not acked is resent after the reconnect.
+            let handled = tokio::select! {
+                _ = cancel.cancelled() => break,
+                handled = self.handle_frame(&conn, frame, &ack_tx) => handled,
+            };
+            if let Err(e) = handled {
                 tracing::warn!(runtime_id, error = %e, "bad frame from runtime; closing the stream");
                 final_error = Some(e);
                 break;
@@ -309,18 +394,19 @@ impl Service {
         &self,
         conn: &Conn,
         frame_in: pb::AgentFrame,
-        ack_tx: &mpsc::Sender<(String, oneshot::Receiver<Result<Appended, ServiceError>>)>,
+        ack_tx: &mpsc::Sender<PendingAck>,
     ) -> ServiceResult<()> {
         use pb::agent_frame::Frame;
         let runtime_id = conn.machine.runtime_id.to_string();
         match frame_in.frame {
             Some(Frame::Heartbeat(h)) => {
-                let _ = conn.tx.send(frame(pb::control_frame::Frame::Heartbeat(h))).await;
+                // A runtime that does not take it in time is ended by the send.
+                let _ = conn.outbound.send(frame(pb::control_frame::Frame::Heartbeat(h))).await;
             }
             Some(Frame::Event(e)) => {
                 let event = e
                     .event
-                    .ok_or_else(|| ServiceError::FailedPrecondition("event frame without an event".into()))?;
+                    .ok_or_else(|| ValidationError::new("event.event", "is required"))?;
                 self.queue_events(conn, vec![event], ack_tx).await?;
             }
             Some(Frame::Events(batch)) => self.queue_events(conn, batch.events, ack_tx).await?,
@@ -360,7 +446,6 @@ impl Service {
             }
             Some(Frame::ManifestUpdate(update)) => {
                 let manifest = update.manifest.unwrap_or_default();
-                check_manifest(&manifest)?;
                 let bytes = manifest.encode_to_vec();
                 self.store
                     .write(move |c| Ok::<_, ServiceError>(rows::set_runtime_manifest(c, &runtime_id, &bytes)?))
@@ -379,24 +464,44 @@ impl Service {
         Ok(())
     }
 
+    /// Hands a frame's events to the event log, one job per session in the
+    /// order they came, and their acks to the acker.
     async fn queue_events(
         &self,
         conn: &Conn,
         events: Vec<pb::SessionEvent>,
-        ack_tx: &mpsc::Sender<(String, oneshot::Receiver<Result<Appended, ServiceError>>)>,
+        ack_tx: &mpsc::Sender<PendingAck>,
     ) -> ServiceResult<()> {
-        // Group by session, keeping order.
-        let mut by_session: Vec<(String, Vec<pb::SessionEvent>)> = Vec::new();
+        // Group by session, keeping order, in one pass (a frame over many
+        // sessions once cost a linear search per event). Nothing is queued
+        // before the whole frame is known to be within the limits.
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut by_session: Vec<(String, Vec<pb::SessionEvent>, usize)> = Vec::new();
         for event in events {
-            if event.seq == 0 {
-                return Err(ValidationError::new("event.seq", "an event with seq 0: seqs start at 1").into());
+            let bytes = event.encoded_len();
+            if let Some(&i) = index.get(event.session_id.as_str()) {
+                by_session[i].1.push(event);
+                by_session[i].2 += bytes;
+                continue;
             }
-            match by_session.iter_mut().find(|(s, _)| *s == event.session_id) {
-                Some((_, list)) => list.push(event),
-                None => by_session.push((event.session_id.clone(), vec![event])),
+            if by_session.len() == MAX_FRAME_SESSIONS {
+                return Err(ValidationError::new(
+                    "events.events",
+                    format!("names more than {MAX_FRAME_SESSIONS} sessions; a frame carries events of at most {MAX_FRAME_SESSIONS}"),
+                )
+                .into());
             }
+            index.insert(event.session_id.clone(), by_session.len());
+            by_session.push((event.session_id.clone(), vec![event], bytes));
         }
-        for (session_id, events) in by_session {
+        for (session_id, events, bytes) in by_session {
+            // Waits while this runtime's earlier events are being committed.
+            let in_flight = conn
+                .in_flight
+                .clone()
+                .acquire_many_owned(bytes.clamp(1, IN_FLIGHT_BYTES) as u32)
+                .await
+                .map_err(|_| ServiceError::Internal("the in-flight budget was closed".into()))?;
             let (reply, wait) = oneshot::channel();
             self.live
                 .event_log
@@ -409,23 +514,31 @@ impl Service {
                 })
                 .await?;
             ack_tx
-                .send((session_id, wait))
+                .send(PendingAck {
+                    session_id,
+                    wait,
+                    _in_flight: in_flight,
+                })
                 .await
                 .map_err(|_| ServiceError::Internal("ack task ended".into()))?;
         }
         Ok(())
     }
 
-    async fn send_acks(
-        self,
-        conn: Conn,
-        mut rx: mpsc::Receiver<(String, oneshot::Receiver<Result<Appended, ServiceError>>)>,
-    ) {
-        while let Some((session_id, wait)) = rx.recv().await {
-            match wait.await {
+    /// Answers each append once it is durable: the ack, then what the
+    /// commit decided (policy answers, permission timeouts, a dispose). Sends
+    /// that time out end the stream (the machine stopped reading); the
+    /// effects here still happen.
+    async fn send_acks(self, conn: Conn, mut rx: mpsc::Receiver<PendingAck>) {
+        let runtime_id = conn.machine.runtime_id.to_string();
+        let mut refused = 0u64;
+        while let Some(pending) = rx.recv().await {
+            let session_id = pending.session_id.clone();
+            let answer = pending.wait.await;
+            match answer {
                 Ok(Ok(appended)) => {
                     let _ = conn
-                        .tx
+                        .outbound
                         .send(frame(pb::control_frame::Frame::EventAck(pb::EventAck {
                             session_id: session_id.clone(),
                             seq: appended.last_stored_seq,
@@ -433,7 +546,7 @@ impl Service {
                         .await;
                     for answer in appended.policy_answers {
                         let _ = conn
-                            .tx
+                            .outbound
                             .send(frame(pb::control_frame::Frame::PermissionAnswer(answer)))
                             .await;
                     }
@@ -444,12 +557,12 @@ impl Service {
                         // Events are missing before what arrived: end the
                         // stream so the machine reconnects and resends from
                         // the cursor in its next Welcome.
-                        tracing::warn!(session_id, "ending the stream to get missing events resent");
+                        tracing::warn!(runtime_id, session_id, "ending the stream to get missing events resent");
                         conn.cancel.cancel();
                     }
                     if appended.session_deleted {
                         let _ = conn
-                            .tx
+                            .outbound
                             .send(frame(pb::control_frame::Frame::DisposeSession(pb::DisposeSession {
                                 session_id: session_id.clone(),
                             })))
@@ -458,17 +571,29 @@ impl Service {
                 }
                 Ok(Err(ServiceError::NotFound(e))) => {
                     // Not this runtime's session: never stored, never acked.
-                    tracing::warn!(session_id, error = %e, "events refused");
+                    // Said once per stream: a machine naming a thousand
+                    // sessions per frame must not flood the log.
+                    refused += 1;
+                    if refused == 1 {
+                        tracing::warn!(runtime_id, session_id, error = %e, "events refused");
+                    }
                 }
                 Ok(Err(e)) => {
                     // Not stored (the database failed even after retries):
                     // end the stream; the machine still holds the events and
                     // resends them after it reconnects.
-                    tracing::error!(session_id, error = %e, "storing events failed; ending the stream");
+                    tracing::error!(runtime_id, session_id, error = %e, "storing events failed; ending the stream");
                     conn.cancel.cancel();
                 }
                 Err(_) => {}
             }
+        }
+        if refused > 1 {
+            tracing::warn!(
+                runtime_id,
+                refused,
+                "events for sessions this runtime does not own were refused"
+            );
         }
     }
 
@@ -491,26 +616,4 @@ impl Service {
 
 pub(crate) fn frame(f: pb::control_frame::Frame) -> pb::ControlFrame {
     pb::ControlFrame { frame: Some(f) }
-}
-
-fn truncate(value: &str, max: usize) -> String {
-    value.chars().filter(|c| !c.is_control()).take(max).collect()
-}
-
-/// A manifest is the machine's word about itself: bounded and well-formed.
-fn check_manifest(manifest: &pb::Manifest) -> ServiceResult<()> {
-    if manifest.acp_agents.len() > 256 {
-        return Err(oma_proto::validate::ValidationError::new("manifest.acp_agents", "more than 256 agents").into());
-    }
-    for (i, agent) in manifest.acp_agents.iter().enumerate() {
-        oma_proto::validate::slug(&format!("manifest.acp_agents[{i}].id"), &agent.id)?;
-        if agent.local_skills.len() > 10_000 {
-            return Err(oma_proto::validate::ValidationError::new(
-                format!("manifest.acp_agents[{i}].local_skills"),
-                "more than 10000 skills",
-            )
-            .into());
-        }
-    }
-    Ok(())
 }

@@ -62,10 +62,10 @@ impl Service {
     /// Sends a frame to a runtime's live stream, or explains since when it is
     /// offline.
     async fn send_to_runtime(&self, runtime_id: &str, control: pb::ControlFrame) -> ServiceResult<()> {
-        if let Some(live) = self.live.registry.get(runtime_id)
-            && live.tx.send(control).await.is_ok()
-        {
-            return Ok(());
+        match self.live.registry.send(runtime_id, control).await {
+            Ok(()) => return Ok(()),
+            Err(e @ super::registry::SendError::TimedOut { .. }) => return Err(e.into()),
+            Err(_) => {}
         }
         let rid = runtime_id.to_owned();
         let since = self
@@ -86,25 +86,23 @@ impl Service {
     /// Tells the runtime to start a new session, if it is online (otherwise
     /// it gets the start in its next Welcome).
     pub(crate) async fn offer_start(&self, session: &SessionRow) {
-        if let Ok(start) = start_session_frame(session)
-            && let Some(live) = self.live.registry.get(&session.runtime_id)
-        {
-            let _ = live.tx.send(frame(pb::control_frame::Frame::StartSession(start))).await;
+        if let Ok(start) = start_session_frame(session) {
+            let start = frame(pb::control_frame::Frame::StartSession(start));
+            let _ = self.live.registry.send(&session.runtime_id, start).await;
         }
     }
 
     /// Tells the runtime to dispose of a deleted session, if it is online.
     pub(crate) async fn offer_dispose(&self, session_id: &str, runtime_id: &str) {
         self.live.hub.close(session_id);
-        if let Some(live) = self.live.registry.get(runtime_id) {
-            let dispose = pb::DisposeSession {
-                session_id: session_id.to_owned(),
-            };
-            let _ = live
-                .tx
-                .send(frame(pb::control_frame::Frame::DisposeSession(dispose)))
-                .await;
-        }
+        let dispose = pb::DisposeSession {
+            session_id: session_id.to_owned(),
+        };
+        let _ = self
+            .live
+            .registry
+            .send(runtime_id, frame(pb::control_frame::Frame::DisposeSession(dispose)))
+            .await;
     }
 
     pub(crate) fn disconnect_runtime(&self, runtime_id: &str) {
