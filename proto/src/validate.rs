@@ -178,6 +178,10 @@ pub const MAX_CAPABILITIES_JSON_BYTES: usize = 64 * 1024;
 pub const MAX_MANIFEST_AGENTS: usize = 256;
 /// Most local skills one manifest entry may list.
 pub const MAX_LOCAL_SKILLS: usize = 10_000;
+/// Most local MCP servers, and allow-list entries, a manifest may list.
+pub const MAX_MANIFEST_MCP_SERVERS: usize = 256;
+/// Longest MCP URL allow-list entry, in characters.
+pub const MAX_ALLOWED_URL_CHARS: usize = 2048;
 /// Most sessions a Hello may report as held.
 pub const MAX_HELD_SESSIONS: usize = 100_000;
 /// Most events one frame may carry.
@@ -332,6 +336,32 @@ pub fn manifest(manifest: &pb::Manifest) -> Validated<()> {
             )?;
             opaque_id(&field("plugin_name"), &skill.plugin_name, false)?;
         }
+    }
+    if manifest.local_mcp_servers.len() > MAX_MANIFEST_MCP_SERVERS {
+        return Err(ValidationError::new(
+            "local_mcp_servers",
+            format!("more than {MAX_MANIFEST_MCP_SERVERS} servers"),
+        ));
+    }
+    for (i, server) in manifest.local_mcp_servers.iter().enumerate() {
+        let field = |name: &str| format!("local_mcp_servers[{i}].{name}");
+        crate::model::local_mcp_server_id(&field("id"), &server.id)?;
+        label(&field("name"), &server.name, MAX_MACHINE_LABEL_CHARS, false)?;
+        text(
+            &field("description"),
+            &server.description,
+            MAX_SKILL_DESCRIPTION_CHARS,
+            false,
+        )?;
+    }
+    if manifest.mcp_url_allow_list.len() > MAX_MANIFEST_MCP_SERVERS {
+        return Err(ValidationError::new(
+            "mcp_url_allow_list",
+            format!("more than {MAX_MANIFEST_MCP_SERVERS} entries"),
+        ));
+    }
+    for (i, entry) in manifest.mcp_url_allow_list.iter().enumerate() {
+        label(&format!("mcp_url_allow_list[{i}]"), entry, MAX_ALLOWED_URL_CHARS, true)?;
     }
     Ok(())
 }
@@ -657,6 +687,12 @@ mod tests {
                         plugin_name: String::new(),
                     }],
                 }],
+                local_mcp_servers: vec![pb::LocalMcpServer {
+                    id: "fs".into(),
+                    name: "Files".into(),
+                    description: "Reads files.".into(),
+                }],
+                mcp_url_allow_list: vec!["https://mcp.example.com/".into()],
             }),
             sessions: vec![pb::HeldSession {
                 session_id: "ses_x".into(),
@@ -695,6 +731,18 @@ mod tests {
                     ]
                 }),
                 "hello.sessions",
+            ),
+            (
+                Box::new(|h| h.manifest.as_mut().unwrap().local_mcp_servers[0].id = "fs\0".into()),
+                "hello.manifest.local_mcp_servers[0].id",
+            ),
+            (
+                Box::new(|h| h.manifest.as_mut().unwrap().local_mcp_servers[0].name = "n\n".into()),
+                "hello.manifest.local_mcp_servers[0].name",
+            ),
+            (
+                Box::new(|h| h.manifest.as_mut().unwrap().mcp_url_allow_list[0] = "x".repeat(3000)),
+                "hello.manifest.mcp_url_allow_list[0]",
             ),
             (
                 Box::new(|h| agent(h).id = "Bad Id".into()),
