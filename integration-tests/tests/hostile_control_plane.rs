@@ -7,20 +7,8 @@
 //! session started before the attacks.
 //!
 //! Adding a case: build a start with [`Lab::bundle`], set the hostile field,
-//! and say what the daemon must answer. A server-sent command line, say:
-//!
-//! ```ignore
-//! let id = session_id();
-//! let mut start = lab.bundle(PLAIN, &id);
-//! start.mcp_servers_json = serde_json::json!([{
-//!     "name": "x", "command": lab.canary.command, "args": [], "env": []
-//! }]).to_string();
-//! lab.run(Attack::new("a stdio MCP command").start(start).failed(&id, "CODE", "THE RULE")).await?;
-//! ```
-//!
-//! or an environment variable the daemon must not pass on:
-//! `start.credentials.insert("LD_PRELOAD".into(), …)`, then
-//! `.ready(&id).turn(&id, "env LD_PRELOAD", "env LD_PRELOAD unset")`.
+//! and say what the daemon must answer, e.g.
+//! `lab.run(Attack::new("…").start(start).failed(&id, "CODE", "THE RULE"))`.
 
 use oma_integration_tests::hostile_cp::{
     AGENTS_MD, Attack, CLAUDISH, DEADLINE, Lab, Outbound, PLAIN, session_id, swapped_for_symlinks,
@@ -394,4 +382,203 @@ fn children_in(dir: &std::path::Path) -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// The owner's policy for the MCP and credential attacks: one local MCP
+/// server, one allowed URL prefix, and credentials accepted for `plain`
+/// (so the fixed allow-list and the owner's own variables are what stop
+/// the rest).
+fn owner_policy() -> String {
+    format!(
+        "accept_credentials_for = [\"{PLAIN}\"]\n\
+         mcp_url_allow_list = [\"https://mcp.example.com/tools\"]\n\n\
+         [[mcp_server]]\nid = \"fs\"\nname = \"Files\"\ncommand = \"{}\"\nargs = [\"--root\", \"/srv\"]\n",
+        oma_integration_tests::bin("oma-test-agent").display()
+    )
+}
+
+fn local(name: &str, id: &str) -> pb::McpServer {
+    pb::McpServer {
+        name: name.into(),
+        transport: Some(pb::mcp_server::Transport::Local(pb::McpLocal { server_id: id.into() })),
+    }
+}
+
+fn http(name: &str, url: &str, sse: bool) -> pb::McpServer {
+    let http = pb::McpHttp {
+        url: url.into(),
+        headers: vec![pb::NameValue {
+            name: "authorization".into(),
+            value: "Bearer stolen".into(),
+        }],
+    };
+    pb::McpServer {
+        name: name.into(),
+        transport: Some(match sse {
+            true => pb::mcp_server::Transport::Sse(http),
+            false => pb::mcp_server::Transport::Http(http),
+        }),
+    }
+}
+
+/// A protobuf field: key, then a length-delimited value.
+fn field(number: u32, bytes: &[u8]) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let mut out = Vec::new();
+    encode_key(number, WireType::LengthDelimited, &mut out);
+    encode_varint(bytes.len() as u64, &mut out);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The MCP servers and environment a hostile control plane names: nothing
+/// runs but what the owner's policy defines, no URL outside its allow-list
+/// is handed on, and no variable outside the fixed list (or one the owner
+/// set) reaches the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_commands_urls_and_environment_never_reach_the_child() {
+    use prost::Message as _;
+    let lab = Lab::start_with_policy(64, Some(&owner_policy())).await.unwrap();
+    let canary = lab.canary.command.display().to_string();
+
+    // A command line in the fields the contract had before it stopped
+    // carrying them: McpServer's `stdio` (field 2, reserved now) and
+    // StartSession's `mcp_servers_json` (field 7, reserved now). An old or
+    // hostile server can still put those bytes on the wire.
+    let legacy_stdio = [
+        field(1, canary.as_bytes()),
+        field(2, b"--evil"),
+        field(3, &[field(1, b"LD_PRELOAD"), field(2, canary.as_bytes())].concat()),
+    ]
+    .concat();
+    let mut smuggled = vec![];
+    let json_only = session_id();
+    let stdio_entry = session_id();
+    for (id, servers) in [
+        (&json_only, Vec::new()),
+        (&stdio_entry, [field(1, b"evil"), field(2, &legacy_stdio)].concat()),
+    ] {
+        let mut start = lab.bundle(PLAIN, id).encode_to_vec();
+        let json = format!(r#"[{{"name":"evil","command":"{canary}","args":[],"env":[]}}]"#);
+        start.extend(field(7, json.as_bytes()));
+        if !servers.is_empty() {
+            start.extend(field(10, &servers));
+        }
+        smuggled.push(Outbound::Raw(field(2, &start)));
+    }
+    let mut attack = Attack::new("a command line in the contract's retired MCP fields");
+    for frame in smuggled {
+        attack = attack.send(frame);
+    }
+    lab.run(
+        attack
+            .ready(&json_only)
+            .turn(&json_only, "mcp-servers", "mcp servers: []")
+            .failed(&stdio_entry, "mcp_server_invalid", "local reference or an http/sse URL"),
+    )
+    .await
+    .unwrap();
+    lab.dispose(&[json_only]).await.unwrap();
+
+    // Local references: only what the policy defines, by exact id.
+    let mut attack = Attack::new("local MCP references the policy does not define");
+    for id in ["../canary", "fs/../../x", "FS", "fs ", "", "fs\0", &canary] {
+        let sid = session_id();
+        let mut start = lab.bundle(PLAIN, &sid);
+        start.mcp_servers = vec![local("x", id)];
+        let code = if id.is_empty() || id.contains(['/', ' ', '\0']) {
+            "mcp_server_invalid"
+        } else {
+            "mcp_local_unknown"
+        };
+        attack = attack.start(start).failed(&sid, code, "");
+    }
+    // The one the policy defines runs with the owner's command, not the
+    // server's: the child is handed the policy's command line.
+    let defined = session_id();
+    let mut start = lab.bundle(PLAIN, &defined);
+    start.mcp_servers = vec![local("files", "fs")];
+    attack = attack
+        .start(start)
+        .ready(&defined)
+        .turn(&defined, "mcp-servers", "\"args\":[\"--root\",\"/srv\"]");
+    lab.run(attack).await.unwrap();
+
+    // URLs: the allow-list is scheme, host, port and a path prefix on a
+    // segment boundary; userinfo and encoded separators never match.
+    let mut attack = Attack::new("MCP URLs outside the owner's allow-list");
+    const NOT_ALLOWED: &str = "mcp_url_not_allowed";
+    const INVALID: &str = "mcp_server_invalid";
+    for (url, sse, code) in [
+        ("https://evil.example/tools", false, NOT_ALLOWED),
+        ("http://mcp.example.com/tools", false, NOT_ALLOWED),
+        ("https://mcp.example.com:8443/tools", false, NOT_ALLOWED),
+        ("https://mcp.example.com.evil.example/tools", true, NOT_ALLOWED),
+        ("https://mcp.example.com/toolsmith", true, NOT_ALLOWED),
+        // Resolved to /admin before it is matched.
+        ("https://mcp.example.com/tools/../admin", false, NOT_ALLOWED),
+        ("https://mcp.example.com@evil.example/tools", false, INVALID),
+        ("https://evil.example@mcp.example.com/tools", false, INVALID),
+        // WHATWG parsing takes %2e%2e for `..` and resolves it too.
+        ("https://mcp.example.com/tools/%2e%2e/admin", false, NOT_ALLOWED),
+        // An encoded separator is refused: servers decode it differently.
+        ("https://mcp.example.com/tools/..%2fadmin", false, INVALID),
+        ("file:///etc/passwd", false, INVALID),
+    ] {
+        let sid = session_id();
+        let mut start = lab.bundle(PLAIN, &sid);
+        start.mcp_servers = vec![http("remote", url, sse)];
+        attack = attack.start(start).failed(&sid, code, "refused");
+    }
+    let allowed = session_id();
+    let mut start = lab.bundle(PLAIN, &allowed);
+    start.mcp_servers = vec![http("remote", "https://mcp.example.com/tools/search", false)];
+    attack = attack
+        .start(start)
+        .ready(&allowed)
+        .turn(&allowed, "mcp-servers", "https://mcp.example.com/tools/search");
+    lab.run(attack).await.unwrap();
+
+    // Environment: only model API keys, never a loader, interpreter or
+    // PATH override, never a base URL (the policy does not allow them),
+    // never one the owner set, and only for agents the owner opted in.
+    let env = session_id();
+    let mut start = lab.bundle(PLAIN, &env);
+    for (name, value) in [
+        ("LD_PRELOAD", canary.as_str()),
+        ("NODE_OPTIONS", "--require /tmp/evil.js"),
+        ("PATH", "/tmp/evil"),
+        ("HOME", "/tmp/evil"),
+        ("ANTHROPIC_BASE_URL", "https://evil.example"),
+        ("ANTHROPIC_API_KEY", "sk-from-server"),
+    ] {
+        start.credentials.insert(name.into(), value.into());
+    }
+    let not_opted_in = session_id();
+    let mut other = lab.bundle(CLAUDISH, &not_opted_in);
+    other
+        .credentials
+        .insert("ANTHROPIC_API_KEY".into(), "sk-from-server".into());
+    lab.run(
+        Attack::new("server-sent environment")
+            .start(start)
+            .ready(&env)
+            .errored(&env, "credential_not_allowed", "LD_PRELOAD")
+            .errored(&env, "credential_not_allowed", "NODE_OPTIONS")
+            .errored(&env, "credential_not_allowed", "PATH")
+            .errored(&env, "credential_not_allowed", "HOME")
+            .errored(&env, "credential_base_url_not_allowed", "ANTHROPIC_BASE_URL")
+            .turn(&env, "env LD_PRELOAD", "env LD_PRELOAD unset")
+            .turn(&env, "env NODE_OPTIONS", "env NODE_OPTIONS unset")
+            .turn(&env, "env HOME", &format!("env HOME={}", lab.canary.home.display()))
+            .turn(&env, "env ANTHROPIC_BASE_URL", "env ANTHROPIC_BASE_URL unset")
+            .turn(&env, "env ANTHROPIC_API_KEY", "env ANTHROPIC_API_KEY=sk-from-server")
+            .start(other)
+            .ready(&not_opted_in)
+            .errored(&not_opted_in, "credentials_not_accepted", "ANTHROPIC_API_KEY")
+            .turn(&not_opted_in, "env ANTHROPIC_API_KEY", "env ANTHROPIC_API_KEY unset"),
+    )
+    .await
+    .unwrap();
+    assert!(!lab.canary.marker.exists(), "the canary command ran");
 }

@@ -20,7 +20,16 @@ struct Setup {
 }
 
 async fn setup(policy: pb::PermissionPolicy) -> (Setup, String) {
-    let cp = ControlPlane::start_sqlite().unwrap();
+    setup_with(policy, &[]).await
+}
+
+/// [`setup`] with more `oma-control-plane serve` flags.
+async fn setup_with(policy: pb::PermissionPolicy, serve_args: &[&str]) -> (Setup, String) {
+    let options = oma_integration_tests::ControlPlaneOptions {
+        extra_args: serve_args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    let cp = ControlPlane::start(oma_integration_tests::TestDatabase::sqlite().unwrap(), options).unwrap();
     let mut clients = Clients::new(cp.channel().await.unwrap(), Bearer::new(&cp.admin_token));
     let code = clients
         .runtimes
@@ -779,4 +788,78 @@ async fn permission_ids_stay_unique_across_child_restarts() {
         "{}",
         agent_text(&events)
     );
+}
+
+/// A tenant at its quota of stored event bytes finishes the running turn
+/// but starts no new one, and says why.
+#[tokio::test]
+async fn a_tenant_over_its_stored_bytes_quota_starts_no_new_turn() {
+    let (mut s, session_id) = setup_with(pb::PermissionPolicy::AllowOnce, &["--quota-stored-bytes", "1KiB"]).await;
+    let (turn, from) = prompt(&mut s, &session_id, "chunks 20 100").await;
+    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+        .await
+        .unwrap();
+    assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
+    let status = s
+        .clients
+        .sessions
+        .prompt_session(pb::PromptSessionRequest {
+            session_id: session_id.clone(),
+            turn_id: String::new(),
+            prompt: text_prompt("echo more"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("quota of 1024 bytes of stored session events"),
+        "{status:?}"
+    );
+    // Deleting the session deletes its log, which frees the quota.
+    let session = s
+        .clients
+        .sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: session_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    s.clients
+        .sessions
+        .delete_session(pb::DeleteSessionRequest { session_id })
+        .await
+        .unwrap();
+    let next = s
+        .clients
+        .sessions
+        .create_session(pb::CreateSessionRequest {
+            agent_id: session.agent_id,
+            title: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    wait_until("the new session to be ready", TURN, || {
+        let mut sessions = s.clients.sessions.clone();
+        let id = next.id.clone();
+        async move {
+            let session = sessions
+                .get_session(pb::GetSessionRequest { session_id: id })
+                .await
+                .ok()?
+                .into_inner()
+                .session?;
+            (session.status == pb::SessionStatus::Idle as i32).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    prompt(&mut s, &next.id, "echo again").await;
 }

@@ -481,6 +481,8 @@ pub fn tombstone_session(conn: &mut DbConn, tenant: &str, id: &str, at: i64) -> 
             sessions::status.eq(SESSION_TOMBSTONE),
             sessions::current_turn_id.eq(None::<String>),
             sessions::current_prompt.eq(None::<Vec<u8>>),
+            // Its events go now: they no longer count against the quota.
+            sessions::stored_bytes.eq(0),
             sessions::updated_at.eq(at),
         ))
         .execute(conn)?;
@@ -622,9 +624,15 @@ pub fn insert_events(conn: &mut DbConn, rows: &[EventRow]) -> QueryResult<()> {
     Ok(())
 }
 
-pub fn set_last_seq(conn: &mut DbConn, id: &str, last_seq: i64, at: i64) -> QueryResult<()> {
+/// Records appended events: the new last seq, and their bytes added to the
+/// session's stored total (the tenant's quota sums these).
+pub fn set_last_seq(conn: &mut DbConn, id: &str, last_seq: i64, added_bytes: i64, at: i64) -> QueryResult<()> {
     diesel::update(sessions::table.find(id))
-        .set((sessions::last_seq.eq(last_seq), sessions::updated_at.eq(at)))
+        .set((
+            sessions::last_seq.eq(last_seq),
+            sessions::stored_bytes.eq(sessions::stored_bytes + added_bytes),
+            sessions::updated_at.eq(at),
+        ))
         .execute(conn)?;
     Ok(())
 }

@@ -56,6 +56,13 @@ pub enum Step {
     },
     /// The session logged a message containing `contains`.
     Logged { session_id: String, contains: String },
+    /// The session recorded an error event with this code and a message
+    /// containing `contains` (and went on: it did not fail).
+    Errored {
+        session_id: String,
+        code: String,
+        contains: String,
+    },
     /// `<session dir>/<relative>` is a regular file (not a symlink) whose
     /// text contains `contains`.
     File {
@@ -150,6 +157,14 @@ impl Attack {
         })
     }
 
+    pub fn errored(self, session_id: &str, code: &str, contains: &str) -> Attack {
+        self.step(Step::Errored {
+            session_id: session_id.to_owned(),
+            code: code.to_owned(),
+            contains: contains.to_owned(),
+        })
+    }
+
     pub fn file(self, session_id: &str, relative: &str, contains: &str) -> Attack {
         self.step(Step::File {
             session_id: session_id.to_owned(),
@@ -197,6 +212,12 @@ impl Lab {
     /// Pairs and starts a daemon (`oma-agent run --max-sessions
     /// max_sessions`) and its normal session.
     pub async fn start(max_sessions: u32) -> anyhow::Result<Lab> {
+        Self::start_with_policy(max_sessions, None).await
+    }
+
+    /// [`Lab::start`] with the owner's `policy.toml` (written before the
+    /// daemon starts; the config dir must not change after that).
+    pub async fn start_with_policy(max_sessions: u32, policy_toml: Option<&str>) -> anyhow::Result<Lab> {
         let canary = Canary::new()?;
         let cp = HostileControlPlane::start()?;
         let agents_toml = format!(
@@ -206,6 +227,9 @@ impl Lab {
         );
         let mut daemon = AgentDaemon::setup_with_agents_toml(&cp.url(), cp.connect_code(), &agents_toml)?;
         daemon.env = vec![("HOME".into(), canary.home.display().to_string())];
+        if let Some(policy) = policy_toml {
+            daemon.set_policy(policy)?;
+        }
         daemon.start(&["--max-sessions", &max_sessions.to_string()])?;
         cp.wait_connected(0).await?;
         let config_before = snapshot(daemon.config_dir.path());
@@ -353,6 +377,23 @@ impl Lab {
                         .events(&session_id)
                         .iter()
                         .any(|e| matches!(&e.kind, Some(pb::session_event::Kind::Log(l)) if l.message.contains(&contains)))
+                        .then_some(())
+                })
+                .await?
+            }
+            Step::Errored {
+                session_id,
+                code,
+                contains,
+            } => {
+                wait_until(&format!("{session_id} to record error {code}"), DEADLINE, || async {
+                    self.cp
+                        .events(&session_id)
+                        .iter()
+                        .any(|e| {
+                            matches!(&e.kind, Some(pb::session_event::Kind::Error(err))
+                                if err.code == code && err.message.contains(&contains))
+                        })
                         .then_some(())
                 })
                 .await?

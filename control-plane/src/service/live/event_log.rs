@@ -266,7 +266,8 @@ fn append_session(
     }
     if !rows_out.is_empty() {
         rows::insert_events(conn, &rows_out)?;
-        rows::set_last_seq(conn, session_id, last as i64, now)?;
+        let bytes: usize = rows_out.iter().map(|r| r.payload.len()).sum();
+        rows::set_last_seq(conn, session_id, last as i64, bytes as i64, now)?;
     }
     appended.last_stored_seq = last;
     Ok(Ok(JobResult { appended, stored }))
