@@ -477,12 +477,21 @@ impl Actor {
         if fresh {
             self.start_child().await;
         } else if let Some(turn) = self.state.running_turn.take() {
-            // The daemon stopped during this turn; its child is gone.
-            self.emit(
-                turn_ended_error("interrupted", "the oma-agent daemon restarted during this turn"),
-                &turn,
-            )
-            .await;
+            // The daemon stopped during this turn; its child is gone. Unless
+            // it was killed between numbering the turn's end and saving the
+            // state: then the end is in the outbox already, and a second one
+            // would end the turn twice.
+            let ended =
+                self.outbox.pending().last().is_some_and(|e| {
+                    e.turn_id == turn && matches!(e.kind, Some(pb::session_event::Kind::TurnEnded(_)))
+                });
+            if !ended {
+                self.emit(
+                    turn_ended_error("interrupted", "the oma-agent daemon restarted during this turn"),
+                    &turn,
+                )
+                .await;
+            }
             self.save_state();
         }
         loop {
@@ -1071,5 +1080,79 @@ fn now() -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: &str = "ses_0123456789abcdef0123456789abcdef";
+    const TURN: &str = "turn_1";
+
+    fn event(kind: pb::session_event::Kind) -> pb::SessionEvent {
+        pb::SessionEvent {
+            session_id: SESSION.into(),
+            seq: 0,
+            time: None,
+            turn_id: TURN.into(),
+            kind: Some(kind),
+        }
+    }
+
+    /// What a daemon killed during turn [`TURN`] leaves: the state file says
+    /// the turn runs, and the outbox holds its events (`ended`: its end too,
+    /// numbered just before the kill). Returns the last seq the restarted
+    /// daemon holds.
+    async fn restart_after_kill(ended: bool) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().join("config"), dir.path().join("data"));
+        let mut outbox = SessionOutbox::open(&paths.outbox_dir(), SESSION).unwrap();
+        outbox
+            .push(event(pb::session_event::Kind::TurnStarted(pb::TurnStarted::default())))
+            .unwrap();
+        if ended {
+            outbox
+                .push(event(pb::session_event::Kind::TurnEnded(pb::TurnEnded::default())))
+                .unwrap();
+        }
+        drop(outbox);
+        let start = pb::StartSession {
+            session_id: SESSION.into(),
+            acp_agent_id: "test".into(),
+            ..Default::default()
+        };
+        let state = SessionState {
+            start: B64.encode(start.encode_to_vec()),
+            running_turn: Some(TURN.into()),
+            ..Default::default()
+        };
+        std::fs::write(state_path(&paths, SESSION), serde_json::to_vec(&state).unwrap()).unwrap();
+
+        let manager = Manager::load(ManagerConfig {
+            paths,
+            agents: DetectReport::default(),
+            skill_source: None,
+            idle_timeout: Duration::from_secs(60),
+            startup_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(1),
+            max_sessions: 8,
+        });
+        // The actor ends the interrupted turn before it answers anything.
+        let held = manager.held().await;
+        assert_eq!(held.len(), 1);
+        held[0].last_sent_seq
+    }
+
+    #[tokio::test]
+    async fn a_turn_cut_by_a_restart_ends_interrupted() {
+        assert_eq!(restart_after_kill(false).await, 2);
+    }
+
+    /// A kill between numbering a turn's end and saving the state once made
+    /// the restarted daemon end that turn a second time (found by the soak).
+    #[tokio::test]
+    async fn a_turn_whose_end_was_numbered_before_the_kill_is_not_ended_twice() {
+        assert_eq!(restart_after_kill(true).await, 2);
     }
 }
