@@ -538,6 +538,22 @@ pub fn session_of_runtime(conn: &mut DbConn, runtime_id: &str, id: &str) -> Quer
         .next())
 }
 
+/// Sessions by id, in one query (the event log looks up every session of
+/// a batch at once). Missing ids are simply absent.
+pub fn sessions_by_ids(conn: &mut DbConn, ids: &[&str]) -> QueryResult<Vec<SessionRow>> {
+    let mut found = Vec::with_capacity(ids.len());
+    // Bounded chunks keep each statement under SQLite's parameter limit.
+    for chunk in ids.chunks(500) {
+        found.extend(
+            sessions::table
+                .filter(sessions::id.eq_any(chunk))
+                .select(SessionRow::as_select())
+                .load(conn)?,
+        );
+    }
+    Ok(found)
+}
+
 /// The runtime of a session, by session id alone (internal timers).
 pub fn session_of_runtime_any(conn: &mut DbConn, id: &str) -> QueryResult<Option<String>> {
     Ok(sessions::table
@@ -603,6 +619,9 @@ pub fn finish_turn(conn: &mut DbConn, id: &str, turn_id: Option<&str>, status: &
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = session_events)]
+// Without this every field counts as "may be DEFAULT", and diesel then
+// inserts a batch on SQLite one row per statement.
+#[diesel(treat_none_as_default_value = false)]
 pub struct EventRow {
     pub session_id: String,
     pub seq: i64,
@@ -861,6 +880,25 @@ pub fn list_audit(conn: &mut DbConn, tenant: &str, target: Option<&str>, page: &
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    /// diesel stores a batch row by row on SQLite when a row has a column it
+    /// may leave to its DEFAULT (an `Option` field); events must go in one
+    /// statement per chunk.
+    #[test]
+    fn events_are_inserted_in_one_statement_on_sqlite() {
+        let rows: Vec<EventRow> = (1..=3)
+            .map(|seq| EventRow {
+                session_id: "ses_x".into(),
+                seq,
+                created_at: 0,
+                payload: vec![1],
+            })
+            .collect();
+        let insert = diesel::insert_into(session_events::table).values(&rows[..]);
+        let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&insert).to_string();
+        assert_eq!(sql.matches("INSERT").count(), 1, "{sql}");
+        assert!(!sql.contains("BEGIN"), "{sql}");
+    }
 
     #[test]
     fn event_pages_are_bounded_by_bytes_but_never_empty() {

@@ -15,6 +15,7 @@
 //! other runtime's events in the batch are stored and acked. Transient
 //! errors (SQLite busy, serialization failures) retry the whole batch.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use oma_proto::model::{AgentSpec, PermissionPolicy};
@@ -57,16 +58,34 @@ pub struct Appended {
     pub gap: bool,
 }
 
+impl Appended {
+    /// An answer that only moves the ack cursor.
+    fn cursor(last_stored_seq: u64) -> Appended {
+        Appended {
+            last_stored_seq,
+            policy_answers: Vec::new(),
+            awaiting_person: Vec::new(),
+            session_deleted: false,
+            gap: false,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct EventLog {
     tx: mpsc::Sender<AppendJob>,
 }
 
 impl EventLog {
-    /// Starts the writer task.
+    /// Starts the writer on a thread of its own: it blocks on the database
+    /// anyway, and a thread that owns the loop saves a blocking-pool handoff
+    /// and a task wakeup per batch.
     pub fn start(store: Store, hub: Arc<Hub>) -> EventLog {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(store, hub, rx));
+        std::thread::Builder::new()
+            .name("oma-event-log".into())
+            .spawn(move || writer(&store, &hub, rx))
+            .expect("cannot start the event log's writer thread");
         EventLog { tx }
     }
 
@@ -79,10 +98,13 @@ impl EventLog {
     }
 }
 
-async fn writer(store: Store, hub: Arc<Hub>, mut rx: mpsc::Receiver<AppendJob>) {
-    while let Some(first) = rx.recv().await {
+/// Takes whatever is pending across all streams and sessions (up to
+/// [`MAX_BATCH_EVENTS`]) and commits it as one batch; ends when every
+/// sender is gone.
+fn writer(store: &Store, hub: &Hub, mut rx: mpsc::Receiver<AppendJob>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut count = first.events.len();
         let mut jobs = vec![first];
-        let mut count = jobs[0].events.len();
         while count < MAX_BATCH_EVENTS {
             match rx.try_recv() {
                 Ok(job) => {
@@ -92,58 +114,119 @@ async fn writer(store: Store, hub: Arc<Hub>, mut rx: mpsc::Receiver<AppendJob>) 
                 Err(_) => break,
             }
         }
-        commit_batch(&store, &hub, jobs).await;
+        commit_batch(store, hub, jobs);
     }
 }
 
-/// One job's result inside the transaction.
-struct JobResult {
+/// The jobs of one session in a batch, merged: the session is looked up
+/// once, its events go into the batch's one multi-row INSERT, and its
+/// `last_seq` is updated once, however many frames they came in.
+struct SessionAppend {
+    tenant_id: String,
+    runtime_id: String,
+    session_id: String,
+    events: Vec<pb::SessionEvent>,
+    /// The batch's jobs merged here, in arrival order (indices into the
+    /// batch's replies).
+    jobs: Vec<usize>,
+}
+
+/// One session's result inside the transaction.
+struct SessionResult {
     appended: Appended,
     stored: Vec<Arc<pb::SessionEvent>>,
 }
 
-/// Whether the jobs of a batch run bare (one transaction, the fast path)
-/// or each inside its own savepoint.
+/// Whether the sessions of a batch are stored together (one transaction,
+/// the fast path) or each inside its own savepoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isolation {
     Batch,
-    PerJob,
+    PerSession,
 }
 
-type Meta = (String, String, String, Vec<pb::SessionEvent>);
+/// Merges the jobs of a batch by session, keeping the order of first
+/// arrival. The key includes the runtime and tenant the job came from, so
+/// a job naming another runtime's session is kept apart and refused on its
+/// own; two streams of one runtime (a superseded one still draining) merge
+/// harmlessly, as their events are deduplicated by seq.
+fn merge_by_session(
+    jobs: Vec<AppendJob>,
+) -> (Vec<SessionAppend>, Vec<oneshot::Sender<Result<Appended, ServiceError>>>) {
+    let mut index: HashMap<(String, String, String), usize> = HashMap::new();
+    let mut merged: Vec<SessionAppend> = Vec::new();
+    let mut replies = Vec::with_capacity(jobs.len());
+    for (n, job) in jobs.into_iter().enumerate() {
+        replies.push(job.reply);
+        let key = (job.tenant_id, job.runtime_id, job.session_id);
+        match index.get(&key) {
+            Some(&i) => {
+                merged[i].events.extend(job.events);
+                merged[i].jobs.push(n);
+            }
+            None => {
+                index.insert(key.clone(), merged.len());
+                let (tenant_id, runtime_id, session_id) = key;
+                merged.push(SessionAppend {
+                    tenant_id,
+                    runtime_id,
+                    session_id,
+                    events: job.events,
+                    jobs: vec![n],
+                });
+            }
+        }
+    }
+    (merged, replies)
+}
 
-async fn commit_batch(store: &Store, hub: &Hub, jobs: Vec<AppendJob>) {
-    let (metas, replies): (Vec<Meta>, Vec<_>) = jobs
-        .into_iter()
-        .map(|j| ((j.tenant_id, j.runtime_id, j.session_id, j.events), j.reply))
-        .unzip();
-    let metas = Arc::new(metas);
-    let input = metas.clone();
-    let mut result = store.write(move |conn| run_jobs(conn, &input, Isolation::Batch)).await;
+fn commit_batch(store: &Store, hub: &Hub, jobs: Vec<AppendJob>) {
+    let (sessions, replies) = merge_by_session(jobs);
+    let mut result = store.write_blocking(|conn| store_sessions(conn, &sessions, Isolation::Batch));
     if let Err(e) = &result
         && !e.is_transient()
-        && metas.len() > 1
+        && sessions.len() > 1
     {
-        // One job's database error must not fail the others: store the
-        // batch again with each job in its own savepoint. (Savepoints cost
-        // round trips on PostgreSQL, so only a failed batch pays them.)
-        tracing::warn!(error = %e, jobs = metas.len(), "a batch failed; storing its jobs one by one");
-        let input = metas.clone();
-        result = store.write(move |conn| run_jobs(conn, &input, Isolation::PerJob)).await;
+        // One session's database error must not fail the others: store the
+        // batch again with each session in its own savepoint. (Savepoints
+        // cost round trips on PostgreSQL, so only a failed batch pays them.)
+        tracing::warn!(error = %e, sessions = sessions.len(), "a batch failed; storing its sessions one by one");
+        result = store.write_blocking(|conn| store_sessions(conn, &sessions, Isolation::PerSession));
     }
+    let jobs = replies.len();
+    let mut replies: Vec<_> = replies.into_iter().map(Some).collect();
+    let mut answer = |job: usize, value: Result<Appended, ServiceError>| {
+        if let Some(reply) = replies[job].take() {
+            let _ = reply.send(value);
+        }
+    };
     match result {
         Ok(results) => {
-            for (((_, runtime_id, session_id, _), reply), result) in metas.iter().zip(replies).zip(results) {
+            for (session, result) in sessions.iter().zip(results) {
+                let (last_job, earlier_jobs) = session.jobs.split_last().expect("a merged session has a job");
                 match result {
-                    Ok(job) => {
-                        hub.publish(session_id, &job.stored);
-                        let _ = reply.send(Ok(job.appended));
+                    Ok(done) => {
+                        hub.publish(&session.session_id, &done.stored);
+                        // Earlier jobs are acked up to the same cursor; what
+                        // the commit decided goes out once, with the last.
+                        for &job in earlier_jobs {
+                            answer(job, Ok(Appended::cursor(done.appended.last_stored_seq)));
+                        }
+                        answer(*last_job, Ok(done.appended));
                     }
                     Err(e) => {
                         if !matches!(e, ServiceError::NotFound(_)) {
-                            tracing::error!(runtime_id, session_id, error = %e, "storing a runtime's events failed");
+                            tracing::error!(
+                                runtime_id = session.runtime_id,
+                                session_id = session.session_id,
+                                error = %e,
+                                "storing a runtime's events failed"
+                            );
                         }
-                        let _ = reply.send(Err(e));
+                        for &job in earlier_jobs {
+                            answer(job, Err(copy_of(&e)));
+                        }
+                        answer(*last_job, Err(e));
                     }
                 }
             }
@@ -151,55 +234,113 @@ async fn commit_batch(store: &Store, hub: &Hub, jobs: Vec<AppendJob>) {
         Err(e) => {
             tracing::error!(error = %e, "storing session events failed");
             let message = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(ServiceError::Internal(message.clone())));
+            for job in 0..jobs {
+                answer(job, Err(ServiceError::Internal(message.clone())));
             }
         }
     }
 }
 
-/// Runs every job of a batch inside the caller's transaction. The outer
-/// error fails the whole batch; the inner one answers one job.
-fn run_jobs(
+/// The same refusal for each merged job (errors are not `Clone`): a refusal
+/// stays a refusal, anything else ends the stream as any failure does.
+fn copy_of(e: &ServiceError) -> ServiceError {
+    match e {
+        ServiceError::NotFound(message) => ServiceError::NotFound(message.clone()),
+        other => ServiceError::Internal(other.to_string()),
+    }
+}
+
+/// Stores every session of a batch inside the caller's transaction. The
+/// outer error fails the whole batch; the inner one answers one session.
+fn store_sessions(
     conn: &mut DbConn,
-    jobs: &[Meta],
+    sessions: &[SessionAppend],
     isolation: Isolation,
-) -> Result<Vec<Result<JobResult, ServiceError>>, StoreError> {
+) -> Result<Vec<Result<SessionResult, ServiceError>>, StoreError> {
     use diesel::Connection as _;
-    let mut results = Vec::with_capacity(jobs.len());
-    for (tenant, runtime, session, events) in jobs {
-        let result = match isolation {
-            Isolation::Batch => append_session(conn, tenant, runtime, session, events)?,
-            // A nested transaction is a savepoint: a failing job rolls back
-            // only its own writes, and the transaction goes on.
-            Isolation::PerJob => match conn.transaction(|c| append_session(c, tenant, runtime, session, events)) {
-                Ok(result) => result,
-                Err(e) if e.is_transient() => return Err(e),
-                Err(e) => Err(ServiceError::Store(e)),
-            },
+    match isolation {
+        Isolation::Batch => append_sessions(conn, sessions),
+        // A nested transaction is a savepoint: a failing session rolls back
+        // only its own writes, and the transaction goes on.
+        Isolation::PerSession => {
+            let mut results = Vec::with_capacity(sessions.len());
+            for session in sessions.chunks(1) {
+                let result = match conn.transaction(|c| append_sessions(c, session)) {
+                    Ok(mut one) => one.pop().expect("one result per session"),
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => Err(ServiceError::Store(e)),
+                };
+                results.push(result);
+            }
+            Ok(results)
+        }
+    }
+}
+
+/// Stores the events of the given sessions: one lookup of all of them, one
+/// multi-row INSERT of every new event, one `last_seq` update per session.
+/// The outer error is a database error (the caller's transaction fails);
+/// an inner one refuses that session's events alone without rolling back
+/// the others.
+fn append_sessions(
+    conn: &mut DbConn,
+    sessions: &[SessionAppend],
+) -> Result<Vec<Result<SessionResult, ServiceError>>, StoreError> {
+    let ids: Vec<&str> = sessions.iter().map(|s| s.session_id.as_str()).collect();
+    let mut rows_by_id: HashMap<String, rows::SessionRow> = rows::sessions_by_ids(conn, &ids)?
+        .into_iter()
+        .map(|row| (row.id.clone(), row))
+        .collect();
+    let now = now_ms();
+    let mut event_rows = Vec::new();
+    let mut cursors = Vec::new();
+    let mut results = Vec::with_capacity(sessions.len());
+    for append in sessions {
+        let refusal = || {
+            ServiceError::NotFound(format!(
+                "session {} is not a session of this runtime",
+                append.session_id
+            ))
         };
-        results.push(result);
+        // Taken, not borrowed: a session twice in one batch would be two
+        // streams' jobs (see merge_by_session); the second is refused.
+        let session = match rows_by_id.remove(&append.session_id) {
+            Some(row) if row.runtime_id == append.runtime_id && row.tenant_id == append.tenant_id => row,
+            Some(row) => {
+                rows_by_id.insert(row.id.clone(), row);
+                results.push(Err(refusal()));
+                continue;
+            }
+            None => {
+                results.push(Err(refusal()));
+                continue;
+            }
+        };
+        let first_row = event_rows.len();
+        let result = new_events(conn, &session, &append.events, now, &mut event_rows)?;
+        if event_rows.len() > first_row {
+            let bytes: usize = event_rows[first_row..].iter().map(|r| r.payload.len()).sum();
+            cursors.push((session.id.clone(), result.appended.last_stored_seq as i64, bytes as i64));
+        }
+        results.push(Ok(result));
+    }
+    rows::insert_events(conn, &event_rows)?;
+    for (session_id, last_seq, bytes) in cursors {
+        rows::set_last_seq(conn, &session_id, last_seq, bytes, now)?;
     }
     Ok(results)
 }
 
-/// Stores one session's events inside the batch transaction. The outer
-/// error is a database error (the batch fails); the inner one refuses this
-/// job alone (not the runtime's session) without rolling back the others.
-fn append_session(
+/// Decides which of a session's events are new (each at exactly the seq the
+/// machine gave it), applies their effects and appends their rows.
+fn new_events(
     conn: &mut DbConn,
-    tenant: &str,
-    runtime: &str,
-    session_id: &str,
+    session: &rows::SessionRow,
     events: &[pb::SessionEvent],
-) -> Result<Result<JobResult, ServiceError>, StoreError> {
-    let refusal = || ServiceError::NotFound(format!("session {session_id} is not a session of this runtime"));
-    let Some(session) = rows::session_of_runtime(conn, runtime, session_id)? else {
-        return Ok(Err(refusal()));
-    };
-    if session.tenant_id != tenant {
-        return Ok(Err(refusal()));
-    }
+    now: i64,
+    event_rows: &mut Vec<EventRow>,
+) -> Result<SessionResult, StoreError> {
+    let session_id = session.id.as_str();
     let mut appended = Appended {
         last_stored_seq: session.last_seq as u64,
         policy_answers: Vec::new(),
@@ -215,14 +356,12 @@ fn append_session(
             .max()
             .unwrap_or(0)
             .max(appended.last_stored_seq);
-        return Ok(Ok(JobResult {
+        return Ok(SessionResult {
             appended,
             stored: Vec::new(),
-        }));
+        });
     }
-    let now = now_ms();
     let mut last = session.last_seq as u64;
-    let mut rows_out = Vec::new();
     let mut stored = Vec::new();
     let mut policy: Option<PermissionPolicy> = None;
     let mut sorted: Vec<&pb::SessionEvent> = events.iter().collect();
@@ -246,16 +385,8 @@ fn append_session(
         if event.time.is_none() {
             event.time = Some(crate::service::timestamp(now));
         }
-        apply_effects(
-            conn,
-            &session.id,
-            &session.spec,
-            &mut policy,
-            &event,
-            now,
-            &mut appended,
-        )?;
-        rows_out.push(EventRow {
+        apply_effects(conn, session_id, &session.spec, &mut policy, &event, now, &mut appended)?;
+        event_rows.push(EventRow {
             session_id: session_id.to_owned(),
             seq: event.seq as i64,
             created_at: now,
@@ -264,13 +395,8 @@ fn append_session(
         last = event.seq;
         stored.push(Arc::new(event));
     }
-    if !rows_out.is_empty() {
-        rows::insert_events(conn, &rows_out)?;
-        let bytes: usize = rows_out.iter().map(|r| r.payload.len()).sum();
-        rows::set_last_seq(conn, session_id, last as i64, bytes as i64, now)?;
-    }
     appended.last_stored_seq = last;
-    Ok(Ok(JobResult { appended, stored }))
+    Ok(SessionResult { appended, stored })
 }
 
 /// What an event changes beyond the log: the session's status, its turn,
@@ -423,6 +549,12 @@ mod tests {
 
         /// A tenant and one session per `(session, runtime)`.
         fn sessions(&self, sessions: &[(&str, &str)]) {
+            self.sessions_with_spec(sessions, "{}");
+        }
+
+        /// As `sessions`, with the agent spec the sessions snapshot.
+        fn sessions_with_spec(&self, sessions: &[(&str, &str)], spec: &str) {
+            let spec = spec.to_owned();
             let sessions: Vec<(String, String)> = sessions
                 .iter()
                 .map(|(s, r)| ((*s).to_owned(), (*r).to_owned()))
@@ -438,7 +570,9 @@ mod tests {
                         },
                     )?;
                     for (id, runtime) in &sessions {
-                        rows::insert_session(conn, &session_row(id, runtime))?;
+                        let mut row = session_row(id, runtime);
+                        row.spec = spec.clone();
+                        rows::insert_session(conn, &row)?;
                     }
                     Ok::<_, StoreError>(())
                 })
@@ -558,7 +692,7 @@ mod tests {
         let (good, good_wait) = job("rt_good", "ses_good", (1..=3).map(|n| log("ses_good", n)).collect());
         let (bad, bad_wait) = job("rt_bad", "ses_poison", (1..=2).map(|n| log("ses_poison", n)).collect());
         let (other, other_wait) = job("rt_other", "ses_other", vec![log("ses_other", 1)]);
-        commit_batch(&db.store, &hub, vec![good, bad, other]).await;
+        commit_batch(&db.store, &hub, vec![good, bad, other]);
 
         assert_eq!(good_wait.await.unwrap().unwrap().last_stored_seq, 3);
         assert_eq!(other_wait.await.unwrap().unwrap().last_stored_seq, 1);
@@ -570,7 +704,7 @@ mod tests {
 
         // The next batch is served as usual.
         let (good, good_wait) = job("rt_good", "ses_good", vec![log("ses_good", 4)]);
-        commit_batch(&db.store, &hub, vec![good]).await;
+        commit_batch(&db.store, &hub, vec![good]);
         assert_eq!(good_wait.await.unwrap().unwrap().last_stored_seq, 4);
     }
 
@@ -604,10 +738,170 @@ mod tests {
         }));
         let (bad, bad_wait) = job("rt_bad", "ses_bad", vec![poisoned]);
         let (good, good_wait) = job("rt_good", "ses_good", vec![log("ses_good", 1), log("ses_good", 2)]);
-        commit_batch(&db.store, &hub, vec![bad, good]).await;
+        commit_batch(&db.store, &hub, vec![bad, good]);
         assert!(bad_wait.await.unwrap().is_err());
         assert_eq!(good_wait.await.unwrap().unwrap().last_stored_seq, 2);
         assert_eq!(db.stored("ses_good"), (vec![1, 2], 2));
         assert_eq!(db.stored("ses_bad"), (vec![], 0));
+    }
+
+    // ---- the conformance suite: every rule of the log, on both backends ----
+
+    /// Runs each named async test on SQLite and (when configured) on
+    /// PostgreSQL.
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name(super::TestDb::sqlite()).await;
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    if let Some(db) = super::TestDb::postgres() {
+                        super::$name(db).await;
+                    }
+                }
+            }
+        )*};
+    }
+
+    on_both_backends!(
+        resends_are_stored_once,
+        a_gap_stores_up_to_it_and_asks_for_a_resend,
+        jobs_of_one_session_merge_into_one_append,
+        policy_answers_go_out_once_per_request,
+        a_deleted_session_is_acked_and_not_stored,
+        another_runtimes_session_is_refused_beside_the_owners_job,
+    );
+
+    fn commit(db: &TestDb, jobs: Vec<AppendJob>) {
+        commit_batch(&db.store, &Hub::default(), jobs);
+    }
+
+    fn logs(session: &str, seqs: impl IntoIterator<Item = u64>) -> Vec<pb::SessionEvent> {
+        seqs.into_iter().map(|n| log(session, n)).collect()
+    }
+
+    async fn resends_are_stored_once(db: TestDb) {
+        db.sessions(&[("ses_a", "rt_a")]);
+        let (first, first_wait) = job("rt_a", "ses_a", logs("ses_a", 1..=3));
+        commit(&db, vec![first]);
+        assert_eq!(first_wait.await.unwrap().unwrap().last_stored_seq, 3);
+        // A reconnect resends 2 and 3 with a new 4; only 4 is new.
+        let (resend, resend_wait) = job("rt_a", "ses_a", logs("ses_a", 2..=4));
+        commit(&db, vec![resend]);
+        assert_eq!(resend_wait.await.unwrap().unwrap().last_stored_seq, 4);
+        assert_eq!(db.stored("ses_a"), (vec![1, 2, 3, 4], 4));
+    }
+
+    async fn a_gap_stores_up_to_it_and_asks_for_a_resend(db: TestDb) {
+        db.sessions(&[("ses_a", "rt_a")]);
+        let (gappy, wait) = job("rt_a", "ses_a", logs("ses_a", [1, 2, 4, 5]));
+        commit(&db, vec![gappy]);
+        let appended = wait.await.unwrap().unwrap();
+        assert!(appended.gap);
+        assert_eq!(appended.last_stored_seq, 2);
+        assert_eq!(db.stored("ses_a"), (vec![1, 2], 2));
+    }
+
+    async fn jobs_of_one_session_merge_into_one_append(db: TestDb) {
+        db.sessions(&[("ses_a", "rt_a"), ("ses_b", "rt_b")]);
+        let hub = Arc::new(Hub::default());
+        let mut watcher = hub.subscribe("ses_a");
+        let (a1, a1_wait) = job("rt_a", "ses_a", logs("ses_a", 1..=2));
+        let (b1, b1_wait) = job("rt_b", "ses_b", logs("ses_b", 1..=1));
+        // Out of order across frames, and a resend of 2 inside the batch.
+        let (a2, a2_wait) = job("rt_a", "ses_a", logs("ses_a", [4, 2]));
+        let (a3, a3_wait) = job("rt_a", "ses_a", logs("ses_a", [3, 5]));
+        commit_batch(&db.store, &hub, vec![a1, b1, a2, a3]);
+        for wait in [a1_wait, a2_wait, a3_wait] {
+            let appended = wait.await.unwrap().unwrap();
+            assert_eq!(appended.last_stored_seq, 5);
+            assert!(!appended.gap);
+        }
+        assert_eq!(b1_wait.await.unwrap().unwrap().last_stored_seq, 1);
+        assert_eq!(db.stored("ses_a"), (vec![1, 2, 3, 4, 5], 5));
+        assert_eq!(db.stored("ses_b"), (vec![1], 1));
+        // Watchers get each event once, in order: the ring holds exactly
+        // 1..=5 (a second publish of any would have restarted it).
+        for seq in 1..=5 {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), watcher.next(seq)).await {
+                Ok(super::super::hub::Next::Event(event)) => assert_eq!(event.seq, seq),
+                _ => panic!("event {seq} was not published exactly once"),
+            }
+        }
+    }
+
+    fn permission_requested(session: &str, seq: u64, request_id: &str) -> pb::SessionEvent {
+        let option = |id: &str, kind: pb::PermissionOptionKind| pb::PermissionOption {
+            option_id: id.into(),
+            name: id.into(),
+            kind: kind as i32,
+        };
+        let mut event = log(session, seq);
+        event.kind = Some(pb::session_event::Kind::PermissionRequested(pb::PermissionRequested {
+            request_id: request_id.into(),
+            tool_call: None,
+            options: vec![
+                option("yes", pb::PermissionOptionKind::AllowOnce),
+                option("no", pb::PermissionOptionKind::RejectOnce),
+            ],
+            raw_json: String::new(),
+        }));
+        event
+    }
+
+    async fn policy_answers_go_out_once_per_request(db: TestDb) {
+        db.sessions_with_spec(&[("ses_a", "rt_a")], r#"{"name":"a","permission_policy":"allow_once"}"#);
+        let (first, first_wait) = job("rt_a", "ses_a", vec![permission_requested("ses_a", 1, "g1.7")]);
+        let (second, second_wait) = job("rt_a", "ses_a", logs("ses_a", [2]));
+        // The request again in a resend: already decided, not answered twice.
+        let (resend, resend_wait) = job("rt_a", "ses_a", vec![permission_requested("ses_a", 1, "g1.7")]);
+        commit(&db, vec![first, second, resend]);
+        let mut answers = Vec::new();
+        for wait in [first_wait, second_wait, resend_wait] {
+            let appended = wait.await.unwrap().unwrap();
+            assert_eq!(appended.last_stored_seq, 2);
+            assert!(appended.awaiting_person.is_empty());
+            answers.extend(appended.policy_answers);
+        }
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(answers[0].request_id, "g1.7");
+        assert_eq!(answers[0].option_id, "yes");
+    }
+
+    async fn a_deleted_session_is_acked_and_not_stored(db: TestDb) {
+        db.sessions(&[("ses_a", "rt_a")]);
+        db.store
+            .write_blocking(|conn| rows::tombstone_session(conn, "ten_a", "ses_a", 1))
+            .unwrap();
+        let (late, wait) = job("rt_a", "ses_a", logs("ses_a", 1..=3));
+        commit(&db, vec![late]);
+        let appended = wait.await.unwrap().unwrap();
+        assert!(appended.session_deleted);
+        assert_eq!(appended.last_stored_seq, 3, "acked so the machine stops resending");
+        assert_eq!(db.stored("ses_a").0, Vec::<u64>::new());
+    }
+
+    async fn another_runtimes_session_is_refused_beside_the_owners_job(db: TestDb) {
+        db.sessions(&[("ses_a", "rt_a")]);
+        // The hostile job comes first and last in the batch, around the
+        // owner's: neither order lets it in.
+        let (hostile, hostile_wait) = job("rt_evil", "ses_a", logs("ses_a", 1..=2));
+        let (owner, owner_wait) = job("rt_a", "ses_a", logs("ses_a", 1..=1));
+        let (hostile_again, hostile_again_wait) = job("rt_evil", "ses_a", logs("ses_a", 2..=3));
+        commit(&db, vec![hostile, owner, hostile_again]);
+        assert_eq!(owner_wait.await.unwrap().unwrap().last_stored_seq, 1);
+        for wait in [hostile_wait, hostile_again_wait] {
+            let err = wait.await.unwrap().unwrap_err();
+            assert!(matches!(err, ServiceError::NotFound(_)), "{err:?}");
+        }
+        let mut other_tenant = job("rt_a", "ses_a", logs("ses_a", 2..=2));
+        other_tenant.0.tenant_id = "ten_evil".into();
+        commit(&db, vec![other_tenant.0]);
+        assert!(matches!(other_tenant.1.await.unwrap(), Err(ServiceError::NotFound(_))));
+        assert_eq!(db.stored("ses_a"), (vec![1], 1));
     }
 }

@@ -25,6 +25,10 @@ use crate::store::rows::{self, RuntimeHello, SESSION_TOMBSTONE, SessionHead};
 /// back by flow control instead). At least the largest message.
 const IN_FLIGHT_BYTES: usize = 4 * oma_proto::MAX_MESSAGE_BYTES;
 
+/// Most answered appends one ack round takes (bounds the work between two
+/// waits, not the acks: the rest follow in the next round).
+const MAX_COALESCED_ACKS: usize = 1024;
+
 /// What the stream reader needs to know about its connection.
 #[derive(Clone)]
 struct Conn {
@@ -50,7 +54,7 @@ struct PendingAck {
     session_id: String,
     wait: oneshot::Receiver<Result<Appended, ServiceError>>,
     /// Its bytes of the in-flight budget, returned once it is answered.
-    _in_flight: OwnedSemaphorePermit,
+    in_flight: OwnedSemaphorePermit,
 }
 
 impl Service {
@@ -517,7 +521,7 @@ impl Service {
                 .send(PendingAck {
                     session_id,
                     wait,
-                    _in_flight: in_flight,
+                    in_flight,
                 })
                 .await
                 .map_err(|_| ServiceError::Internal("ack task ended".into()))?;
@@ -528,64 +532,78 @@ impl Service {
     /// Answers each append once it is durable: the ack, then what the
     /// commit decided (policy answers, permission timeouts, a dispose). Sends
     /// that time out end the stream (the machine stopped reading); the
-    /// effects here still happen.
+    /// effects here still happen. Acks are cumulative: of the appends
+    /// answered together (a commit answers its whole batch at once), each
+    /// session gets one ack, for the highest cursor.
     async fn send_acks(self, conn: Conn, mut rx: mpsc::Receiver<PendingAck>) {
         let runtime_id = conn.machine.runtime_id.to_string();
         let mut refused = 0u64;
-        while let Some(pending) = rx.recv().await {
-            let session_id = pending.session_id.clone();
-            let answer = pending.wait.await;
-            match answer {
-                Ok(Ok(appended)) => {
-                    let _ = conn
-                        .outbound
-                        .send(frame(pb::control_frame::Frame::EventAck(pb::EventAck {
-                            session_id: session_id.clone(),
-                            seq: appended.last_stored_seq,
-                        })))
-                        .await;
-                    for answer in appended.policy_answers {
-                        let _ = conn
-                            .outbound
-                            .send(frame(pb::control_frame::Frame::PermissionAnswer(answer)))
-                            .await;
+        let mut next: Option<PendingAck> = None;
+        loop {
+            let first = match next.take() {
+                Some(pending) => pending,
+                None => match rx.recv().await {
+                    Some(pending) => pending,
+                    None => break,
+                },
+            };
+            let mut answered = vec![(first.session_id, first.wait.await, first.in_flight)];
+            while answered.len() < MAX_COALESCED_ACKS {
+                let Ok(mut pending) = rx.try_recv() else { break };
+                match pending.wait.try_recv() {
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        next = Some(pending);
+                        break;
                     }
-                    for request_id in appended.awaiting_person {
-                        self.start_permission_timeout(session_id.clone(), request_id);
+                    Ok(answer) => answered.push((pending.session_id, Ok(answer), pending.in_flight)),
+                    Err(oneshot::error::TryRecvError::Closed) => {}
+                }
+            }
+            let mut cursors: Vec<(String, u64)> = Vec::new();
+            let mut cursor_of: HashMap<String, usize> = HashMap::new();
+            let mut effects: Vec<(String, Appended)> = Vec::new();
+            for (session_id, answer, _in_flight) in answered {
+                match answer {
+                    Ok(Ok(appended)) => {
+                        match cursor_of.get(&session_id) {
+                            Some(&i) => cursors[i].1 = cursors[i].1.max(appended.last_stored_seq),
+                            None => {
+                                cursor_of.insert(session_id.clone(), cursors.len());
+                                cursors.push((session_id.clone(), appended.last_stored_seq));
+                            }
+                        }
+                        effects.push((session_id, appended));
                     }
-                    if appended.gap {
-                        // Events are missing before what arrived: end the
-                        // stream so the machine reconnects and resends from
-                        // the cursor in its next Welcome.
-                        tracing::warn!(runtime_id, session_id, "ending the stream to get missing events resent");
+                    Ok(Err(ServiceError::NotFound(e))) => {
+                        // Not this runtime's session: never stored, never acked.
+                        // Said once per stream: a machine naming a thousand
+                        // sessions per frame must not flood the log.
+                        refused += 1;
+                        if refused == 1 {
+                            tracing::warn!(runtime_id, session_id, error = %e, "events refused");
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        // Not stored (the database failed even after retries):
+                        // end the stream; the machine still holds the events and
+                        // resends them after it reconnects.
+                        tracing::error!(runtime_id, session_id, error = %e, "storing events failed; ending the stream");
                         conn.cancel.cancel();
                     }
-                    if appended.session_deleted {
-                        let _ = conn
-                            .outbound
-                            .send(frame(pb::control_frame::Frame::DisposeSession(pb::DisposeSession {
-                                session_id: session_id.clone(),
-                            })))
-                            .await;
-                    }
+                    Err(_) => {}
                 }
-                Ok(Err(ServiceError::NotFound(e))) => {
-                    // Not this runtime's session: never stored, never acked.
-                    // Said once per stream: a machine naming a thousand
-                    // sessions per frame must not flood the log.
-                    refused += 1;
-                    if refused == 1 {
-                        tracing::warn!(runtime_id, session_id, error = %e, "events refused");
-                    }
-                }
-                Ok(Err(e)) => {
-                    // Not stored (the database failed even after retries):
-                    // end the stream; the machine still holds the events and
-                    // resends them after it reconnects.
-                    tracing::error!(runtime_id, session_id, error = %e, "storing events failed; ending the stream");
-                    conn.cancel.cancel();
-                }
-                Err(_) => {}
+            }
+            for (session_id, seq) in cursors {
+                let _ = conn
+                    .outbound
+                    .send(frame(pb::control_frame::Frame::EventAck(pb::EventAck {
+                        session_id,
+                        seq,
+                    })))
+                    .await;
+            }
+            for (session_id, appended) in effects {
+                self.apply_commit_effects(&conn, session_id, appended).await;
             }
         }
         if refused > 1 {
@@ -594,6 +612,38 @@ impl Service {
                 refused,
                 "events for sessions this runtime does not own were refused"
             );
+        }
+    }
+
+    /// What a commit decided beyond the ack.
+    async fn apply_commit_effects(&self, conn: &Conn, session_id: String, appended: Appended) {
+        for answer in appended.policy_answers {
+            let _ = conn
+                .outbound
+                .send(frame(pb::control_frame::Frame::PermissionAnswer(answer)))
+                .await;
+        }
+        for request_id in appended.awaiting_person {
+            self.start_permission_timeout(session_id.clone(), request_id);
+        }
+        if appended.gap {
+            // Events are missing before what arrived: end the stream so the
+            // machine reconnects and resends from the cursor in its next
+            // Welcome.
+            tracing::warn!(
+                runtime_id = %conn.machine.runtime_id,
+                session_id,
+                "ending the stream to get missing events resent"
+            );
+            conn.cancel.cancel();
+        }
+        if appended.session_deleted {
+            let _ = conn
+                .outbound
+                .send(frame(pb::control_frame::Frame::DisposeSession(pb::DisposeSession {
+                    session_id,
+                })))
+                .await;
         }
     }
 
