@@ -59,6 +59,11 @@ pub struct Appended {
 }
 
 impl Appended {
+    /// Whether the commit decided anything beyond the cursor.
+    pub fn decided_something(&self) -> bool {
+        !self.policy_answers.is_empty() || !self.awaiting_person.is_empty() || self.session_deleted || self.gap
+    }
+
     /// An answer that only moves the ack cursor.
     fn cursor(last_stored_seq: u64) -> Appended {
         Appended {

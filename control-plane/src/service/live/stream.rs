@@ -533,8 +533,8 @@ impl Service {
     /// commit decided (policy answers, permission timeouts, a dispose). Sends
     /// that time out end the stream (the machine stopped reading); the
     /// effects here still happen. Acks are cumulative: of the appends
-    /// answered together (a commit answers its whole batch at once), each
-    /// session gets one ack, for the highest cursor.
+    /// answered together (a commit answers its whole batch at once), a
+    /// session's later ack covers its earlier ones.
     async fn send_acks(self, conn: Conn, mut rx: mpsc::Receiver<PendingAck>) {
         let runtime_id = conn.machine.runtime_id.to_string();
         let mut refused = 0u64;
@@ -559,20 +559,29 @@ impl Service {
                     Err(oneshot::error::TryRecvError::Closed) => {}
                 }
             }
-            let mut cursors: Vec<(String, u64)> = Vec::new();
-            let mut cursor_of: HashMap<String, usize> = HashMap::new();
-            let mut effects: Vec<(String, Appended)> = Vec::new();
-            for (session_id, answer, _in_flight) in answered {
+            // An ack that a later one of the same session covers is left
+            // out, unless the commit decided something for it (the order of
+            // acks and decisions stays as the commits made them).
+            let mut last_of_session: HashMap<&str, usize> = HashMap::new();
+            for (i, (session_id, _, _)) in answered.iter().enumerate() {
+                last_of_session.insert(session_id.as_str(), i);
+            }
+            let last_of_session: Vec<bool> = answered
+                .iter()
+                .enumerate()
+                .map(|(i, (session_id, _, _))| last_of_session.get(session_id.as_str()) == Some(&i))
+                .collect();
+            for ((session_id, answer, _in_flight), is_last) in answered.into_iter().zip(last_of_session) {
                 match answer {
                     Ok(Ok(appended)) => {
-                        match cursor_of.get(&session_id) {
-                            Some(&i) => cursors[i].1 = cursors[i].1.max(appended.last_stored_seq),
-                            None => {
-                                cursor_of.insert(session_id.clone(), cursors.len());
-                                cursors.push((session_id.clone(), appended.last_stored_seq));
-                            }
+                        if is_last || appended.decided_something() {
+                            let ack = pb::EventAck {
+                                session_id: session_id.clone(),
+                                seq: appended.last_stored_seq,
+                            };
+                            let _ = conn.outbound.send(frame(pb::control_frame::Frame::EventAck(ack))).await;
                         }
-                        effects.push((session_id, appended));
+                        self.apply_commit_effects(&conn, session_id, appended).await;
                     }
                     Ok(Err(ServiceError::NotFound(e))) => {
                         // Not this runtime's session: never stored, never acked.
@@ -592,18 +601,6 @@ impl Service {
                     }
                     Err(_) => {}
                 }
-            }
-            for (session_id, seq) in cursors {
-                let _ = conn
-                    .outbound
-                    .send(frame(pb::control_frame::Frame::EventAck(pb::EventAck {
-                        session_id,
-                        seq,
-                    })))
-                    .await;
-            }
-            for (session_id, appended) in effects {
-                self.apply_commit_effects(&conn, session_id, appended).await;
             }
         }
         if refused > 1 {
