@@ -259,7 +259,9 @@ impl AgentDaemon {
     fn run(&mut self) -> anyhow::Result<()> {
         let mut command = Self::command(self.config_dir.path(), self.data_dir.path())?;
         command
-            .args(["run", "--reconnect-max", "2"])
+            // The bench holds more sessions than the default limit (64):
+            // the throughput runs keep 101, the idle-memory run 1,000.
+            .args(["run", "--reconnect-max", "2", "--max-sessions", "4096"])
             .env("OMA_LOG", log_level());
         let mut proc = Proc::spawn(command, "oma-agent", &self.log_dir)?;
         proc.wait_for_line(START_DEADLINE, |l| l.starts_with("oma-agent ").then_some(()))?;

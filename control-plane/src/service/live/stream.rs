@@ -563,8 +563,11 @@ impl Service {
             // out, unless the commit decided something for it (the order of
             // acks and decisions stays as the commits made them).
             let mut last_of_session: HashMap<&str, usize> = HashMap::new();
-            for (i, (session_id, _, _)) in answered.iter().enumerate() {
-                last_of_session.insert(session_id.as_str(), i);
+            for (i, (session_id, answer, _)) in answered.iter().enumerate() {
+                // Only an ack that goes out can cover earlier ones.
+                if matches!(answer, Ok(Ok(_))) {
+                    last_of_session.insert(session_id.as_str(), i);
+                }
             }
             let last_of_session: Vec<bool> = answered
                 .iter()
