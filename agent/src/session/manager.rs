@@ -414,12 +414,17 @@ impl Manager {
             .drain()
             .map(|(_, h)| h.tx)
             .collect();
+        // Every actor is told first, then all are awaited: each may wait the
+        // grace for a child that ignores its stdin closing, and those waits
+        // run side by side (n sessions take one grace, not n).
+        let mut waits = Vec::with_capacity(handles.len());
         for handle in handles {
             let (done, wait) = oneshot::channel();
             if handle.send(Command::Shutdown(done)).await.is_ok() {
-                let _ = wait.await;
+                waits.push(wait);
             }
         }
+        futures::future::join_all(waits).await;
     }
 
     fn spawn_actor(self: &Arc<Self>, start: pb::StartSession, state: SessionState, fresh: bool) -> std::io::Result<()> {
