@@ -6,6 +6,11 @@
 //! acknowledged seq (`<session>.ack`). A daemon restart (even SIGKILL: the
 //! data is in the page cache) reloads the unacknowledged tail and resends it
 //! after the next Welcome. The log is compacted once most of it is acked.
+//!
+//! Events are numbered one by one ([`SessionOutbox::push`]) but written in
+//! batches ([`SessionOutbox::flush`]: one `write` for all the records
+//! numbered since the last flush). The invariant the actor keeps: an event
+//! is sent only once a flush has returned it, so it is in the file first.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -34,6 +39,12 @@ pub struct SessionOutbox {
     log_path: PathBuf,
     ack_path: PathBuf,
     file: File,
+    /// The length of the file's whole records (a failed flush cuts back to it).
+    file_len: u64,
+    /// Records numbered since the last flush, and their events.
+    unflushed_records: Vec<u8>,
+    unflushed: Vec<pb::SessionEvent>,
+    /// Stored events not yet acknowledged (flushed ones only).
     pending: VecDeque<pb::SessionEvent>,
     pending_bytes: usize,
     /// Records in the file that are already acknowledged.
@@ -94,6 +105,9 @@ impl SessionOutbox {
             log_path,
             ack_path,
             file,
+            file_len: valid_len,
+            unflushed_records: Vec::new(),
+            unflushed: Vec::new(),
             pending,
             pending_bytes,
             acked_in_file,
@@ -103,18 +117,50 @@ impl SessionOutbox {
         })
     }
 
-    /// Numbers an event (the next seq) and stores it before it is sent.
-    pub fn push(&mut self, mut event: pb::SessionEvent) -> io::Result<pb::SessionEvent> {
+    /// Numbers an event (the next seq) and buffers its record; it is stored
+    /// by the next [`flush`](Self::flush), and must not be sent before.
+    pub fn push(&mut self, mut event: pb::SessionEvent) -> u64 {
         event.seq = self.next_seq;
-        let bytes = event.encode_to_vec();
-        let mut record = Vec::with_capacity(4 + bytes.len());
-        record.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        record.extend_from_slice(&bytes);
-        self.file.write_all(&record)?;
+        let len = event.encoded_len();
+        self.unflushed_records.reserve(4 + len);
+        self.unflushed_records.extend_from_slice(&(len as u32).to_le_bytes());
+        event
+            .encode(&mut self.unflushed_records)
+            .expect("a Vec grows as needed");
         self.next_seq += 1;
-        self.pending_bytes += bytes.len();
-        self.pending.push_back(event.clone());
-        Ok(event)
+        self.unflushed.push(event);
+        self.next_seq - 1
+    }
+
+    /// Events numbered and not yet flushed, and the bytes of their records.
+    pub fn unflushed(&self) -> (usize, usize) {
+        (self.unflushed.len(), self.unflushed_records.len())
+    }
+
+    /// Writes the buffered records with one write and returns their events,
+    /// now stored and ready to send. On an error nothing of the batch is
+    /// kept: the file is cut back to its last whole record and the seqs are
+    /// numbered again (none of them was sent).
+    pub fn flush(&mut self) -> io::Result<Vec<pb::SessionEvent>> {
+        if self.unflushed.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Err(e) = self.file.write_all(&self.unflushed_records) {
+            // A torn record left here would also be cut at the next open.
+            let _ = self.file.set_len(self.file_len);
+            self.next_seq = self.unflushed[0].seq;
+            self.unflushed.clear();
+            self.unflushed_records.clear();
+            return Err(e);
+        }
+        self.file_len += self.unflushed_records.len() as u64;
+        self.pending_bytes += self.unflushed_records.len() - 4 * self.unflushed.len();
+        self.unflushed_records.clear();
+        // A burst's buffer is not kept for an idle session.
+        self.unflushed_records.shrink_to(8 * 1024);
+        let events = std::mem::take(&mut self.unflushed);
+        self.pending.extend(events.iter().cloned());
+        Ok(events)
     }
 
     /// The control plane has stored everything up to `seq`. An ack beyond
@@ -195,6 +241,7 @@ impl SessionOutbox {
             out.flush()
         })?;
         self.file = fsutil::open_append(&self.log_path, PRIVATE_FILE_MODE)?;
+        self.file_len = self.file.metadata()?.len();
         self.acked_in_file = 0;
         Ok(())
     }
@@ -213,6 +260,13 @@ impl SessionOutbox {
 mod tests {
     use super::*;
 
+    /// Numbers and stores one event.
+    fn store(outbox: &mut SessionOutbox, event: pb::SessionEvent) -> u64 {
+        let seq = outbox.push(event);
+        assert_eq!(outbox.flush().unwrap().len(), 1);
+        seq
+    }
+
     fn event(text: &str) -> pb::SessionEvent {
         pb::SessionEvent {
             session_id: "ses_x".into(),
@@ -226,7 +280,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = SessionOutbox::open(dir.path(), "ses_a").unwrap();
         for i in 0..5 {
-            assert_eq!(outbox.push(event(&i.to_string())).unwrap().seq, i + 1);
+            assert_eq!(store(&mut outbox, event(&i.to_string())), i + 1);
         }
         outbox.ack(2).unwrap();
         assert_eq!(outbox.pending().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
@@ -238,7 +292,7 @@ mod tests {
         let mut reopened = SessionOutbox::open(dir.path(), "ses_a").unwrap();
         let pending: Vec<u64> = reopened.pending().map(|e| e.seq).collect();
         assert!(pending.ends_with(&[3, 4, 5]), "{pending:?}");
-        assert_eq!(reopened.push(event("next")).unwrap().seq, 6, "numbering continues");
+        assert_eq!(store(&mut reopened, event("next")), 6, "numbering continues");
         reopened.ack(6).unwrap();
         assert_eq!(reopened.pending().count(), 0);
         drop(reopened);
@@ -251,7 +305,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = SessionOutbox::open(dir.path(), "ses_p").unwrap();
         for i in 0..(PERSIST_ACK_EVERY + 10) {
-            outbox.push(event(&i.to_string())).unwrap();
+            store(&mut outbox, event(&i.to_string()));
         }
         outbox.ack(PERSIST_ACK_EVERY + 5).unwrap();
         drop(outbox);
@@ -264,8 +318,8 @@ mod tests {
     fn a_torn_tail_is_dropped_and_numbering_stays_consistent() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = SessionOutbox::open(dir.path(), "ses_b").unwrap();
-        outbox.push(event("a")).unwrap();
-        outbox.push(event("b")).unwrap();
+        store(&mut outbox, event("a"));
+        store(&mut outbox, event("b"));
         drop(outbox);
         let path = dir.path().join("ses_b.log");
         let mut bytes = fs::read(&path).unwrap();
@@ -273,7 +327,7 @@ mod tests {
         fs::write(&path, bytes).unwrap();
         let mut reopened = SessionOutbox::open(dir.path(), "ses_b").unwrap();
         assert_eq!(reopened.pending().count(), 2);
-        assert_eq!(reopened.push(event("c")).unwrap().seq, 3);
+        assert_eq!(store(&mut reopened, event("c")), 3);
         drop(reopened);
         let again = SessionOutbox::open(dir.path(), "ses_b").unwrap();
         assert_eq!(again.pending().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -284,7 +338,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = SessionOutbox::open(dir.path(), "ses_c").unwrap();
         for i in 0..(COMPACT_AFTER as u64 + 10) {
-            outbox.push(event(&i.to_string())).unwrap();
+            store(&mut outbox, event(&i.to_string()));
         }
         outbox.ack(COMPACT_AFTER as u64 + 5).unwrap();
         drop(outbox);
@@ -300,7 +354,7 @@ mod tests {
         let outbox_dir = dir.path().join("outbox");
         let mut outbox = SessionOutbox::open(&outbox_dir, "ses_m").unwrap();
         for i in 0..(COMPACT_AFTER as u64 + 1) {
-            outbox.push(event(&i.to_string())).unwrap();
+            store(&mut outbox, event(&i.to_string()));
         }
         outbox.ack(COMPACT_AFTER as u64).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -314,14 +368,76 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = SessionOutbox::open(dir.path(), "ses_h").unwrap();
         for i in 0..3 {
-            outbox.push(event(&i.to_string())).unwrap();
+            store(&mut outbox, event(&i.to_string()));
         }
         outbox.ack(u64::MAX).unwrap();
         assert_eq!(outbox.acked(), 3);
-        assert_eq!(outbox.push(event("next")).unwrap().seq, 4);
+        assert_eq!(store(&mut outbox, event("next")), 4);
         outbox.ack(u64::MAX).unwrap();
         drop(outbox);
         let mut again = SessionOutbox::open(dir.path(), "ses_h").unwrap();
-        assert_eq!(again.push(event("after a restart")).unwrap().seq, 5);
+        assert_eq!(store(&mut again, event("after a restart")), 5);
+    }
+
+    #[test]
+    fn a_batch_is_stored_with_one_flush_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = SessionOutbox::open(dir.path(), "ses_w").unwrap();
+        store(&mut outbox, event("before"));
+        for i in 0..100 {
+            assert_eq!(outbox.push(event(&i.to_string())), i + 2);
+        }
+        assert_eq!(outbox.unflushed().0, 100);
+        // Numbered but not flushed: not pending (not sendable), not in the file.
+        assert_eq!(outbox.pending().count(), 1);
+        let log = dir.path().join("ses_w.log");
+        let before = fs::metadata(&log).unwrap().len();
+        let flushed = outbox.flush().unwrap();
+        assert_eq!(
+            flushed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (2..=101).collect::<Vec<_>>()
+        );
+        assert_eq!(outbox.unflushed(), (0, 0));
+        assert!(fs::metadata(&log).unwrap().len() > before);
+        assert_eq!(outbox.pending().count(), 101);
+        assert!(outbox.flush().unwrap().is_empty(), "nothing twice");
+        drop(outbox);
+
+        let mut reopened = SessionOutbox::open(dir.path(), "ses_w").unwrap();
+        let pending: Vec<u64> = reopened.pending().map(|e| e.seq).collect();
+        assert_eq!(pending, (1..=101).collect::<Vec<_>>());
+        assert_eq!(store(&mut reopened, event("next")), 102);
+    }
+
+    #[test]
+    fn events_never_flushed_are_not_kept_and_their_seqs_are_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = SessionOutbox::open(dir.path(), "ses_u").unwrap();
+        store(&mut outbox, event("a"));
+        outbox.push(event("b"));
+        outbox.push(event("c"));
+        drop(outbox); // a crash before the flush: b and c were never sent
+        let mut reopened = SessionOutbox::open(dir.path(), "ses_u").unwrap();
+        assert_eq!(reopened.pending().count(), 1);
+        assert_eq!(store(&mut reopened, event("b again")), 2);
+    }
+
+    #[test]
+    fn a_batch_after_a_torn_tail_follows_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = SessionOutbox::open(dir.path(), "ses_t").unwrap();
+        store(&mut outbox, event("a"));
+        drop(outbox);
+        let path = dir.path().join("ses_t.log");
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2]); // half a record
+        fs::write(&path, bytes).unwrap();
+        let mut reopened = SessionOutbox::open(dir.path(), "ses_t").unwrap();
+        reopened.push(event("b"));
+        reopened.push(event("c"));
+        assert_eq!(reopened.flush().unwrap().len(), 2);
+        drop(reopened);
+        let again = SessionOutbox::open(dir.path(), "ses_t").unwrap();
+        assert_eq!(again.pending().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 }

@@ -32,8 +32,12 @@ use crate::process::ChildSpec;
 
 /// Turn ids remembered per session, so a resent Prompt runs once.
 const SEEN_TURNS: usize = 1000;
-/// Events per frame when resending a backlog.
-const RESEND_BATCH: usize = 256;
+/// Events per frame (live sends and resends of a backlog alike).
+const FRAME_EVENTS: usize = 256;
+/// Ready outputs handled in one actor iteration stop at this many events
+/// or bytes of records: one outbox write and (usually) one frame.
+const DRAIN_EVENTS: usize = FRAME_EVENTS;
+const DRAIN_BYTES: usize = 1024 * 1024;
 
 /// What the manager needs to run sessions.
 pub struct ManagerConfig {
@@ -410,12 +414,17 @@ impl Manager {
             .drain()
             .map(|(_, h)| h.tx)
             .collect();
+        // Every actor is told first, then all are awaited: each may wait the
+        // grace for a child that ignores its stdin closing, and those waits
+        // run side by side (n sessions take one grace, not n).
+        let mut waits = Vec::with_capacity(handles.len());
         for handle in handles {
             let (done, wait) = oneshot::channel();
             if handle.send(Command::Shutdown(done)).await.is_ok() {
-                let _ = wait.await;
+                waits.push(wait);
             }
         }
+        futures::future::join_all(waits).await;
     }
 
     fn spawn_actor(self: &Arc<Self>, start: pb::StartSession, state: SessionState, fresh: bool) -> std::io::Result<()> {
@@ -489,12 +498,14 @@ impl Actor {
                 self.emit(
                     turn_ended_error("interrupted", "the oma-agent daemon restarted during this turn"),
                     &turn,
-                )
-                .await;
+                );
             }
             self.save_state();
         }
         loop {
+            // Every iteration ends here: what it numbered is stored and sent
+            // before the actor waits again (and before any command runs).
+            self.flush().await;
             let reading = self.outputs.is_some() && !self.outbox.is_full();
             tokio::select! {
                 command = rx.recv() => {
@@ -505,7 +516,7 @@ impl Actor {
                         Command::Cancel => {
                             if let Some(acp) = &self.acp { acp.cancel(); }
                         }
-                        Command::Answer(answer) => self.answer(answer).await,
+                        Command::Answer(answer) => self.answer(answer),
                         Command::Ack => self.apply_ack(),
 
                         Command::Describe(reply) => { let _ = reply.send(self.outbox.last_seq()); }
@@ -525,9 +536,35 @@ impl Actor {
                     }
                 }
                 output = recv(&mut self.outputs), if reading => match output {
-                    Some(output) => self.output(output).await,
+                    Some(output) => {
+                        self.output(output);
+                        self.drain_ready_outputs();
+                    }
                     None => { self.outputs = None; self.acp = None; }
                 },
+            }
+        }
+        self.flush().await;
+    }
+
+    /// Handles the outputs the child has already produced, so that a burst
+    /// becomes one outbox write and one frame. Bounded, so that commands
+    /// (a cancel, an answer) wait at most one batch.
+    fn drain_ready_outputs(&mut self) {
+        loop {
+            let (events, bytes) = self.outbox.unflushed();
+            if events >= DRAIN_EVENTS || bytes >= DRAIN_BYTES || self.outbox.is_full() {
+                return;
+            }
+            let Some(outputs) = &mut self.outputs else { return };
+            match outputs.try_recv() {
+                Ok(output) => self.output(output),
+                Err(mpsc::error::TryRecvError::Empty) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.outputs = None;
+                    self.acp = None;
+                    return;
+                }
             }
         }
     }
@@ -549,38 +586,16 @@ impl Actor {
             tracing::error!(session_id = self.id(), error = %e, "cannot record the server's cursor");
         }
         let Some(conn) = self.conn.clone() else { return };
-        // Resend in batches bounded by count and by bytes (a batch must fit
-        // in one gRPC message).
+        self.flush().await; // (empty: the loop flushes before each command)
         let pending: Vec<pb::SessionEvent> = self.outbox.pending().cloned().collect();
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for event in pending {
-            let len = event.encoded_len();
-            if !batch.is_empty() && (batch.len() >= RESEND_BATCH || bytes + len > MAX_EVENT_BYTES) {
-                if !self.send_batch(&conn, std::mem::take(&mut batch)).await {
-                    return;
-                }
-                bytes = 0;
-            }
-            bytes += len;
-            batch.push(event);
-        }
-        if !batch.is_empty() {
-            self.send_batch(&conn, batch).await;
-        }
+        self.send_events(&conn, pending).await;
     }
 
-    async fn send_batch(&mut self, conn: &Sender, events: Vec<pb::SessionEvent>) -> bool {
-        let frame = pb::agent_frame::Frame::Events(pb::SessionEventBatch { events });
-        if conn.send(pb::AgentFrame { frame: Some(frame) }).await.is_err() {
-            self.conn = None;
-            return false;
-        }
-        true
-    }
-
-    /// Numbers, stores and (if connected) sends one event.
-    async fn emit(&mut self, kind: pb::session_event::Kind, turn_id: &str) {
+    /// Numbers one event and buffers it in the outbox. Nothing is sent here:
+    /// the run loop flushes after every iteration, and [`Self::send_frame`]
+    /// flushes before any other frame, so the events of one iteration reach
+    /// the file with one write and the stream as one frame, in order.
+    fn emit(&mut self, kind: pb::session_event::Kind, turn_id: &str) {
         let mut event = pb::SessionEvent {
             session_id: self.start.session_id.clone(),
             seq: 0,
@@ -589,31 +604,47 @@ impl Actor {
             kind: Some(kind),
         };
         fit_in_a_frame(&mut event);
-        let event = match self.outbox.push(event) {
-            Ok(e) => e,
+        self.outbox.push(event);
+    }
+
+    /// Stores the buffered events (one write) and, if connected, sends them.
+    async fn flush(&mut self) {
+        let events = match self.outbox.flush() {
+            Ok(events) => events,
             Err(e) => {
-                tracing::error!(session_id = self.id(), error = %e, "cannot store an event in the outbox");
+                tracing::error!(session_id = self.id(), error = %e, "cannot store events in the outbox");
                 return;
             }
         };
-        if let Some(conn) = &self.conn {
-            let frame = pb::AgentFrame {
-                frame: Some(pb::agent_frame::Frame::Event(pb::SessionEventFrame {
-                    event: Some(event),
-                })),
-            };
+        if let Some(conn) = self.conn.clone() {
             // Waiting here is the backpressure: a slow stream slows this
             // session's reading of its child, nothing else. If the stream is
-            // gone the event stays in the outbox for the next resend.
-            if conn.send(frame).await.is_err() {
-                self.conn = None;
-            }
+            // gone the events stay in the outbox for the next resend.
+            self.send_events(&conn, events).await;
         }
     }
 
-    fn send_frame(&self, frame: pb::agent_frame::Frame) {
-        if let Some(conn) = &self.conn {
-            let _ = conn.try_send(pb::AgentFrame { frame: Some(frame) });
+    /// Sends events in frames bounded by count and by bytes (a frame must
+    /// fit in one gRPC message); the one path for live sends and resends.
+    /// False once the stream is gone.
+    async fn send_events(&mut self, conn: &Sender, events: Vec<pb::SessionEvent>) -> bool {
+        for events in frames_of(events) {
+            let frame = pb::agent_frame::Frame::Events(pb::SessionEventBatch { events });
+            if conn.send(pb::AgentFrame { frame: Some(frame) }).await.is_err() {
+                self.conn = None;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends a frame other than events, after the events numbered before it.
+    async fn send_frame(&mut self, frame: pb::agent_frame::Frame) {
+        self.flush().await;
+        if let Some(conn) = &self.conn
+            && conn.send(pb::AgentFrame { frame: Some(frame) }).await.is_err()
+        {
+            self.conn = None;
         }
     }
 
@@ -660,7 +691,7 @@ impl Actor {
                         code: refusal.rule.code().into(),
                         message: refusal.message.clone(),
                     };
-                    self.emit(pb::session_event::Kind::Error(error), "").await;
+                    self.emit(pb::session_event::Kind::Error(error), "");
                 }
                 self.fail(last.rule.code(), &last.message).await;
                 return false;
@@ -677,7 +708,7 @@ impl Actor {
                 code: refusal.rule.code().into(),
                 message: refusal.message.clone(),
             };
-            self.emit(pb::session_event::Kind::Error(error), "").await;
+            self.emit(pb::session_event::Kind::Error(error), "");
         }
         if let Err(e) = workspace::prepare(&self.dir, &self.start, entry.quirks.skills_layout) {
             self.fail("start_failed", &format!("cannot prepare the session directory: {e}"))
@@ -711,8 +742,7 @@ impl Actor {
                 entry.id,
                 blocklist.join(", ")
             );
-            self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), "")
-                .await;
+            self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), "");
         }
         let acp_launch = AcpLaunch {
             child: ChildSpec {
@@ -737,6 +767,8 @@ impl Actor {
             idle_timeout: config.idle_timeout,
         };
         let _ = std::fs::create_dir_all(config.paths.log_dir());
+        // The start can take a while: what is numbered so far goes out first.
+        self.flush().await;
         let (out_tx, mut out_rx) = mpsc::channel(1024);
         self.state.generation += 1;
         self.save_state();
@@ -779,7 +811,7 @@ impl Actor {
                 }
                 self.outputs = Some(out_rx);
                 for output in kept {
-                    Box::pin(self.output(output)).await;
+                    self.output(output);
                 }
                 if replayed > 0 {
                     tracing::info!(
@@ -794,13 +826,13 @@ impl Actor {
                         acp_session_id: started.acp_session_id.clone(),
                     }),
                     "",
-                )
-                .await;
+                );
                 self.send_frame(pb::agent_frame::Frame::SessionReady(pb::SessionReady {
                     session_id: self.start.session_id.clone(),
                     acp_session_id: started.acp_session_id,
                     resumed: started.resumed,
-                }));
+                }))
+                .await;
                 true
             }
             Err(e) => {
@@ -817,19 +849,19 @@ impl Actor {
             code: code.into(),
             message: message.into(),
         };
-        self.emit(pb::session_event::Kind::Error(error.clone()), "").await;
+        self.emit(pb::session_event::Kind::Error(error.clone()), "");
         self.emit(
             pb::session_event::Kind::StatusChanged(pb::SessionStatusChanged {
                 status: pb::SessionStatus::Failed as i32,
                 acp_session_id: String::new(),
             }),
             "",
-        )
-        .await;
+        );
         self.send_frame(pb::agent_frame::Frame::SessionFailed(pb::SessionFailed {
             session_id: self.start.session_id.clone(),
             error: Some(error),
-        }));
+        }))
+        .await;
     }
 
     async fn prompt(&mut self, prompt: pb::Prompt) {
@@ -848,11 +880,10 @@ impl Actor {
                 requested_by_user_id: prompt.requested_by_user_id.clone(),
             }),
             &turn_id,
-        )
-        .await;
+        );
         if let Some(running) = &self.running_turn {
             let message = format!("turn {running} is still running; one turn at a time");
-            self.emit(turn_ended_error("turn_running", &message), &turn_id).await;
+            self.emit(turn_ended_error("turn_running", &message), &turn_id);
             return;
         }
         if self.acp.as_ref().is_none_or(|a| !a.is_alive()) {
@@ -862,8 +893,7 @@ impl Actor {
                 self.emit(
                     turn_ended_error("start_failed", "the agent could not be started"),
                     &turn_id,
-                )
-                .await;
+                );
                 return;
             }
         }
@@ -878,11 +908,11 @@ impl Actor {
                 self.state.running_turn = Some(turn_id);
                 self.save_state();
             }
-            Err(e) => self.emit(turn_ended_error("acp_error", &e.to_string()), &turn_id).await,
+            Err(e) => self.emit(turn_ended_error("acp_error", &e.to_string()), &turn_id),
         }
     }
 
-    async fn answer(&mut self, answer: pb::PermissionAnswer) {
+    fn answer(&mut self, answer: pb::PermissionAnswer) {
         let option = (!answer.cancelled).then(|| answer.option_id.clone());
         let Some(acp) = &self.acp else { return };
         // An answer for an earlier child's request has nobody to go to.
@@ -906,15 +936,14 @@ impl Actor {
                         decided_by: "control-plane".into(),
                     }),
                     &turn,
-                )
-                .await;
+                );
             }
             // Already answered (a resend after reconnect) or gone with its turn.
             Err(e) => tracing::debug!(session_id = self.id(), error = %e, "permission answer not applied"),
         }
     }
 
-    async fn output(&mut self, output: AcpOutput) {
+    fn output(&mut self, output: AcpOutput) {
         let turn = self.running_turn.clone().unwrap_or_default();
         match output {
             AcpOutput::Update { raw_update } => {
@@ -923,15 +952,12 @@ impl Actor {
                     raw_json: raw_update,
                     typed: None,
                 });
-                self.emit(pb::session_event::Kind::Update(update), &turn).await;
+                self.emit(pb::session_event::Kind::Update(update), &turn);
             }
             AcpOutput::PermissionRequest { request_id, raw_params } => {
                 let in_session = format!("g{}.{request_id}", self.state.generation);
                 match translate::permission_requested(in_session, raw_params) {
-                    Ok(requested) => {
-                        self.emit(pb::session_event::Kind::PermissionRequested(requested), &turn)
-                            .await
-                    }
+                    Ok(requested) => self.emit(pb::session_event::Kind::PermissionRequested(requested), &turn),
                     // Unusable ids: refused here, never sent to the server.
                     Err(message) => {
                         if let Some(acp) = &self.acp {
@@ -942,8 +968,7 @@ impl Actor {
                         self.emit(
                             pb::session_event::Kind::Error(pb::SessionError { code, message }),
                             &turn,
-                        )
-                        .await;
+                        );
                     }
                 }
             }
@@ -963,16 +988,12 @@ impl Actor {
                         usage_json: usage_json.unwrap_or_default(),
                     }),
                     &turn_id,
-                )
-                .await;
+                );
                 self.running_turn = None;
                 self.state.running_turn = None;
                 self.save_state();
             }
-            AcpOutput::Log(message) => {
-                self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), &turn)
-                    .await
-            }
+            AcpOutput::Log(message) => self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), &turn),
             AcpOutput::Exited {
                 description,
                 stderr_tail,
@@ -981,8 +1002,7 @@ impl Actor {
                 if !stderr_tail.is_empty() {
                     message.push_str(&format!("; stderr: {}", last_chars(&stderr_tail, 2000)));
                 }
-                self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), &turn)
-                    .await;
+                self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), &turn);
                 self.acp = None;
                 self.outputs = None;
                 self.state.child = None;
@@ -1044,6 +1064,27 @@ fn fit_in_a_frame(event: &mut pb::SessionEvent) {
             message: format!("a {kind} update of {len} bytes exceeds the {MAX_EVENT_BYTES}-byte limit and was dropped"),
         }));
     }
+}
+
+/// Cuts events into frames of at most [`FRAME_EVENTS`] events and (but for
+/// a lone event, which [`fit_in_a_frame`] bounds) [`MAX_EVENT_BYTES`] bytes.
+fn frames_of(events: Vec<pb::SessionEvent>) -> Vec<Vec<pb::SessionEvent>> {
+    let mut frames = Vec::new();
+    let mut frame = Vec::new();
+    let mut bytes = 0;
+    for event in events {
+        let len = event.encoded_len();
+        if !frame.is_empty() && (frame.len() >= FRAME_EVENTS || bytes + len > MAX_EVENT_BYTES) {
+            frames.push(std::mem::take(&mut frame));
+            bytes = 0;
+        }
+        bytes += len;
+        frame.push(event);
+    }
+    if !frame.is_empty() {
+        frames.push(frame);
+    }
+    frames
 }
 
 /// The largest event sent (the gRPC message limit less room for framing).
@@ -1108,14 +1149,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(dir.path().join("config"), dir.path().join("data"));
         let mut outbox = SessionOutbox::open(&paths.outbox_dir(), SESSION).unwrap();
-        outbox
-            .push(event(pb::session_event::Kind::TurnStarted(pb::TurnStarted::default())))
-            .unwrap();
+        outbox.push(event(pb::session_event::Kind::TurnStarted(pb::TurnStarted::default())));
         if ended {
-            outbox
-                .push(event(pb::session_event::Kind::TurnEnded(pb::TurnEnded::default())))
-                .unwrap();
+            outbox.push(event(pb::session_event::Kind::TurnEnded(pb::TurnEnded::default())));
         }
+        outbox.flush().unwrap();
         drop(outbox);
         let start = pb::StartSession {
             session_id: SESSION.into(),
@@ -1154,5 +1192,107 @@ mod tests {
     #[tokio::test]
     async fn a_turn_whose_end_was_numbered_before_the_kill_is_not_ended_twice() {
         assert_eq!(restart_after_kill(true).await, 2);
+    }
+
+    fn test_manager(dir: &std::path::Path) -> Arc<Manager> {
+        Manager::load(ManagerConfig {
+            paths: Paths::new(dir.join("config"), dir.join("data")),
+            agents: DetectReport::default(),
+            skill_source: None,
+            idle_timeout: Duration::from_secs(60),
+            startup_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(1),
+            max_sessions: 8,
+        })
+    }
+
+    /// An actor reading `outputs`, sending on `conn`, with no child.
+    fn test_actor(manager: &Arc<Manager>, outputs: mpsc::Receiver<AcpOutput>, conn: Sender) -> Actor {
+        let paths = &manager.config.paths;
+        Actor {
+            acked: Arc::default(),
+            manager: manager.clone(),
+            dir: paths.session_dir(SESSION).unwrap(),
+            start: pb::StartSession {
+                session_id: SESSION.into(),
+                ..Default::default()
+            },
+            state: SessionState::default(),
+            outbox: SessionOutbox::open(&paths.outbox_dir(), SESSION).unwrap(),
+            conn: Some(conn),
+            acp: None,
+            outputs: Some(outputs),
+            running_turn: None,
+        }
+    }
+
+    fn log(i: usize) -> AcpOutput {
+        AcpOutput::Log(format!("line {i}"))
+    }
+
+    async fn next_events(frames: &mut mpsc::Receiver<pb::AgentFrame>) -> Vec<u64> {
+        match frames.recv().await.and_then(|f| f.frame) {
+            Some(pb::agent_frame::Frame::Events(batch)) => batch.events.iter().map(|e| e.seq).collect(),
+            other => panic!("expected an events frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_outputs_become_one_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = test_manager(dir.path());
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        for i in 0..100 {
+            out_tx.send(log(i)).await.unwrap();
+        }
+        let (conn, mut frames) = mpsc::channel(16);
+        let (commands, rx) = mpsc::channel(1);
+        let actor = tokio::spawn(test_actor(&manager, out_rx, conn).run(rx, false));
+        assert_eq!(next_events(&mut frames).await, (1..=100).collect::<Vec<_>>());
+
+        // Later outputs: numbered after them, in order.
+        out_tx.send(log(100)).await.unwrap();
+        assert_eq!(next_events(&mut frames).await, vec![101]);
+        drop(commands);
+        actor.await.unwrap();
+        let outbox = SessionOutbox::open(&manager.config.paths.outbox_dir(), SESSION).unwrap();
+        assert_eq!(outbox.pending().count(), 101, "all stored before sent");
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_cut_into_bounded_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = test_manager(dir.path());
+        let burst = DRAIN_EVENTS * 2 + 10;
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        for i in 0..burst {
+            out_tx.send(log(i)).await.unwrap();
+        }
+        drop(out_tx);
+        let (conn, mut frames) = mpsc::channel(16);
+        let (_commands, rx) = mpsc::channel(1);
+        tokio::spawn(test_actor(&manager, out_rx, conn).run(rx, false));
+        let mut seqs = Vec::new();
+        while seqs.len() < burst {
+            let frame = next_events(&mut frames).await;
+            assert!(!frame.is_empty() && frame.len() <= FRAME_EVENTS, "{}", frame.len());
+            seqs.extend(frame);
+        }
+        assert_eq!(seqs, (1..=burst as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn frames_are_bounded_by_count_and_bytes() {
+        let text = |n: usize| pb::session_event::Kind::Log(pb::SessionLog { message: "x".repeat(n) });
+        let small: Vec<_> = (0..600).map(|_| event(text(10))).collect();
+        let sizes: Vec<usize> = frames_of(small).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![FRAME_EVENTS, FRAME_EVENTS, 600 - 2 * FRAME_EVENTS]);
+
+        let big: Vec<_> = (0..5).map(|_| event(text(MAX_EVENT_BYTES / 3))).collect();
+        for frame in frames_of(big) {
+            let bytes: usize = frame.iter().map(|e| e.encoded_len()).sum();
+            assert!(bytes <= MAX_EVENT_BYTES, "{bytes}");
+        }
+        assert!(frames_of(Vec::new()).is_empty());
     }
 }
