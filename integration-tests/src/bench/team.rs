@@ -16,6 +16,7 @@ use oma_integration_tests::TestDatabase;
 use oma_proto::pb::session_event::Kind;
 
 use super::env::Env;
+use super::latency::{RelaySample, timestamp_ns};
 use super::procs::{cpu_time, rss_bytes};
 use super::scale;
 use super::stats::{Latency, sent_unix_ns, unix_ns};
@@ -77,6 +78,10 @@ pub struct Team {
     /// What went wrong in the watchers (stalls, turn errors).
     pub errors: Vec<String>,
     pub latency: Latency,
+    /// The latency split at oma-agent's stamp (`SessionEvent.time`, set
+    /// when it reads the line): child → oma-agent, oma-agent → watcher.
+    pub to_agent: Latency,
+    pub from_agent: Latency,
     /// The prompts until the last watcher saw its turn end.
     pub elapsed: Duration,
     pub cp_cpu: Duration,
@@ -126,15 +131,15 @@ fn postgres_cpu_since(before: &HashMap<u32, Duration>) -> (Duration, usize) {
     (used, now.len())
 }
 
-/// One watcher's take: latencies (ns) of the stamped chunks it received,
-/// and the error that ended it early.
+/// One watcher's take: the stamped chunks it received, and the error that
+/// ended it early.
 struct Watched {
-    latencies: Vec<u64>,
+    samples: Vec<RelaySample>,
     error: Option<String>,
 }
 
 async fn watch_turn(mut stream: tonic::Streaming<oma_proto::pb::SessionEvent>, session_id: String) -> Watched {
-    let mut latencies = Vec::new();
+    let mut samples = Vec::new();
     let error = loop {
         let event = match tokio::time::timeout(STALL, stream.message()).await {
             Ok(Ok(Some(event))) => event,
@@ -146,7 +151,11 @@ async fn watch_turn(mut stream: tonic::Streaming<oma_proto::pb::SessionEvent>, s
         match &event.kind {
             Some(Kind::Update(update)) => {
                 if let Some(sent) = sent_unix_ns(&update.raw_json) {
-                    latencies.push(at.saturating_sub(sent));
+                    samples.push(RelaySample {
+                        received: at,
+                        sent,
+                        agent: timestamp_ns(&event.time),
+                    });
                 }
             }
             Some(Kind::TurnEnded(end)) => {
@@ -155,8 +164,8 @@ async fn watch_turn(mut stream: tonic::Streaming<oma_proto::pb::SessionEvent>, s
             _ => {}
         }
     };
-    let error = error.map(|e| format!("session {session_id}, after {} chunks: {e}", latencies.len()));
-    Watched { latencies, error }
+    let error = error.map(|e| format!("session {session_id}, after {} chunks: {e}", samples.len()));
+    Watched { samples, error }
 }
 
 /// Runs the team day on a fresh PostgreSQL database.
@@ -213,11 +222,11 @@ pub async fn run(sizes: &TeamSizes, log_dir: &Path) -> anyhow::Result<Team> {
     for prompt in prompts {
         prompt?;
     }
-    let mut latencies = Vec::with_capacity((per_session as usize) * ids.len());
+    let mut samples = Vec::with_capacity((per_session as usize) * ids.len());
     let mut errors = Vec::new();
     for watcher in watchers {
         let watched = watcher.await?;
-        latencies.extend(watched.latencies);
+        samples.extend(watched.samples);
         errors.extend(watched.error);
     }
     let elapsed = start.elapsed();
@@ -227,7 +236,11 @@ pub async fn run(sizes: &TeamSizes, log_dir: &Path) -> anyhow::Result<Team> {
     let cp_rss_after = rss_bytes(cp_pid)?;
     let lost = connected.lost();
     let stream_retries = connected.stream_retries();
-    let delivered = latencies.len() as u64;
+    let delivered = samples.len() as u64;
+    let pairs = |f: fn(&RelaySample) -> (u64, u64)| samples.iter().map(f).collect::<Vec<_>>();
+    let latency = Latency::of_pairs(&pairs(|s| (s.received, s.sent)));
+    let to_agent = Latency::of_pairs(&pairs(|s| (s.agent, s.sent)));
+    let from_agent = Latency::of_pairs(&pairs(|s| (s.received, s.agent)));
 
     // The control plane goes first, so it does not record the disconnects.
     let stuck_sessions = env.stuck_sessions;
@@ -247,7 +260,9 @@ pub async fn run(sizes: &TeamSizes, log_dir: &Path) -> anyhow::Result<Team> {
         expected: per_session * sizes.sessions as u64,
         delivered,
         errors,
-        latency: Latency::of(&mut latencies),
+        latency,
+        to_agent,
+        from_agent,
         elapsed,
         cp_cpu,
         agent_cpu,

@@ -895,10 +895,12 @@ fn team_rows(report: &mut Report, t: &team::Team) {
     report.target(
         format!("{what}: chunks delivered to the watchers"),
         format!(
-            "{} of {} (prompts → last turn end: {})",
+            "{} of {} (prompts → last turn end: {}; {} delivered vs {} offered)",
             thousands(t.delivered),
             thousands(t.expected),
-            dur(t.elapsed)
+            dur(t.elapsed),
+            rate(t.delivered as f64 / t.elapsed.as_secs_f64().max(1e-9)),
+            rate((t.rate * t.sessions as u64) as f64)
         ),
         "all",
         verdict(t.delivered == t.expected),
@@ -906,6 +908,16 @@ fn team_rows(report: &mut Report, t: &team::Team) {
     report.info(
         format!("{what}: latency, test agent's stamp → watcher's receive"),
         lat(&t.latency),
+    );
+    report.info(
+        format!("{what}: latency split at oma-agent's read stamp"),
+        format!(
+            "child → oma-agent p50 {} p99 {}; oma-agent → watcher p50 {} p99 {}",
+            ns(t.to_agent.p50),
+            ns(t.to_agent.p99),
+            ns(t.from_agent.p50),
+            ns(t.from_agent.p99)
+        ),
     );
     let busy = (t.cp_cpu + t.agent_cpu).as_secs_f64() / t.elapsed.as_secs_f64().max(1e-9);
     report.info(
