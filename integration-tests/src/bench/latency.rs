@@ -40,7 +40,7 @@ pub struct RelaySample {
     pub agent: u64,
 }
 
-fn timestamp_ns(t: &Option<prost_types::Timestamp>) -> u64 {
+pub fn timestamp_ns(t: &Option<prost_types::Timestamp>) -> u64 {
     t.as_ref()
         .map_or(0, |t| (t.seconds.max(0) as u64) * 1_000_000_000 + t.nanos.max(0) as u64)
 }

@@ -165,6 +165,12 @@ impl ControlPlane {
             .args(database.serve_args())
             // The scale run pairs thousands of machines from one address.
             .args(["--unauthenticated-rate", "off"])
+            // One tenant (the bench's admin) plays a whole fleet: the scale
+            // and team runs pair thousands of runtimes (codes first, then
+            // the exchanges), the idle run holds 1,000 sessions, the team run
+            // one watcher per session.
+            .args(["--quota-runtimes", "1000000", "--quota-connect-codes", "1000000"])
+            .args(["--quota-sessions", "1000000", "--max-watchers-per-tenant", "100000"])
             .env("OMA_LOG", log_level());
         Ok(command)
     }
@@ -259,9 +265,10 @@ impl AgentDaemon {
     fn run(&mut self) -> anyhow::Result<()> {
         let mut command = Self::command(self.config_dir.path(), self.data_dir.path())?;
         command
-            // The bench holds more sessions than the default limit (64):
-            // the throughput runs keep 101, the idle-memory run 1,000.
-            .args(["run", "--reconnect-max", "2", "--max-sessions", "4096"])
+            .args(["run", "--reconnect-max", "2"])
+            // The bench holds more sessions on one machine than the default
+            // allows (the idle run: 1,000); every session stays held.
+            .args(["--max-sessions", "100000"])
             .env("OMA_LOG", log_level());
         let mut proc = Proc::spawn(command, "oma-agent", &self.log_dir)?;
         proc.wait_for_line(START_DEADLINE, |l| l.starts_with("oma-agent ").then_some(()))?;

@@ -274,21 +274,39 @@ struct Counters {
     stream_retries: AtomicUsize,
 }
 
-pub async fn run(n: usize, idle_window: Duration, log_dir: &std::path::Path) -> anyhow::Result<Scale> {
-    let limit = raise_nofile_limit();
-    let connections = n.div_ceil(STREAMS_PER_CONNECTION);
-    if limit != 0 && (connections as u64) * 2 + 256 > limit {
-        bail!("the open-files limit ({limit}) is too low for {connections} connections");
-    }
-    let cp = ControlPlane::start(TestDatabase::sqlite()?, log_dir)?;
-    let pairing_start = Instant::now();
-    let pairing_retries = AtomicUsize::new(0);
-    let machines = pair(&cp, n, "bench-machine", &pairing_retries).await?;
-    let pairing = pairing_start.elapsed();
+/// Streams opened by [`connect`]: heartbeating until `stop` is cancelled.
+pub struct Connected {
+    pub stop: CancellationToken,
+    counters: Arc<Counters>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The first open until the last Welcome.
+    pub connect_all: Duration,
+}
 
-    // Let the pairing burst settle before the baseline.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = rss_bytes(cp.pid())?;
+impl Connected {
+    /// Streams that ended before `stop`.
+    pub fn lost(&self) -> usize {
+        self.counters.lost.load(Ordering::Relaxed)
+    }
+
+    pub fn stream_retries(&self) -> usize {
+        self.counters.stream_retries.load(Ordering::Relaxed)
+    }
+
+    /// Stops every stream and waits for its task.
+    pub async fn close(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Opens one stream per machine over `machines.len() / 100` HTTP/2
+/// connections to `url` and waits until every one has its Welcome.
+pub async fn connect(url: &str, machines: Vec<Machine>) -> anyhow::Result<Connected> {
+    let n = machines.len();
+    let connections = n.div_ceil(STREAMS_PER_CONNECTION);
     let stop = CancellationToken::new();
     let counters = Arc::new(Counters::default());
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
@@ -296,7 +314,7 @@ pub async fn run(n: usize, idle_window: Duration, log_dir: &std::path::Path) -> 
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
         channels.push(
-            Endpoint::from_shared(cp.url())?
+            Endpoint::from_shared(url.to_owned())?
                 .tcp_nodelay(true)
                 .connect()
                 .await
@@ -333,6 +351,31 @@ pub async fn run(n: usize, idle_window: Duration, log_dir: &std::path::Path) -> 
             errors.first()
         );
     }
+    Ok(Connected {
+        stop,
+        counters,
+        tasks,
+        connect_all,
+    })
+}
+
+pub async fn run(n: usize, idle_window: Duration, log_dir: &std::path::Path) -> anyhow::Result<Scale> {
+    let limit = raise_nofile_limit();
+    let connections = n.div_ceil(STREAMS_PER_CONNECTION);
+    if limit != 0 && (connections as u64) * 2 + 256 > limit {
+        bail!("the open-files limit ({limit}) is too low for {connections} connections");
+    }
+    let cp = ControlPlane::start(TestDatabase::sqlite()?, log_dir)?;
+    let pairing_start = Instant::now();
+    let pairing_retries = AtomicUsize::new(0);
+    let machines = pair(&cp, n, "bench-machine", &pairing_retries).await?;
+    let pairing = pairing_start.elapsed();
+
+    // Let the pairing burst settle before the baseline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = rss_bytes(cp.pid())?;
+    let connected = connect(&cp.url(), machines).await?;
+    let connect_all = connected.connect_all;
 
     // Memory once the burst is over; then CPU over an idle window, during
     // which every stream heartbeats as a real daemon would.
@@ -341,14 +384,12 @@ pub async fn run(n: usize, idle_window: Duration, log_dir: &std::path::Path) -> 
     let cpu0 = cpu_time(cp.pid());
     tokio::time::sleep(idle_window).await;
     let idle_cpu = cpu_time(cp.pid()).saturating_sub(cpu0);
-    let lost = counters.lost.load(Ordering::Relaxed);
+    let lost = connected.lost();
+    let stream_retries = connected.stream_retries();
 
     // The control plane goes first, so it does not record N disconnects.
     drop(cp);
-    stop.cancel();
-    for task in tasks {
-        let _ = task.await;
-    }
+    connected.close().await;
     Ok(Scale {
         runtimes: n,
         pairing,
@@ -359,6 +400,6 @@ pub async fn run(n: usize, idle_window: Duration, log_dir: &std::path::Path) -> 
         idle_cpu,
         lost,
         pairing_retries: pairing_retries.load(Ordering::Relaxed),
-        stream_retries: counters.stream_retries.load(Ordering::Relaxed),
+        stream_retries,
     })
 }

@@ -8,7 +8,9 @@
 //!   --smoke          every scenario once at a tiny size (what `cargo test` runs)
 //!   --runtimes N     connection-scale size (default 1000; the target is 10000)
 //!   --events N       events of the 1-session throughput run and the replay (default 100000)
-//!   --only LIST      comma-separated: footprint,latency,throughput,replay,scale
+//!   --idle-sessions N  idle sessions of the memory-per-session run (default 1000)
+//!   --only LIST      comma-separated: footprint,latency,throughput,replay,scale,idle,team
+//!                    (team, PostgreSQL only, runs only when named or with --smoke)
 //!   --no-ssh         skip the ssh localhost baseline
 //! ```
 //! PostgreSQL rows run when `OMA_TEST_POSTGRES_URL` names a server.
@@ -21,6 +23,8 @@ mod cp_only;
 mod env;
 #[path = "../bench/footprint.rs"]
 mod footprint;
+#[path = "../bench/idle.rs"]
+mod idle;
 #[path = "../bench/latency.rs"]
 mod latency;
 #[path = "../bench/procs.rs"]
@@ -33,6 +37,8 @@ mod scale;
 mod sshd;
 #[path = "../bench/stats.rs"]
 mod stats;
+#[path = "../bench/team.rs"]
+mod team;
 #[path = "../bench/throughput.rs"]
 mod throughput;
 
@@ -46,8 +52,13 @@ use oma_integration_tests::postgres::POSTGRES_URL_ENV;
 use crate::report::{Report, Verdict, verdict};
 use crate::stats::{Latency, bytes, dur, ns, ns_signed, rate, thousands};
 
-const USAGE: &str = "usage: oma-bench [--smoke] [--runtimes N] [--events N] \
-                     [--only footprint,latency,throughput,replay,scale] [--no-ssh]";
+const USAGE: &str = "usage: oma-bench [--smoke] [--runtimes N] [--events N] [--idle-sessions N] \
+                     [--only footprint,latency,throughput,replay,scale,idle,team] [--no-ssh]\n\
+                     team (PostgreSQL: 2,000 runtimes, 200 sessions × 50/s for 30 s) runs only with \
+                     --only team (or --smoke), as it takes minutes";
+
+/// Every scenario `--only` knows.
+const SCENARIOS: [&str; 7] = ["footprint", "latency", "throughput", "replay", "scale", "idle", "team"];
 
 /// How to read the table, printed under it.
 const LEGEND: &str = "\
@@ -68,6 +79,8 @@ struct Options {
     ssh: bool,
     /// Events of the 1-session throughput run (and so of the replay).
     events: u64,
+    /// Sessions of the idle run (0: the default).
+    idle_sessions: usize,
 }
 
 impl Options {
@@ -78,6 +91,7 @@ impl Options {
             only: None,
             ssh: true,
             events: 0,
+            idle_sessions: 0,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -98,6 +112,13 @@ impl Options {
                         .filter(|n| *n > 0)
                         .ok_or("--events takes a positive number")?;
                 }
+                "--idle-sessions" => {
+                    options.idle_sessions = args
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| *n > 0)
+                        .ok_or("--idle-sessions takes a positive number")?;
+                }
                 "--only" => {
                     let list: Vec<String> = args
                         .next()
@@ -106,7 +127,7 @@ impl Options {
                         .map(|s| s.trim().to_owned())
                         .collect();
                     for name in &list {
-                        if !["footprint", "latency", "throughput", "replay", "scale"].contains(&name.as_str()) {
+                        if !SCENARIOS.contains(&name.as_str()) {
                             return Err(format!("unknown scenario {name:?}"));
                         }
                     }
@@ -719,6 +740,12 @@ async fn run(options: &Options, work: &Path, report: &mut Report, failures: &mut
             Err(e) => failed(report, failures, "connection scale", &e),
         }
     }
+    if options.wants("idle") {
+        stuck_sessions += idle_scenario(options, work, report, failures).await;
+    }
+    if options.wants("team") {
+        stuck_sessions += team_scenario(options, work, report, failures).await;
+    }
     report.section("health");
     let refused = procs::count_log_lines(work, "events refused");
     let locked = procs::count_log_lines(work, "database is locked");
@@ -739,6 +766,232 @@ async fn run(options: &Options, work: &Path, report: &mut Report, failures: &mut
         stuck_sessions.to_string(),
         "0",
         verdict(stuck_sessions == 0),
+    );
+}
+
+/// oma-agent's memory per idle session, on its own SQLite environment;
+/// returns the sessions that got stuck.
+async fn idle_scenario(options: &Options, work: &Path, report: &mut Report, failures: &mut Vec<String>) -> usize {
+    let n = match (options.idle_sessions, options.smoke) {
+        (0, true) => 5,
+        (0, false) => 1000,
+        (n, _) => n,
+    };
+    let settle = if options.smoke {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(2)
+    };
+    report.section("idle");
+    // oma-agent holds 3 pipes per child, the control plane nothing per
+    // session: the daemon inherits the raised limit.
+    let limit = scale::raise_nofile_limit();
+    if limit != 0 && (n as u64) * 4 + 256 > limit {
+        failed(
+            report,
+            failures,
+            "idle sessions",
+            &anyhow::anyhow!("the open-files limit ({limit}) is too low for {n} sessions"),
+        );
+        return 0;
+    }
+    progress(&format!(
+        "idle: starting the control plane (SQLite) and a paired oma-agent for {} idle sessions",
+        thousands(n as u64)
+    ));
+    // Logs in the work folder: the health rows count them.
+    let env = match TestDatabase::sqlite() {
+        Ok(database) => env::Env::start(database, work).await,
+        Err(e) => Err(e),
+    };
+    let mut env = match env {
+        Ok(env) => env,
+        Err(e) => {
+            failed(report, failures, "idle: SQLite environment", &e);
+            return 0;
+        }
+    };
+    match idle::run(&mut env, n, settle).await {
+        Ok(r) => idle_rows(report, &r, env.stuck_sessions),
+        Err(e) => failed(report, failures, "idle sessions", &e),
+    }
+    env.stuck_sessions
+}
+
+fn idle_rows(report: &mut Report, r: &idle::IdleSessions, stuck: usize) {
+    let n = thousands(r.sessions as u64);
+    report.info(
+        format!(
+            "{n} idle sessions of the test agent: how they were made (CreateSession 8 in flight, {} agent(s) of ≤ {} \
+             sessions, each batch waited on until all idle via ListSessions)",
+            r.agents,
+            idle::PER_AGENT
+        ),
+        format!(
+            "{} until all idle{}",
+            dur(r.elapsed),
+            if stuck > 0 {
+                format!("; {stuck} stuck, oma-agent restarted: its RSS before is of the first process")
+            } else {
+                String::new()
+            }
+        ),
+    );
+    report.info(
+        format!("oma-agent RSS: connected, no sessions → {n} idle sessions"),
+        format!("{} → {}", bytes(r.agent_rss_before), bytes(r.agent_rss_after)),
+    );
+    let per = r.per_session();
+    report.target(
+        "oma-agent RSS per idle session ((after − before) ÷ N)",
+        bytes(per),
+        "≤ 256 KiB per idle session",
+        verdict(per <= 256 * 1024),
+    );
+    report.info(
+        format!(
+            "the {} test-agent children (not oma-agent's memory): RSS summed · PSS summed (shared pages once)",
+            thousands(r.children as u64)
+        ),
+        format!(
+            "{} ({} each) · {} ({} each)",
+            bytes(r.children_rss),
+            bytes(r.children_rss / r.children.max(1) as u64),
+            bytes(r.children_pss),
+            bytes(r.children_pss / r.children.max(1) as u64)
+        ),
+    );
+    report.info(
+        format!("control-plane RSS: no sessions → {n} idle sessions"),
+        format!("{} → {}", bytes(r.cp_rss_before), bytes(r.cp_rss_after)),
+    );
+}
+
+/// The team day on PostgreSQL; returns the sessions that got stuck.
+async fn team_scenario(options: &Options, work: &Path, report: &mut Report, failures: &mut Vec<String>) -> usize {
+    report.section("team");
+    let named = options
+        .only
+        .as_ref()
+        .is_some_and(|list| list.iter().any(|s| s == "team"));
+    if !named && !options.smoke {
+        report.info(
+            "team day on PostgreSQL (2,000 runtimes, 200 sessions × 50/s)",
+            "n/a (takes minutes: run with --only team)",
+        );
+        return 0;
+    }
+    if std::env::var(POSTGRES_URL_ENV).is_err() {
+        report.info("team day on PostgreSQL", format!("n/a (set {POSTGRES_URL_ENV})"));
+        return 0;
+    }
+    let sizes = team::TeamSizes::new(options.smoke);
+    progress(&format!(
+        "team: PostgreSQL, {} runtimes, {} sessions × {}/s for {}",
+        thousands(sizes.runtimes as u64),
+        sizes.sessions,
+        sizes.rate,
+        dur(sizes.window)
+    ));
+    // Logs in the work folder: the health rows count them.
+    match team::run(&sizes, work).await {
+        Ok(t) => {
+            team_rows(report, &t);
+            if let Some(first) = t.errors.first() {
+                failed(
+                    report,
+                    failures,
+                    "team: watchers",
+                    &anyhow::anyhow!("{} watcher(s) failed; first: {first}", t.errors.len()),
+                );
+            }
+            t.stuck_sessions
+        }
+        Err(e) => {
+            failed(report, failures, "team day", &e);
+            0
+        }
+    }
+}
+
+fn team_rows(report: &mut Report, t: &team::Team) {
+    let runtimes = thousands(t.runtimes as u64);
+    report.info(
+        format!("PostgreSQL: pair {runtimes} runtimes, then connect their streams (Hello, heartbeats)"),
+        format!(
+            "pairing {} ({} retried) · connect {} ({} retried) · streams lost during the run: {}",
+            dur(t.pairing),
+            t.pairing_retries,
+            dur(t.connect_all),
+            t.stream_retries,
+            t.lost
+        ),
+    );
+    report.info(
+        format!(
+            "{} sessions on the real oma-agent: CreateSession → all idle",
+            t.sessions
+        ),
+        dur(t.sessions_start),
+    );
+    let what = format!(
+        "{} sessions × {}/s for {}, one watcher each",
+        t.sessions,
+        t.rate,
+        dur(t.window)
+    );
+    report.target(
+        format!("{what}: chunks delivered to the watchers"),
+        format!(
+            "{} of {} (prompts → last turn end: {}; {} delivered vs {} offered)",
+            thousands(t.delivered),
+            thousands(t.expected),
+            dur(t.elapsed),
+            rate(t.delivered as f64 / t.elapsed.as_secs_f64().max(1e-9)),
+            rate((t.rate * t.sessions as u64) as f64)
+        ),
+        "all",
+        verdict(t.delivered == t.expected),
+    );
+    report.info(
+        format!("{what}: latency, test agent's stamp → watcher's receive"),
+        lat(&t.latency),
+    );
+    report.info(
+        format!("{what}: latency split at oma-agent's read stamp"),
+        format!(
+            "child → oma-agent p50 {} p99 {}; oma-agent → watcher p50 {} p99 {}",
+            ns(t.to_agent.p50),
+            ns(t.to_agent.p99),
+            ns(t.from_agent.p50),
+            ns(t.from_agent.p99)
+        ),
+    );
+    let busy = (t.cp_cpu + t.agent_cpu).as_secs_f64() / t.elapsed.as_secs_f64().max(1e-9);
+    report.info(
+        format!("{what}: CPU per delivered chunk"),
+        format!(
+            "control plane {} · oma-agent {} ({:.2} of 2 cores busy)",
+            us1(t.per_event(t.cp_cpu)),
+            us1(t.per_event(t.agent_cpu)),
+            busy
+        ),
+    );
+    report.info(
+        format!("control-plane RSS: {runtimes} runtimes connected → after the streaming"),
+        format!("{} → {}", bytes(t.cp_rss_before), bytes(t.cp_rss_after)),
+    );
+    report.info(
+        format!(
+            "PostgreSQL CPU over the streaming ({} processes named postgres; anyone else's queries count too)",
+            t.postgres_procs
+        ),
+        format!(
+            "{} ({:.2} cores; {} per chunk)",
+            dur(t.postgres_cpu),
+            t.postgres_cpu.as_secs_f64() / t.elapsed.as_secs_f64().max(1e-9),
+            us1(t.per_event(t.postgres_cpu))
+        ),
     );
 }
 
