@@ -656,6 +656,46 @@ pub fn set_last_seq(conn: &mut DbConn, id: &str, last_seq: i64, added_bytes: i64
     Ok(())
 }
 
+/// A session's new cursor after a commit: its last seq and the bytes its
+/// new events added.
+pub struct Cursor {
+    pub session_id: String,
+    pub last_seq: i64,
+    pub added_bytes: i64,
+}
+
+/// [`set_last_seq`] for every session of a commit. On PostgreSQL one
+/// statement updates them all (a round trip per session capped a commit of
+/// 200 busy sessions near 10,000 events/s); SQLite runs in-process, where a
+/// statement per session costs no round trip.
+pub fn set_last_seqs(conn: &mut DbConn, cursors: &[Cursor], at: i64) -> QueryResult<()> {
+    match conn {
+        DbConn::Postgres(pg) if cursors.len() > 1 => {
+            use diesel::sql_types::{Array, BigInt, Text};
+            let ids: Vec<&str> = cursors.iter().map(|c| c.session_id.as_str()).collect();
+            let seqs: Vec<i64> = cursors.iter().map(|c| c.last_seq).collect();
+            let bytes: Vec<i64> = cursors.iter().map(|c| c.added_bytes).collect();
+            diesel::sql_query(
+                "UPDATE sessions AS s SET last_seq = v.last_seq, stored_bytes = s.stored_bytes + v.added_bytes, \
+                 updated_at = $4 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v(id, last_seq, added_bytes) \
+                 WHERE s.id = v.id",
+            )
+            .bind::<Array<Text>, _>(ids)
+            .bind::<Array<BigInt>, _>(seqs)
+            .bind::<Array<BigInt>, _>(bytes)
+            .bind::<BigInt, _>(at)
+            .execute(pg)?;
+            Ok(())
+        }
+        _ => {
+            for cursor in cursors {
+                set_last_seq(conn, &cursor.session_id, cursor.last_seq, cursor.added_bytes, at)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 #[diesel::declare_sql_function]
 extern "SQL" {
     /// Bytes of a blob; both backends answer from the row header without

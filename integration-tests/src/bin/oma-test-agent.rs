@@ -96,7 +96,10 @@ fn main() {
         log!("oma-test-agent: startup delay {:?}", config.startup_delay);
         std::thread::sleep(config.startup_delay);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: a scripted agent waits on timers and pipes, and hundreds
+    // of them share the bench's two cores (a worker pool each cost more
+    // than the relay they feed).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("build the tokio runtime");

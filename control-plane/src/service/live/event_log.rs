@@ -283,7 +283,7 @@ fn store_sessions(
 }
 
 /// Stores the events of the given sessions: one lookup of all of them, one
-/// multi-row INSERT of every new event, one `last_seq` update per session.
+/// multi-row INSERT of every new event, and their cursors updated together.
 /// The outer error is a database error (the caller's transaction fails);
 /// an inner one refuses that session's events alone without rolling back
 /// the others.
@@ -325,14 +325,16 @@ fn append_sessions(
         let result = new_events(conn, &session, &append.events, now, &mut event_rows)?;
         if event_rows.len() > first_row {
             let bytes: usize = event_rows[first_row..].iter().map(|r| r.payload.len()).sum();
-            cursors.push((session.id.clone(), result.appended.last_stored_seq as i64, bytes as i64));
+            cursors.push(rows::Cursor {
+                session_id: session.id.clone(),
+                last_seq: result.appended.last_stored_seq as i64,
+                added_bytes: bytes as i64,
+            });
         }
         results.push(Ok(result));
     }
     rows::insert_events(conn, &event_rows)?;
-    for (session_id, last_seq, bytes) in cursors {
-        rows::set_last_seq(conn, &session_id, last_seq, bytes, now)?;
-    }
+    rows::set_last_seqs(conn, &cursors, now)?;
     Ok(results)
 }
 
@@ -829,6 +831,25 @@ mod tests {
         assert_eq!(b1_wait.await.unwrap().unwrap().last_stored_seq, 1);
         assert_eq!(db.stored("ses_a"), (vec![1, 2, 3, 4, 5], 5));
         assert_eq!(db.stored("ses_b"), (vec![1], 1));
+        // Both cursors moved in one update (PostgreSQL): each session's
+        // stored bytes are its own events' bytes.
+        for session in ["ses_a", "ses_b"] {
+            let sid = session.to_owned();
+            let (counted, actual) = db
+                .store
+                .write_blocking(move |conn| {
+                    use crate::store::schema::sessions;
+                    use diesel::{QueryDsl as _, RunQueryDsl as _};
+                    let counted: i64 = sessions::table.find(&sid).select(sessions::stored_bytes).first(conn)?;
+                    let actual: usize = rows::events_from(conn, &sid, 1, 1000)?
+                        .iter()
+                        .map(|r| r.payload.len())
+                        .sum();
+                    Ok::<_, StoreError>((counted, actual as i64))
+                })
+                .unwrap();
+            assert_eq!(counted, actual, "{session}");
+        }
         // Watchers get each event once, in order: the ring holds exactly
         // 1..=5 (a second publish of any would have restarted it).
         for seq in 1..=5 {
