@@ -21,6 +21,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use agent_client_protocol::v1::schema::{
     ReadTextFileRequest, ReadTextFileResponse, RequestPermissionOutcome, RequestPermissionRequest,
@@ -475,7 +476,8 @@ impl AcpSession {
 
         let (to_connection, from_reader) = futures_mpsc::unbounded();
         let (cx_tx, cx_rx) = oneshot::channel();
-        let connection = tokio::spawn(run_connection(shared.clone(), stdin, from_reader, cx_tx));
+        // The child's tasks log under the session's span.
+        let connection = tokio::spawn(run_connection(shared.clone(), stdin, from_reader, cx_tx).in_current_span());
         shared.state().connection = Some(connection);
         let supervisor = Supervisor {
             shared: shared.clone(),
@@ -484,7 +486,7 @@ impl AcpSession {
             kill_rx,
             to_connection,
         };
-        let mut supervisor = Some(tokio::spawn(supervisor.run()));
+        let mut supervisor = Some(tokio::spawn(supervisor.run().in_current_span()));
 
         let handshake = handshake(&shared, &launch, &cwd, cx_rx);
         let result = tokio::time::timeout(launch.startup_timeout, handshake).await;
@@ -573,7 +575,8 @@ impl AcpSession {
         // queued after the prompt.
         let sent = self.cx.send_request(message);
         drop(state);
-        tokio::spawn(run_turn(self.shared.clone(), turn_id, sent, self.idle_timeout));
+        let span = tracing::info_span!("turn", turn_id = %turn_id);
+        tokio::spawn(run_turn(self.shared.clone(), turn_id, sent, self.idle_timeout).instrument(span));
         Ok(())
     }
 

@@ -455,7 +455,8 @@ impl Manager {
             .lock()
             .expect("sessions lock")
             .insert(session_id, Handle { tx, acked });
-        tokio::spawn(actor.run(rx, fresh));
+        let span = tracing::info_span!("session", session_id = %actor.start.session_id);
+        tokio::spawn(tracing::Instrument::instrument(actor.run(rx, fresh), span));
         Ok(())
     }
 

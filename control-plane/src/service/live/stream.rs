@@ -10,6 +10,7 @@ use oma_proto::validate::{MAX_FRAME_SESSIONS, ValidationError};
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::event_log::{AppendJob, Appended};
 use super::registry::{self, LiveRuntime, Outbound, OutboundFrames};
@@ -170,17 +171,26 @@ impl Service {
         frames.lead_with(frame(pb::control_frame::Frame::Welcome(welcome)));
         // Resent beside the reader, which must keep reading (heartbeats,
         // acks) while a large backlog waits for room in the queue.
-        tokio::spawn(self.clone().resend(runtime_id.clone(), outbound, resend));
+        // Every task of this stream logs under its runtime and epoch.
+        let span = tracing::info_span!("runtime_stream", runtime_id = %runtime_id, epoch = conn.epoch);
+        tokio::spawn(
+            self.clone()
+                .resend(runtime_id.clone(), outbound, resend)
+                .instrument(span.clone()),
+        );
 
         let service = self.clone();
         let (error_tx, error_rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let error = service.read_stream(conn.clone(), inbound, cancel).await;
-            service.stream_ended(&conn).await;
-            if let Some(error) = error {
-                let _ = error_tx.send(error);
+        tokio::spawn(
+            async move {
+                let error = service.read_stream(conn.clone(), inbound, cancel).await;
+                service.stream_ended(&conn).await;
+                if let Some(error) = error {
+                    let _ = error_tx.send(error);
+                }
             }
-        });
+            .instrument(span),
+        );
         Ok((frames, error_rx))
     }
 
@@ -336,7 +346,7 @@ impl Service {
         // Acks go out in order, after each append is durable, without
         // making the reader wait for commits (so batches can form).
         let (ack_tx, ack_rx) = mpsc::channel::<PendingAck>(4096);
-        let acker = tokio::spawn(self.clone().send_acks(conn.clone(), ack_rx));
+        let acker = tokio::spawn(self.clone().send_acks(conn.clone(), ack_rx).in_current_span());
         let dead_after = self.live_config.heartbeat_interval * 3;
         let mut last_touch = std::time::Instant::now();
         let mut final_error = None;
