@@ -138,7 +138,7 @@ impl Service {
         let caller = caller.clone();
         let quotas = self.config.quotas.clone();
         self.store
-            .write(move |conn| {
+            .write("create_agent", move |conn| {
                 if let Some(binding) = &spec.runtime_binding {
                     check_binding(conn, &caller, binding, &spec.mcp_servers, allow_unknown_skills)?;
                 }
@@ -175,7 +175,7 @@ impl Service {
     pub async fn get_agent(&self, caller: &Caller, agent_id: AgentId) -> ServiceResult<Agent> {
         let tenant = caller.tenant_id.to_string();
         self.store
-            .read(move |conn| {
+            .read("get_agent", move |conn| {
                 let row = rows::get_agent(conn, &tenant, agent_id.as_str())?
                     .ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
                 Ok(Agent::from_row(row)?)
@@ -187,7 +187,7 @@ impl Service {
         let page = page.to_page()?;
         let tenant = caller.tenant_id.to_string();
         self.store
-            .read(move |conn| {
+            .read("list_agents", move |conn| {
                 let rows = rows::list_agents(conn, &tenant, &page)?;
                 let agents = rows.into_iter().map(Agent::from_row).collect::<Result<Vec<_>, _>>()?;
                 Ok(Paged::from_rows(agents, &page, |a| &a.row.id))
@@ -199,7 +199,7 @@ impl Service {
         let fields = AgentField::parse_mask(&update.mask)?;
         let caller = caller.clone();
         self.store
-            .write(move |conn| {
+            .write("update_agent", move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 // The right to change the agent as stored, then (below) the
                 // right to use a new binding's runtime.
@@ -250,7 +250,7 @@ impl Service {
     pub async fn delete_agent(&self, caller: &Caller, agent_id: AgentId) -> ServiceResult<()> {
         let caller = caller.clone();
         self.store
-            .write(move |conn| {
+            .write("delete_agent", move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 let agent = rights::agent_to_manage(conn, &caller, &agent_id)?;
                 rows::delete_agent(conn, tenant, agent_id.as_str())?;

@@ -44,7 +44,7 @@ impl Service {
         let page = page.to_page()?;
         let tenant = caller.tenant_id.to_string();
         self.store
-            .read(move |conn| {
+            .read("list_audit", move |conn| {
                 let target = (!target_id.is_empty()).then_some(target_id.as_str());
                 let rows = rows::list_audit(conn, &tenant, target, &page)?;
                 Ok(Paged::from_rows(rows, &page, |r| &r.id))

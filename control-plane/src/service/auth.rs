@@ -33,7 +33,7 @@ impl Service {
             Bearer::Api { token_id, secret } => {
                 let secret = secret.to_owned();
                 self.store
-                    .read(move |conn| {
+                    .read("authenticate", move |conn| {
                         let invalid = || unauthenticated("the token is unknown, revoked or expired");
                         let (token, user) = rows::get_token_for_auth(conn, &token_id)?.ok_or_else(invalid)?;
                         if !secrets::hash_matches(&secret, &token.secret_hash) {
@@ -64,7 +64,7 @@ impl Service {
             Bearer::Machine { runtime_id, secret } => {
                 let secret = secret.to_owned();
                 self.store
-                    .read(move |conn| {
+                    .read("authenticate", move |conn| {
                         let invalid = || {
                             unauthenticated(
                                 "the machine token is unknown or revoked (the runtime was deleted); pair again with `oma-agent setup`",

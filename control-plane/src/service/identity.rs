@@ -117,7 +117,7 @@ pub mod offline {
     /// Creates the first tenant if the database has none. Returns it only
     /// when it was created now, so the token is printed exactly once.
     pub fn bootstrap(store: &Store) -> ServiceResult<Option<NewTenant>> {
-        store.write_blocking(|conn| {
+        store.write_blocking("bootstrap", |conn| {
             if rows::count_tenants(conn)? > 0 {
                 return Ok(None);
             }
@@ -128,11 +128,13 @@ pub mod offline {
     pub fn create_tenant(store: &Store, name: &str, admin_name: &str) -> ServiceResult<NewTenant> {
         let name = validate::slug("tenant name", name)?;
         let admin_name = validate::slug("admin name", admin_name)?;
-        store.write_blocking(|conn| create_tenant_tx(conn, &name, &admin_name, "system"))
+        store.write_blocking("create_tenant", |conn| {
+            create_tenant_tx(conn, &name, &admin_name, "system")
+        })
     }
 
     pub fn list_tenants(store: &Store) -> ServiceResult<Vec<TenantRow>> {
-        store.write_blocking(|conn| Ok(rows::list_tenants(conn)?))
+        store.write_blocking("list_tenants", |conn| Ok(rows::list_tenants(conn)?))
     }
 
     /// Mints a token for `user` of `tenant` (both by name), creating the user
@@ -150,7 +152,7 @@ pub mod offline {
         if ttl.is_some_and(|t| t > MAX_TOKEN_TTL) {
             return Err(ValidationError::new("ttl", "must be at most 10 years").into());
         }
-        store.write_blocking(|conn| {
+        store.write_blocking("create_token", |conn| {
             let tenant = rows::find_tenant_by_name(conn, tenant)?.ok_or_else(|| {
                 ServiceError::NotFound(format!("no tenant named {tenant:?}; see `admin list-tenants`"))
             })?;
@@ -194,7 +196,7 @@ impl Service {
     pub async fn who_am_i(&self, caller: &Caller) -> ServiceResult<WhoAmI> {
         let caller = caller.clone();
         self.store
-            .read(move |conn| {
+            .read("who_am_i", move |conn| {
                 let tenant = rows::get_tenant(conn, caller.tenant_id.as_str())?
                     .ok_or_else(|| ServiceError::Internal("caller's tenant is missing".into()))?;
                 let user = rows::get_user(conn, caller.tenant_id.as_str(), caller.user_id.as_str())?
@@ -211,7 +213,7 @@ impl Service {
         let name = validate::slug("name", name)?;
         let caller = caller.clone();
         self.store
-            .write(move |conn| {
+            .write("create_user", move |conn| {
                 let row = UserRow {
                     id: UserId::generate().to_string(),
                     tenant_id: caller.tenant_id.to_string(),
@@ -243,7 +245,7 @@ impl Service {
         let page = page.to_page()?;
         let tenant = caller.tenant_id.to_string();
         self.store
-            .read(move |conn| {
+            .read("list_users", move |conn| {
                 let rows = rows::list_users(conn, &tenant, &page)?;
                 Ok(Paged::from_rows(rows, &page, |r| &r.id))
             })
@@ -253,7 +255,7 @@ impl Service {
     pub async fn get_user(&self, caller: &Caller, user_id: UserId) -> ServiceResult<UserRow> {
         let tenant = caller.tenant_id.to_string();
         self.store
-            .read(move |conn| {
+            .read("get_user", move |conn| {
                 rows::get_user(conn, &tenant, user_id.as_str())?
                     .ok_or_else(|| ServiceError::not_found("user", &user_id))
             })
@@ -266,7 +268,7 @@ impl Service {
         let deleted = user_id.to_string();
         let caller = caller.clone();
         self.store
-            .write(move |conn| {
+            .write("delete_user", move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 let user = rows::get_user(conn, tenant, user_id.as_str())?
                     .ok_or_else(|| ServiceError::not_found("user", &user_id))?;
@@ -319,7 +321,7 @@ impl Service {
         }
         let caller = caller.clone();
         self.store
-            .write(move |conn| {
+            .write("create_token", move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 rows::get_user(conn, tenant, user_id.as_str())?
                     .ok_or_else(|| ServiceError::not_found("user", &user_id))?;
@@ -356,7 +358,7 @@ impl Service {
         };
         let tenant = caller.tenant_id.to_string();
         self.store
-            .read(move |conn| {
+            .read("list_tokens", move |conn| {
                 if let Some(user) = &user_filter {
                     rows::get_user(conn, &tenant, user.as_str())?
                         .ok_or_else(|| ServiceError::not_found("user", user))?;
@@ -372,7 +374,7 @@ impl Service {
         let caller = caller.clone();
         let token = self
             .store
-            .write(move |conn| {
+            .write("revoke_token", move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 let token = rows::get_token(conn, tenant, token_id.as_str())?
                     .ok_or_else(|| ServiceError::not_found("token", &token_id))?;

@@ -176,7 +176,9 @@ impl Service {
     /// After a restart no stream is live yet: every runtime starts offline.
     pub async fn mark_runtimes_offline(&self) -> ServiceResult<usize> {
         self.store
-            .write(|conn| Ok::<_, ServiceError>(crate::store::rows::mark_all_offline(conn, crate::store::now_ms())?))
+            .write("mark_runtimes_offline", |conn| {
+                Ok::<_, ServiceError>(crate::store::rows::mark_all_offline(conn, crate::store::now_ms())?)
+            })
             .await
     }
 

@@ -90,7 +90,7 @@ impl Service {
         let caller = caller.clone();
         let quotas = self.config.quotas.clone();
         self.store
-            .write(move |conn| {
+            .write("create_connect_code", move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 rows::get_user(conn, tenant, owner.as_str())?.ok_or_else(|| ServiceError::not_found("user", &owner))?;
                 quotas::check(conn, &quotas, tenant, Quota::ConnectCodes, now_ms())?;
@@ -157,11 +157,13 @@ impl Service {
         // in between).
         let hash = code_hash.clone();
         self.store
-            .read(move |conn| usable_connect_code(conn, &hash, now_ms()).map(|_| ()))
+            .read("exchange_connect_code", move |conn| {
+                usable_connect_code(conn, &hash, now_ms()).map(|_| ())
+            })
             .await?;
         let quotas = self.config.quotas.clone();
         self.store
-            .write(move |conn| {
+            .write("exchange_connect_code", move |conn| {
                 let now = now_ms();
                 let code = usable_connect_code(conn, &code_hash, now)?;
                 // Checked before the code is spent: the owner can retry it
@@ -210,7 +212,7 @@ impl Service {
         let page = page.to_page()?;
         let tenant = caller.tenant_id.to_string();
         self.store
-            .read(move |conn| {
+            .read("list_runtimes", move |conn| {
                 let rows = rows::list_runtimes(conn, &tenant, &page)?;
                 Ok(Paged::from_rows(rows, &page, |r| &r.id))
             })
@@ -220,7 +222,7 @@ impl Service {
     pub async fn get_runtime(&self, caller: &Caller, runtime_id: RuntimeId) -> ServiceResult<RuntimeRow> {
         let tenant = caller.tenant_id.to_string();
         self.store
-            .read(move |conn| {
+            .read("get_runtime", move |conn| {
                 rows::get_runtime(conn, &tenant, runtime_id.as_str())?
                     .ok_or_else(|| ServiceError::not_found("runtime", &runtime_id))
             })
@@ -233,7 +235,7 @@ impl Service {
         let caller = caller.clone();
         let runtime_id: String = self
             .store
-            .write(move |conn| {
+            .write("delete_runtime", move |conn| {
                 let runtime = runtime_for_use(conn, &caller, &runtime_id)?;
                 rows::delete_runtime(conn, caller.tenant_id.as_str(), runtime_id.as_str())?;
                 record(

@@ -27,7 +27,7 @@ impl Service {
         let quotas = self.config.quotas.clone();
         let session: SessionRow = self
             .store
-            .write(move |conn| {
+            .write("create_session", move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 let row = rows::get_agent(conn, tenant, agent_id.as_str())?
                     .ok_or_else(|| ServiceError::not_found("agent", &agent_id))?;
@@ -86,7 +86,9 @@ impl Service {
     pub async fn get_session(&self, caller: &Caller, session_id: SessionId) -> ServiceResult<SessionRow> {
         let caller = caller.clone();
         self.store
-            .read(move |conn| rights::session_to_see(conn, &caller, &session_id))
+            .read("get_session", move |conn| {
+                rights::session_to_see(conn, &caller, &session_id)
+            })
             .await
     }
 
@@ -101,7 +103,7 @@ impl Service {
         // Filtered in the query, so pages stay full and the cursor exact.
         let visible_to = (!caller.is_admin()).then(|| caller.user_id.to_string());
         self.store
-            .read(move |conn| {
+            .read("list_sessions", move |conn| {
                 if let Some(agent) = &agent_id {
                     rows::get_agent(conn, &tenant, agent.as_str())?
                         .ok_or_else(|| ServiceError::not_found("agent", agent))?;
@@ -122,7 +124,7 @@ impl Service {
         let caller = caller.clone();
         let session = self
             .store
-            .write(move |conn| {
+            .write("delete_session", move |conn| {
                 let tenant = caller.tenant_id.as_str();
                 let session = rights::session_to_drive(conn, &caller, &session_id)?;
                 rows::tombstone_session(conn, tenant, session_id.as_str(), now_ms())?;

@@ -127,6 +127,9 @@ pub struct Store {
 
 const MAX_ATTEMPTS: u32 = 5;
 
+/// A database operation taking this long is logged as slow.
+const SLOW_OPERATION: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Store {
     /// Opens the database (creating a SQLite file and its folder if needed)
     /// and runs pending migrations.
@@ -183,17 +186,23 @@ impl Store {
         self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))
     }
 
-    /// Runs `f` on a pooled connection on a blocking thread.
-    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    /// Runs `f` on a pooled connection on a blocking thread. `op` names
+    /// the operation in its span and in the latency histogram.
+    pub async fn read<T, E, F>(&self, op: &'static str, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
         let store = self.clone();
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            let mut conn = store.conn()?;
-            f(&mut conn)
+            span.in_scope(|| {
+                store.observed(op, "read", || {
+                    let mut conn = store.conn()?;
+                    f(&mut conn)
+                })
+            })
         })
         .await
         .map_err(|e| StoreError::Join(e.to_string()))?
@@ -202,21 +211,49 @@ impl Store {
     /// Runs `f` in a transaction on a blocking thread, retrying the whole
     /// transaction on transient errors. `f` may run more than once, so it
     /// must not have effects outside the transaction.
-    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    pub async fn write<T, E, F>(&self, op: &'static str, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + AsStoreError + Send + 'static,
         F: FnMut(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write_blocking(f))
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| store.write_blocking(op, f)))
             .await
             .map_err(|e| StoreError::Join(e.to_string()))?
     }
 
     /// [`Store::write`] for callers already on a blocking thread (offline
-    /// admin commands, startup).
-    pub fn write_blocking<T, E, F>(&self, mut f: F) -> Result<T, E>
+    /// admin commands, startup, the event log's writer).
+    pub fn write_blocking<T, E, F>(&self, op: &'static str, f: F) -> Result<T, E>
+    where
+        E: From<StoreError> + AsStoreError,
+        F: FnMut(&mut DbConn) -> Result<T, E>,
+    {
+        self.observed(op, "write", || self.transaction_with_retries(f))
+    }
+
+    /// The one place every database operation passes: a span naming it,
+    /// its latency in the `oma_store_operation_seconds` histogram (by
+    /// operation, kind and outcome; exported with the other metrics), and a
+    /// warning when it is slow.
+    fn observed<T, E>(&self, op: &'static str, kind: &'static str, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let span = tracing::debug_span!("store", op, kind, backend = self.backend_name);
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
+        let result = f();
+        let elapsed = started.elapsed();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!("oma_store_operation_seconds", "op" => op, "kind" => kind, "outcome" => outcome)
+            .record(elapsed.as_secs_f64());
+        if elapsed >= SLOW_OPERATION {
+            tracing::warn!(op, kind, ?elapsed, "slow database operation");
+        }
+        result
+    }
+
+    fn transaction_with_retries<T, E, F>(&self, mut f: F) -> Result<T, E>
     where
         E: From<StoreError> + AsStoreError,
         F: FnMut(&mut DbConn) -> Result<T, E>,
@@ -331,7 +368,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..100 {
                         store
-                            .write_blocking(|conn| {
+                            .write_blocking("test", |conn| {
                                 let before = rows::count_tenants(conn)?;
                                 rows::insert_tenant(
                                     conn,
@@ -350,7 +387,7 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        let count = store.write_blocking(rows::count_tenants).unwrap();
+        let count = store.write_blocking("test", rows::count_tenants).unwrap();
         assert_eq!(count, 800);
     }
 
@@ -369,9 +406,11 @@ mod tests {
                 payload: vec![1, 2, 3],
             })
             .collect();
-        store.write_blocking(|conn| rows::insert_events(conn, &events)).unwrap();
+        store
+            .write_blocking("test", |conn| rows::insert_events(conn, &events))
+            .unwrap();
         let stored = store
-            .write_blocking(|conn| rows::events_from(conn, "ses_x", 1, 1000))
+            .write_blocking("test", |conn| rows::events_from(conn, "ses_x", 1, 1000))
             .unwrap();
         assert_eq!(stored.len(), 500);
         // A failing write rolls back its batch insert too.
@@ -383,13 +422,13 @@ mod tests {
                 payload: vec![],
             })
             .collect();
-        let failed: Result<(), StoreError> = store.write_blocking(|conn| {
+        let failed: Result<(), StoreError> = store.write_blocking("test", |conn| {
             rows::insert_events(conn, &more)?;
             Err(StoreError::Corrupt("abort".into()))
         });
         assert!(failed.is_err());
         let stored = store
-            .write_blocking(|conn| rows::events_from(conn, "ses_x", 1, 1000))
+            .write_blocking("test", |conn| rows::events_from(conn, "ses_x", 1, 1000))
             .unwrap();
         assert_eq!(stored.len(), 500);
     }

@@ -955,10 +955,16 @@ mod tests {
                 payload: vec![7; size],
             })
             .collect();
-        store.write_blocking(|conn| insert_events(conn, &events)).unwrap();
+        store
+            .write_blocking("event_pages_are_bounded_by_bytes_but_never_empty", |conn| {
+                insert_events(conn, &events)
+            })
+            .unwrap();
         let page = |from, rows, bytes| {
             store
-                .write_blocking(|conn| events_page(conn, "ses_x", from, rows, bytes))
+                .write_blocking("event_pages_are_bounded_by_bytes_but_never_empty", |conn| {
+                    events_page(conn, "ses_x", from, rows, bytes)
+                })
                 .unwrap()
                 .iter()
                 .map(|e| e.seq)

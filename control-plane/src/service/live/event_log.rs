@@ -187,7 +187,9 @@ fn merge_by_session(
 
 fn commit_batch(store: &Store, hub: &Hub, jobs: Vec<AppendJob>) {
     let (sessions, replies) = merge_by_session(jobs);
-    let mut result = store.write_blocking(|conn| store_sessions(conn, &sessions, Isolation::Batch));
+    let mut result = store.write_blocking("append_events", |conn| {
+        store_sessions(conn, &sessions, Isolation::Batch)
+    });
     if let Err(e) = &result
         && !e.is_transient()
         && sessions.len() > 1
@@ -196,7 +198,9 @@ fn commit_batch(store: &Store, hub: &Hub, jobs: Vec<AppendJob>) {
         // batch again with each session in its own savepoint. (Savepoints
         // cost round trips on PostgreSQL, so only a failed batch pays them.)
         tracing::warn!(error = %e, sessions = sessions.len(), "a batch failed; storing its sessions one by one");
-        result = store.write_blocking(|conn| store_sessions(conn, &sessions, Isolation::PerSession));
+        result = store.write_blocking("append_events_one_by_one", |conn| {
+            store_sessions(conn, &sessions, Isolation::PerSession)
+        });
     }
     let jobs = replies.len();
     let mut replies: Vec<_> = replies.into_iter().map(Some).collect();
@@ -567,7 +571,7 @@ mod tests {
                 .map(|(s, r)| ((*s).to_owned(), (*r).to_owned()))
                 .collect();
             self.store
-                .write_blocking(move |conn| {
+                .write_blocking("sessions_with_spec", move |conn| {
                     rows::insert_tenant(
                         conn,
                         &TenantRow {
@@ -602,14 +606,14 @@ mod tests {
                 )
             };
             self.store
-                .write_blocking(move |conn| conn.batch_execute(&sql).map_err(StoreError::from))
+                .write_blocking("poison", move |conn| conn.batch_execute(&sql).map_err(StoreError::from))
                 .unwrap();
         }
 
         fn stored(&self, session_id: &str) -> (Vec<u64>, i64) {
             let sid = session_id.to_owned();
             self.store
-                .write_blocking(move |conn| {
+                .write_blocking("stored", move |conn| {
                     let seqs = rows::events_from(conn, &sid, 1, 1000)?
                         .into_iter()
                         .map(|r| r.seq as u64)
@@ -837,7 +841,7 @@ mod tests {
             let sid = session.to_owned();
             let (counted, actual) = db
                 .store
-                .write_blocking(move |conn| {
+                .write_blocking("jobs_of_one_session_merge_into_one_append", move |conn| {
                     use crate::store::schema::sessions;
                     use diesel::{QueryDsl as _, RunQueryDsl as _};
                     let counted: i64 = sessions::table.find(&sid).select(sessions::stored_bytes).first(conn)?;
@@ -901,7 +905,9 @@ mod tests {
     async fn a_deleted_session_is_acked_and_not_stored(db: TestDb) {
         db.sessions(&[("ses_a", "rt_a")]);
         db.store
-            .write_blocking(|conn| rows::tombstone_session(conn, "ten_a", "ses_a", 1))
+            .write_blocking("a_deleted_session_is_acked_and_not_stored", |conn| {
+                rows::tombstone_session(conn, "ten_a", "ses_a", 1)
+            })
             .unwrap();
         let (late, wait) = job("rt_a", "ses_a", logs("ses_a", 1..=3));
         commit(&db, vec![late]);

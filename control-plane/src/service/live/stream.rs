@@ -112,7 +112,7 @@ impl Service {
         let rid = runtime_id.clone();
         let (epoch, sessions) = self
             .store
-            .write(move |conn| {
+            .write("open_stream", move |conn| {
                 let runtime = rows::get_runtime_for_auth(conn, &rid)?
                     .ok_or_else(|| ServiceError::Unauthenticated("the runtime was deleted; pair again".into()))?;
                 let epoch = runtime.connection_epoch + 1;
@@ -219,7 +219,9 @@ impl Service {
         let sid = session_id.clone();
         let row = self
             .store
-            .read(move |conn| Ok::<_, ServiceError>(rows::session_of_runtime(conn, &rid, &sid)?))
+            .read("start_frame", move |conn| {
+                Ok::<_, ServiceError>(rows::session_of_runtime(conn, &rid, &sid)?)
+            })
             .await;
         match row {
             Ok(Some(session)) if session.status != SESSION_TOMBSTONE => match start_session_frame(&session) {
@@ -294,7 +296,7 @@ impl Service {
         if !purge.is_empty() {
             let rid = runtime_id.to_owned();
             self.store
-                .write(move |conn| {
+                .write("welcome", move |conn| {
                     for id in &purge {
                         rows::purge_session(conn, &rid, id)?;
                     }
@@ -311,7 +313,7 @@ impl Service {
         let sid = session_id.to_owned();
         let rows = self
             .store
-            .read(move |conn| {
+            .read("decided_answers", move |conn| {
                 use crate::store::schema::permission_requests as p;
                 use diesel::prelude::*;
                 Ok::<_, ServiceError>(
@@ -383,7 +385,9 @@ impl Service {
                 let epoch = conn.epoch;
                 let _ = self
                     .store
-                    .write(move |c| Ok::<_, ServiceError>(rows::touch_runtime(c, &rid, epoch, now_ms())?))
+                    .write("touch_runtime", move |c| {
+                        Ok::<_, ServiceError>(rows::touch_runtime(c, &rid, epoch, now_ms())?)
+                    })
                     .await;
             }
             // Also cut short when the stream is ended meanwhile (e.g. the
@@ -427,7 +431,7 @@ impl Service {
             Some(Frame::SessionReady(ready)) => {
                 let rid = runtime_id.clone();
                 self.store
-                    .write(move |c| {
+                    .write("session_ready", move |c| {
                         if rows::session_of_runtime(c, &rid, &ready.session_id)?.is_some() {
                             rows::set_acp_session_id(c, &ready.session_id, &ready.acp_session_id)?;
                         }
@@ -438,7 +442,7 @@ impl Service {
             Some(Frame::SessionFailed(failed)) => {
                 let rid = runtime_id.clone();
                 self.store
-                    .write(move |c| {
+                    .write("session_failed", move |c| {
                         if rows::session_of_runtime(c, &rid, &failed.session_id)?.is_some() {
                             rows::finish_turn(
                                 c,
@@ -455,14 +459,18 @@ impl Service {
             Some(Frame::SessionDisposed(disposed)) => {
                 let rid = runtime_id.clone();
                 self.store
-                    .write(move |c| Ok::<_, ServiceError>(rows::purge_session(c, &rid, &disposed.session_id)?))
+                    .write("session_disposed", move |c| {
+                        Ok::<_, ServiceError>(rows::purge_session(c, &rid, &disposed.session_id)?)
+                    })
                     .await?;
             }
             Some(Frame::ManifestUpdate(update)) => {
                 let manifest = update.manifest.unwrap_or_default();
                 let bytes = manifest.encode_to_vec();
                 self.store
-                    .write(move |c| Ok::<_, ServiceError>(rows::set_runtime_manifest(c, &runtime_id, &bytes)?))
+                    .write("manifest_update", move |c| {
+                        Ok::<_, ServiceError>(rows::set_runtime_manifest(c, &runtime_id, &bytes)?)
+                    })
                     .await?;
             }
             Some(Frame::Ack(_)) => {}
@@ -664,7 +672,9 @@ impl Service {
             let rid = runtime_id.clone();
             let result = self
                 .store
-                .write(move |c| Ok::<_, ServiceError>(rows::runtime_gone(c, &rid, epoch, now_ms())?))
+                .write("stream_ended", move |c| {
+                    Ok::<_, ServiceError>(rows::runtime_gone(c, &rid, epoch, now_ms())?)
+                })
                 .await;
             if let Err(e) = result {
                 tracing::error!(runtime_id, error = %e, "could not mark the runtime offline");

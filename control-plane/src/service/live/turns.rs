@@ -70,7 +70,7 @@ impl Service {
         let rid = runtime_id.to_owned();
         let since = self
             .store
-            .read(move |conn| {
+            .read("send_to_runtime", move |conn| {
                 Ok::<_, ServiceError>(rows::get_runtime_for_auth(conn, &rid)?.map(|r| (r.status_at, r.last_seen_at)))
             })
             .await?;
@@ -114,7 +114,9 @@ impl Service {
         let caller = caller.clone();
         let sid = session_id.clone();
         self.store
-            .read(move |conn| rights::session_to_drive(conn, &caller, &sid))
+            .read("session_for_use", move |conn| {
+                rights::session_to_drive(conn, &caller, &sid)
+            })
             .await
     }
 
@@ -156,7 +158,7 @@ impl Service {
         let quotas = self.config.quotas.clone();
         let began = self
             .store
-            .write(move |conn| {
+            .write("prompt_session", move |conn| {
                 // A turn adds to the log: none starts once the tenant's
                 // stored events are at their quota (running turns finish).
                 quotas::check(conn, &quotas, &tenant, Quota::StoredBytes, now_ms())?;
@@ -180,7 +182,7 @@ impl Service {
             let sid = session.id.clone();
             let tid = turn_id.clone();
             self.store
-                .write(move |conn| {
+                .write("prompt_session", move |conn| {
                     Ok::<_, ServiceError>(rows::finish_turn(
                         conn,
                         &sid,
@@ -211,7 +213,7 @@ impl Service {
         let actor = caller.actor();
         let tenant = caller.tenant_id.to_string();
         self.store
-            .write(move |conn| {
+            .write("cancel_turn", move |conn| {
                 Ok::<_, ServiceError>(record(
                     conn,
                     &tenant,
@@ -241,7 +243,7 @@ impl Service {
         let tenant = caller.tenant_id.to_string();
         let answer = self
             .store
-            .write(move |conn| {
+            .write("answer_permission", move |conn| {
                 let row = rows::get_permission(conn, &sid, &rid)?.ok_or_else(|| {
                     ServiceError::NotFound(format!("permission request {rid} not found in session {sid}"))
                 })?;
@@ -309,7 +311,7 @@ impl Service {
             let rid = request_id.clone();
             let decided = service
                 .store
-                .write(move |conn| {
+                .write("start_permission_timeout", move |conn| {
                     let Some(row) = rows::get_permission(conn, &sid, &rid)? else {
                         return Ok::<_, ServiceError>(None);
                     };

@@ -142,7 +142,7 @@ impl Producer {
     async fn page(&self, from: u64) -> ServiceResult<Vec<EventRow>> {
         let sid = self.session_id.clone();
         self.store
-            .read(move |conn| {
+            .read("watch_page", move |conn| {
                 Ok::<_, ServiceError>(rows::events_page(
                     conn,
                     &sid,
@@ -187,7 +187,7 @@ impl Service {
         let sid = session_id.clone();
         let expires_at = self
             .store
-            .read(move |conn| {
+            .read("watch_session", move |conn| {
                 rights::session_to_see(conn, &c, &sid)?;
                 let token = rows::get_token(conn, c.tenant_id.as_str(), c.token_id.as_str())?
                     .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|at| at > now_ms()))
