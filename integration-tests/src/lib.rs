@@ -6,6 +6,7 @@
 pub mod fake_anthropic;
 pub mod faults;
 pub mod hostile_cp;
+pub mod one_machine;
 pub mod postgres;
 
 use std::io::{BufRead as _, BufReader};

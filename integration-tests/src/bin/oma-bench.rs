@@ -9,7 +9,7 @@
 //!   --runtimes N     connection-scale size (default 1000; the target is 10000)
 //!   --events N       events of the 1-session throughput run and the replay (default 100000)
 //!   --idle-sessions N  idle sessions of the memory-per-session run (default 1000)
-//!   --only LIST      comma-separated: footprint,latency,throughput,replay,scale,idle,team
+//!   --only LIST      comma-separated: footprint,latency,throughput,replay,scale,idle,shutdown,team
 //!                    (team, PostgreSQL only, runs only when named or with --smoke)
 //!   --no-ssh         skip the ssh localhost baseline
 //! ```
@@ -33,6 +33,8 @@ mod procs;
 mod report;
 #[path = "../bench/scale.rs"]
 mod scale;
+#[path = "../bench/shutdown.rs"]
+mod shutdown;
 #[path = "../bench/sshd.rs"]
 mod sshd;
 #[path = "../bench/stats.rs"]
@@ -53,12 +55,21 @@ use crate::report::{Report, Verdict, verdict};
 use crate::stats::{Latency, bytes, dur, ns, ns_signed, rate, thousands};
 
 const USAGE: &str = "usage: oma-bench [--smoke] [--runtimes N] [--events N] [--idle-sessions N] \
-                     [--only footprint,latency,throughput,replay,scale,idle,team] [--no-ssh]\n\
+                     [--only footprint,latency,throughput,replay,scale,idle,shutdown,team] [--no-ssh]\n\
                      team (PostgreSQL: 2,000 runtimes, 200 sessions × 50/s for 30 s) runs only with \
                      --only team (or --smoke), as it takes minutes";
 
 /// Every scenario `--only` knows.
-const SCENARIOS: [&str; 7] = ["footprint", "latency", "throughput", "replay", "scale", "idle", "team"];
+const SCENARIOS: [&str; 8] = [
+    "footprint",
+    "latency",
+    "throughput",
+    "replay",
+    "scale",
+    "idle",
+    "shutdown",
+    "team",
+];
 
 /// How to read the table, printed under it.
 const LEGEND: &str = "\
@@ -742,6 +753,31 @@ async fn run(options: &Options, work: &Path, report: &mut Report, failures: &mut
     }
     if options.wants("idle") {
         stuck_sessions += idle_scenario(options, work, report, failures).await;
+    }
+    if options.wants("shutdown") {
+        let sessions = if options.smoke { 2 } else { 10 };
+        progress(&format!("shutdown: SIGTERM with {sessions} live sessions"));
+        report.section("shutdown");
+        match shutdown::run(sessions).await {
+            Ok(s) => {
+                report.target(
+                    format!(
+                        "oma-agent SIGTERM → exit with {} live sessions whose agents ignore stdin close",
+                        s.sessions
+                    ),
+                    dur(s.elapsed),
+                    "≤ 3 s",
+                    verdict(s.elapsed <= Duration::from_secs(3)),
+                );
+                report.target(
+                    "ACP children left running after the daemon exited",
+                    s.left.to_string(),
+                    "0",
+                    verdict(s.left == 0),
+                );
+            }
+            Err(e) => failed(report, failures, "shutdown", &e),
+        }
     }
     if options.wants("team") {
         stuck_sessions += team_scenario(options, work, report, failures).await;
