@@ -438,7 +438,7 @@ impl Manager {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let (tx, rx) = mpsc::channel(256);
         let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let actor = Actor {
+        let mut actor = Actor {
             acked: acked.clone(),
             manager: self.clone(),
             dir,
@@ -449,6 +449,7 @@ impl Manager {
             acp: None,
             outputs: None,
             running_turn: None,
+            stored_unsent: Vec::new(),
         };
         actor.save_state();
         self.sessions
@@ -476,6 +477,8 @@ struct Actor {
     acp: Option<AcpSession>,
     outputs: Option<mpsc::Receiver<AcpOutput>>,
     running_turn: Option<String>,
+    /// Stored in the outbox, not yet sent (see [`Actor::save_state`]).
+    stored_unsent: Vec<pb::SessionEvent>,
 }
 
 impl Actor {
@@ -608,15 +611,23 @@ impl Actor {
         self.outbox.push(event);
     }
 
-    /// Stores the buffered events (one write) and, if connected, sends them.
+    /// Writes the buffered events to the outbox (one write); they wait in
+    /// `stored_unsent` for the next [`Self::flush`].
+    fn store(&mut self) {
+        match self.outbox.flush() {
+            Ok(events) => self.stored_unsent.extend(events),
+            Err(e) => tracing::error!(session_id = self.id(), error = %e, "cannot store events in the outbox"),
+        }
+    }
+
+    /// Stores the buffered events (one write) and, if connected, sends them
+    /// (if not, they wait in the outbox for the resend after Welcome).
     async fn flush(&mut self) {
-        let events = match self.outbox.flush() {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::error!(session_id = self.id(), error = %e, "cannot store events in the outbox");
-                return;
-            }
-        };
+        self.store();
+        let events = std::mem::take(&mut self.stored_unsent);
+        if events.is_empty() {
+            return;
+        }
         if let Some(conn) = self.conn.clone() {
             // Waiting here is the backpressure: a slow stream slows this
             // session's reading of its child, nothing else. If the stream is
@@ -649,7 +660,11 @@ impl Actor {
         }
     }
 
-    fn save_state(&self) {
+    /// Saves the state file, after storing the events numbered before it:
+    /// a state that says a turn ended must never be on disk without that
+    /// turn's end (a kill in between would leave the turn running forever).
+    fn save_state(&mut self) {
+        self.store();
         let path = state_path(&self.manager.config.paths, self.id());
         let result = serde_json::to_vec(&self.state)
             .map_err(std::io::Error::other)
@@ -1224,6 +1239,7 @@ mod tests {
             acp: None,
             outputs: Some(outputs),
             running_turn: None,
+            stored_unsent: Vec::new(),
         }
     }
 
@@ -1280,6 +1296,34 @@ mod tests {
             seqs.extend(frame);
         }
         assert_eq!(seqs, (1..=burst as u64).collect::<Vec<_>>());
+    }
+
+    /// A turn's end is stored before a state that says no turn runs: a kill
+    /// between the two once could leave the turn running forever.
+    #[tokio::test]
+    async fn the_state_never_runs_ahead_of_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = test_manager(dir.path());
+        let (_out_tx, out_rx) = mpsc::channel(1);
+        let (conn, _frames) = mpsc::channel(16);
+        let mut actor = test_actor(&manager, out_rx, conn);
+        actor.running_turn = Some(TURN.into());
+        actor.state.running_turn = Some(TURN.into());
+        actor.output(AcpOutput::TurnEnded {
+            turn_id: TURN.into(),
+            stop_reason: pb::StopReason::EndTurn,
+            error: None,
+            usage_json: None,
+        });
+        // As a kill right now would leave them: the state file and the outbox.
+        let state: SessionState =
+            serde_json::from_slice(&std::fs::read(state_path(&manager.config.paths, SESSION)).unwrap()).unwrap();
+        assert_eq!(state.running_turn, None);
+        let outbox = SessionOutbox::open(&manager.config.paths.outbox_dir(), SESSION).unwrap();
+        let ended = outbox
+            .pending()
+            .any(|e| e.turn_id == TURN && matches!(e.kind, Some(pb::session_event::Kind::TurnEnded(_))));
+        assert!(ended, "the state says the turn ended, the outbox does not");
     }
 
     #[test]
