@@ -835,12 +835,7 @@ pub struct RawMachine {
 impl RawMachine {
     /// Pairs a new machine with a fresh connect code of `clients`' user.
     pub async fn pair(clients: &mut Clients, name: &str) -> anyhow::Result<RawMachine> {
-        let code = clients
-            .runtimes
-            .create_connect_code(pb::CreateConnectCodeRequest::default())
-            .await?
-            .into_inner()
-            .code;
+        let code = clients.connect_code().await?;
         let machine_id = format!("raw-{:016x}", rand::random::<u64>());
         let response = clients
             .runtimes

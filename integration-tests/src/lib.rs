@@ -344,6 +344,50 @@ impl Clients {
             audit: audit_service_client::AuditServiceClient::with_interceptor(channel, bearer),
         }
     }
+
+    /// A fresh connect code of this caller.
+    pub async fn connect_code(&mut self) -> anyhow::Result<String> {
+        Ok(self
+            .runtimes
+            .create_connect_code(oma_proto::pb::CreateConnectCodeRequest::default())
+            .await?
+            .into_inner()
+            .code)
+    }
+
+    /// Creates an agent from `spec`; returns its id.
+    pub async fn create_agent(&mut self, spec: oma_proto::pb::AgentSpec) -> anyhow::Result<String> {
+        let agent = self
+            .agents
+            .create_agent(oma_proto::pb::CreateAgentRequest {
+                spec: Some(spec),
+                allow_unknown_skills: false,
+            })
+            .await?
+            .into_inner()
+            .agent
+            .ok_or_else(|| anyhow::anyhow!("CreateAgent answered without an agent"))?;
+        Ok(agent.id)
+    }
+}
+
+/// An agent spec named `name`, bound to the ACP agent `test` (the scripted
+/// agent) of `runtime_id`, answering permissions by `policy`.
+pub fn test_agent_spec(
+    name: &str,
+    runtime_id: &str,
+    policy: oma_proto::pb::PermissionPolicy,
+) -> oma_proto::pb::AgentSpec {
+    oma_proto::pb::AgentSpec {
+        name: name.into(),
+        permission_policy: policy as i32,
+        runtime_binding: Some(oma_proto::pb::RuntimeBinding {
+            runtime_id: runtime_id.into(),
+            acp_agent_id: "test".into(),
+            local_skill_blocklist: vec![],
+        }),
+        ..Default::default()
+    }
 }
 
 /// Runs the real `omactl` against a control plane with a private config file.
@@ -528,6 +572,28 @@ pub async fn wait_online(
                 .into_inner()
                 .runtime?;
             (runtime.status == oma_proto::pb::RuntimeStatus::Online as i32).then_some(runtime)
+        }
+    })
+    .await
+}
+
+/// Waits until the control plane reports the runtime offline: after a
+/// daemon exits, its stream's end reaches the control plane a moment later,
+/// and until then the runtime still reads online (a restart's
+/// `wait_online` would see the old stream).
+pub async fn wait_offline(clients: &mut Clients, runtime_id: &str, deadline: Duration) -> anyhow::Result<()> {
+    let runtimes = clients.runtimes.clone();
+    wait_until("the runtime to go offline", deadline, || {
+        let mut runtimes = runtimes.clone();
+        let runtime_id = runtime_id.to_owned();
+        async move {
+            let runtime = runtimes
+                .get_runtime(oma_proto::pb::GetRuntimeRequest { runtime_id })
+                .await
+                .ok()?
+                .into_inner()
+                .runtime?;
+            (runtime.status == oma_proto::pb::RuntimeStatus::Offline as i32).then_some(())
         }
     })
     .await

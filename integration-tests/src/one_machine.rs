@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use oma_proto::pb;
 
-use crate::{AgentDaemon, Bearer, Clients, ControlPlane, bin, wait_online, wait_until};
+use crate::{AgentDaemon, Bearer, Clients, ControlPlane, bin, test_agent_spec, wait_online, wait_until};
 
 /// Fields drop in order: the daemon stops before the control plane.
 pub struct OneMachine {
@@ -24,12 +24,7 @@ impl OneMachine {
     pub async fn start(agent_env: &str, daemon_args: &[&str]) -> anyhow::Result<OneMachine> {
         let cp = ControlPlane::start_sqlite()?;
         let mut clients = Clients::new(cp.channel().await?, Bearer::new(&cp.admin_token));
-        let code = clients
-            .runtimes
-            .create_connect_code(pb::CreateConnectCodeRequest::default())
-            .await?
-            .into_inner()
-            .code;
+        let code = clients.connect_code().await?;
         let agents_toml = format!(
             "[[agent]]\nid = \"test\"\ncommand = \"{}\"\nenv = {{ {agent_env} }}\n",
             bin("oma-test-agent").display()
@@ -37,30 +32,18 @@ impl OneMachine {
         let mut machine = AgentDaemon::setup_with_agents_toml(&cp.url(), &code, &agents_toml)?;
         machine.start(daemon_args)?;
         wait_online(&mut clients, &machine.runtime_id, Duration::from_secs(30)).await?;
-        let agent = clients
-            .agents
-            .create_agent(pb::CreateAgentRequest {
-                spec: Some(pb::AgentSpec {
-                    name: "one-machine".into(),
-                    permission_policy: pb::PermissionPolicy::AllowOnce as i32,
-                    runtime_binding: Some(pb::RuntimeBinding {
-                        runtime_id: machine.runtime_id.clone(),
-                        acp_agent_id: "test".into(),
-                        local_skill_blocklist: vec![],
-                    }),
-                    ..Default::default()
-                }),
-                allow_unknown_skills: false,
-            })
-            .await?
-            .into_inner()
-            .agent
-            .ok_or_else(|| anyhow::anyhow!("CreateAgent answered without an agent"))?;
+        let agent_id = clients
+            .create_agent(test_agent_spec(
+                "one-machine",
+                &machine.runtime_id,
+                pb::PermissionPolicy::AllowOnce,
+            ))
+            .await?;
         Ok(OneMachine {
             machine,
             clients,
             cp,
-            agent_id: agent.id,
+            agent_id,
         })
     }
 

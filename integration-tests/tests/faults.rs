@@ -414,6 +414,12 @@ async fn a_long_session_resumes_after_a_daemon_restart() {
     watch(&rig.clients, &session, from, &turn).await;
     let status = faults::term_agent(&mut rig.machine, Duration::from_secs(30)).unwrap();
     assert!(status.success());
+    // Otherwise the next wait_online may see the old stream, and the
+    // prompt meet it gone (this raced under load).
+    let runtime_id = rig.machine.runtime_id.clone();
+    oma_integration_tests::wait_offline(&mut rig.clients, &runtime_id, Duration::from_secs(30))
+        .await
+        .unwrap();
     faults::start_agent(
         &mut rig.machine,
         &["--reconnect-max", "500ms", "--startup-timeout", "20"],

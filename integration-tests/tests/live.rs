@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use oma_integration_tests::{
-    AgentDaemon, Bearer, Clients, ControlPlane, collect_turn, text_prompt, wait_online, wait_until,
+    AgentDaemon, Bearer, Clients, ControlPlane, collect_turn, test_agent_spec, text_prompt, wait_online, wait_until,
 };
 use oma_proto::pb;
 use oma_proto::pb::session_event::Kind;
@@ -31,13 +31,7 @@ async fn setup_with(policy: pb::PermissionPolicy, serve_args: &[&str]) -> (Setup
     };
     let cp = ControlPlane::start(oma_integration_tests::TestDatabase::sqlite().unwrap(), options).unwrap();
     let mut clients = Clients::new(cp.channel().await.unwrap(), Bearer::new(&cp.admin_token));
-    let code = clients
-        .runtimes
-        .create_connect_code(pb::CreateConnectCodeRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .code;
+    let code = clients.connect_code().await.unwrap();
     let mut machine = AgentDaemon::setup(&cp.url(), &code).unwrap();
     machine.start(&[]).unwrap();
     let runtime = wait_online(&mut clients, &machine.runtime_id, Duration::from_secs(30))
@@ -48,31 +42,17 @@ async fn setup_with(policy: pb::PermissionPolicy, serve_args: &[&str]) -> (Setup
         ids.contains(&"test".to_owned()),
         "manifest lacks the test agent: {ids:?}"
     );
-    let agent = clients
-        .agents
-        .create_agent(pb::CreateAgentRequest {
-            spec: Some(pb::AgentSpec {
-                name: "scripted".into(),
-                system_prompt: "You are a test.".into(),
-                permission_policy: policy as i32,
-                runtime_binding: Some(pb::RuntimeBinding {
-                    runtime_id: machine.runtime_id.clone(),
-                    acp_agent_id: "test".into(),
-                    local_skill_blocklist: vec![],
-                }),
-                ..Default::default()
-            }),
-            allow_unknown_skills: false,
+    let agent_id = clients
+        .create_agent(pb::AgentSpec {
+            system_prompt: "You are a test.".into(),
+            ..test_agent_spec("scripted", &machine.runtime_id, policy)
         })
         .await
-        .unwrap()
-        .into_inner()
-        .agent
         .unwrap();
     let session = clients
         .sessions
         .create_session(pb::CreateSessionRequest {
-            agent_id: agent.id,
+            agent_id,
             title: "live".into(),
         })
         .await

@@ -84,30 +84,20 @@ pub async fn run(env: &mut Env, sessions: usize, each: u64, per_frame: usize, ta
         .find(|r| r.machine_id == machine.machine_id)
         .context("the synthetic runtime is not listed")?
         .id;
-    let agent = env
+    let agent_id = env
         .clients
-        .agents
-        .create_agent(pb::CreateAgentRequest {
-            spec: Some(pb::AgentSpec {
-                name: format!("synthetic-{tag}"),
-                system_prompt: "synthetic".into(),
-                permission_policy: pb::PermissionPolicy::AllowOnce as i32,
-                runtime_binding: Some(pb::RuntimeBinding {
-                    runtime_id,
-                    acp_agent_id: "test".into(),
-                    local_skill_blocklist: vec![],
-                }),
-                ..Default::default()
-            }),
-            allow_unknown_skills: false,
+        .create_agent(pb::AgentSpec {
+            system_prompt: "synthetic".into(),
+            ..oma_integration_tests::test_agent_spec(
+                &format!("synthetic-{tag}"),
+                &runtime_id,
+                pb::PermissionPolicy::AllowOnce,
+            )
         })
-        .await?
-        .into_inner()
-        .agent
-        .context("no agent")?;
+        .await?;
     let mut ids = Vec::with_capacity(sessions);
     for _ in 0..sessions {
-        ids.push(env.create_session(&agent.id).await?);
+        ids.push(env.create_session(&agent_id).await?);
     }
 
     // Every frame built before the clock starts.

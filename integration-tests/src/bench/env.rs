@@ -51,28 +51,12 @@ impl Env {
 
     /// A new agent bound to the daemon's `test` ACP agent.
     pub async fn create_agent(&mut self, name: &str) -> anyhow::Result<String> {
-        let agent = self
-            .clients
-            .agents
-            .create_agent(pb::CreateAgentRequest {
-                spec: Some(pb::AgentSpec {
-                    name: name.into(),
-                    system_prompt: "You are a benchmark.".into(),
-                    permission_policy: pb::PermissionPolicy::AllowOnce as i32,
-                    runtime_binding: Some(pb::RuntimeBinding {
-                        runtime_id: self.daemon.runtime_id.clone(),
-                        acp_agent_id: "test".into(),
-                        local_skill_blocklist: vec![],
-                    }),
-                    ..Default::default()
-                }),
-                allow_unknown_skills: false,
+        self.clients
+            .create_agent(pb::AgentSpec {
+                system_prompt: "You are a benchmark.".into(),
+                ..oma_integration_tests::test_agent_spec(name, &self.daemon.runtime_id, pb::PermissionPolicy::AllowOnce)
             })
-            .await?
-            .into_inner()
-            .agent
-            .context("CreateAgent returned no agent")?;
-        Ok(agent.id)
+            .await
     }
 
     /// Creates a session of `agent_id` (does not wait for it to start).

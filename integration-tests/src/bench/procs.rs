@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use oma_integration_tests::{Bearer, Clients, TestDatabase};
-use oma_proto::pb;
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
 
@@ -213,12 +212,7 @@ pub struct AgentDaemon {
 impl AgentDaemon {
     /// Pairs with a fresh connect code and starts `oma-agent run`.
     pub async fn start(cp: &ControlPlane, clients: &mut Clients, log_dir: &Path) -> anyhow::Result<AgentDaemon> {
-        let code = clients
-            .runtimes
-            .create_connect_code(pb::CreateConnectCodeRequest::default())
-            .await?
-            .into_inner()
-            .code;
+        let code = clients.connect_code().await?;
         let config_dir = tempfile::tempdir()?;
         let data_dir = tempfile::tempdir()?;
         let agents_toml = format!(

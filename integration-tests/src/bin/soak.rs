@@ -164,35 +164,17 @@ async fn world(options: &Options) -> anyhow::Result<World> {
     let cp = tokio::task::block_in_place(|| faults::start_control_plane(database, &[]))?;
     let mut clients = Clients::new(cp.channel().await?, Bearer::new(&cp.admin_token));
     let proxy = Proxy::start(cp.addr)?;
-    let code = clients
-        .runtimes
-        .create_connect_code(pb::CreateConnectCodeRequest::default())
-        .await?
-        .into_inner()
-        .code;
+    let code = clients.connect_code().await?;
     let mut machine = tokio::task::block_in_place(|| faults::pair_agent(&proxy.url(), &code))?;
     tokio::task::block_in_place(|| faults::start_agent(&mut machine, AGENT_ARGS))?;
     oma_integration_tests::wait_online(&mut clients, &machine.runtime_id, Duration::from_secs(60)).await?;
     let agent_id = clients
-        .agents
-        .create_agent(pb::CreateAgentRequest {
-            spec: Some(pb::AgentSpec {
-                name: "soak".into(),
-                permission_policy: pb::PermissionPolicy::AllowOnce as i32,
-                runtime_binding: Some(pb::RuntimeBinding {
-                    runtime_id: machine.runtime_id.clone(),
-                    acp_agent_id: "test".into(),
-                    local_skill_blocklist: vec![],
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .agent
-        .context("no agent")?
-        .id;
+        .create_agent(oma_integration_tests::test_agent_spec(
+            "soak",
+            &machine.runtime_id,
+            pb::PermissionPolicy::AllowOnce,
+        ))
+        .await?;
     Ok(World {
         machine,
         clients,
