@@ -1,12 +1,11 @@
-//! Stored rows → wire messages.
+//! Records of the service layer → wire messages.
 
 use oma_proto::pb;
-use prost::Message as _;
 
 use crate::service::agents::Agent;
-use crate::service::runtimes::STATUS_ONLINE;
-use crate::service::sessions;
-use crate::store::rows::{ApiTokenRow, AuditRow, RuntimeRow, SessionRow, TenantRow, UserRow};
+use crate::service::runtimes::Runtime;
+use crate::service::sessions::{Session, SessionStatus};
+use crate::store::rows::{ApiTokenRow, AuditRow, TenantRow, UserRow};
 
 pub use crate::service::timestamp;
 
@@ -45,32 +44,26 @@ pub fn token(row: ApiTokenRow) -> pb::ApiToken {
     }
 }
 
-pub fn runtime(row: RuntimeRow) -> pb::Runtime {
-    let status = if row.status == STATUS_ONLINE {
+pub fn runtime(runtime: Runtime) -> pb::Runtime {
+    let status = if runtime.online {
         pb::RuntimeStatus::Online
     } else {
         pb::RuntimeStatus::Offline
     };
-    // A manifest that fails to decode is shown as empty rather than failing
-    // the whole listing; it is replaced on the machine's next Hello.
-    let manifest = pb::Manifest::decode(row.manifest.as_slice()).unwrap_or_else(|e| {
-        tracing::warn!(runtime_id = %row.id, error = %e, "stored manifest does not decode");
-        pb::Manifest::default()
-    });
     pb::Runtime {
-        id: row.id,
-        tenant_id: row.tenant_id,
-        owner_user_id: row.owner_user_id,
-        name: row.name,
-        machine_id: row.machine_id,
+        id: runtime.id,
+        tenant_id: runtime.tenant_id,
+        owner_user_id: runtime.owner_user_id,
+        name: runtime.name,
+        machine_id: runtime.machine_id,
         status: status as i32,
-        create_time: Some(timestamp(row.created_at)),
-        last_seen_time: row.last_seen_at.map(timestamp),
-        status_time: Some(timestamp(row.status_at)),
-        agent_version: row.agent_version,
-        os: row.os,
-        arch: row.arch,
-        manifest: Some(manifest),
+        create_time: Some(timestamp(runtime.created_at)),
+        last_seen_time: runtime.last_seen_at.map(timestamp),
+        status_time: Some(timestamp(runtime.status_at)),
+        agent_version: runtime.agent_version,
+        os: runtime.os,
+        arch: runtime.arch,
+        manifest: Some(runtime.manifest),
     }
 }
 
@@ -86,31 +79,31 @@ pub fn agent(agent: Agent) -> pb::Agent {
     }
 }
 
-pub fn session_status(status: &str) -> pb::SessionStatus {
+pub fn session_status(status: SessionStatus) -> pb::SessionStatus {
     match status {
-        sessions::STATUS_PENDING => pb::SessionStatus::Pending,
-        sessions::STATUS_IDLE => pb::SessionStatus::Idle,
-        sessions::STATUS_RUNNING => pb::SessionStatus::Running,
-        sessions::STATUS_FAILED => pb::SessionStatus::Failed,
-        sessions::STATUS_DISPOSED => pb::SessionStatus::Disposed,
-        _ => pb::SessionStatus::Unspecified,
+        SessionStatus::Pending => pb::SessionStatus::Pending,
+        SessionStatus::Idle => pb::SessionStatus::Idle,
+        SessionStatus::Running => pb::SessionStatus::Running,
+        SessionStatus::Failed => pb::SessionStatus::Failed,
+        SessionStatus::Disposed => pb::SessionStatus::Disposed,
+        SessionStatus::Unknown => pb::SessionStatus::Unspecified,
     }
 }
 
-pub fn session(row: SessionRow) -> pb::Session {
+pub fn session(session: Session) -> pb::Session {
     pb::Session {
-        status: session_status(&row.status) as i32,
-        id: row.id,
-        tenant_id: row.tenant_id,
-        agent_id: row.agent_id,
-        runtime_id: row.runtime_id,
-        acp_agent_id: row.acp_agent_id,
-        created_by_user_id: row.created_by_user_id,
-        title: row.title,
-        create_time: Some(timestamp(row.created_at)),
-        update_time: Some(timestamp(row.updated_at)),
-        last_seq: row.last_seq as u64,
-        agent_version: row.agent_version as u64,
+        status: session_status(session.status) as i32,
+        id: session.id,
+        tenant_id: session.tenant_id,
+        agent_id: session.agent_id,
+        runtime_id: session.runtime_id,
+        acp_agent_id: session.acp_agent_id,
+        created_by_user_id: session.created_by_user_id,
+        title: session.title,
+        create_time: Some(timestamp(session.created_at)),
+        update_time: Some(timestamp(session.updated_at)),
+        last_seq: session.last_seq,
+        agent_version: session.agent_version,
     }
 }
 

@@ -6,6 +6,7 @@ use oma_proto::pb::{self, runtime_stream_service_server::RuntimeStreamService};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::machine;
+use crate::service::live::message::AgentMessage;
 use crate::service::{Service, ServiceError};
 
 pub struct StreamGrpc {
@@ -23,10 +24,9 @@ impl RuntimeStreamService for StreamGrpc {
         let machine = machine(&request)?;
         // Every frame is checked before the service acts on it: a refused
         // one ends this stream with INVALID_ARGUMENT naming the field.
-        let inbound = request.into_inner().map(|r| -> Result<pb::AgentFrame, ServiceError> {
+        let inbound = request.into_inner().map(|r| -> Result<AgentMessage, ServiceError> {
             let frame = r.map_err(inbound_error)?;
-            oma_proto::validate::agent_frame(&frame)?;
-            Ok(frame)
+            Ok(AgentMessage::try_from(frame)?)
         });
         let (outbound, error) = self.service.open_stream(machine, Box::pin(inbound)).await?;
         // The frames, then, if the machine broke the rules, the status that

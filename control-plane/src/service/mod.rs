@@ -229,6 +229,14 @@ impl<T> Paged<T> {
             next_page_token: next.map(|n| URL_SAFE_NO_PAD.encode(n)).unwrap_or_default(),
         }
     }
+
+    /// The same page with each item converted (rows to domain types).
+    pub(crate) fn map<U>(self, f: impl FnMut(T) -> U) -> Paged<U> {
+        Paged {
+            items: self.items.into_iter().map(f).collect(),
+            next_page_token: self.next_page_token,
+        }
+    }
 }
 
 /// A stored time (ms since the epoch) as a protobuf timestamp.

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use oma_proto::ids::{ConnectCodeId, RuntimeId, UserId};
+use oma_proto::pb;
 use oma_proto::validate::{self, ValidationError};
+use prost::Message as _;
 use serde_json::json;
 
 use super::audit::record;
@@ -18,6 +20,55 @@ pub const MAX_CONNECT_CODE_TTL: Duration = Duration::from_secs(3600);
 
 pub const STATUS_ONLINE: &str = "online";
 pub const STATUS_OFFLINE: &str = "offline";
+
+/// A paired machine as callers see it: what it reported in its last Hello
+/// and whether its stream is up. Its token hash and connection epoch stay
+/// in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runtime {
+    pub id: String,
+    pub tenant_id: String,
+    pub owner_user_id: String,
+    pub name: String,
+    pub machine_id: String,
+    pub online: bool,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// When `online` last changed.
+    pub status_at: i64,
+    pub last_seen_at: Option<i64>,
+    pub agent_version: String,
+    pub os: String,
+    pub arch: String,
+    /// Its ACP agents and local skills. One that fails to decode is shown
+    /// empty rather than failing a whole listing; the machine's next Hello
+    /// replaces it.
+    pub manifest: pb::Manifest,
+}
+
+impl From<RuntimeRow> for Runtime {
+    fn from(row: RuntimeRow) -> Runtime {
+        let manifest = pb::Manifest::decode(row.manifest.as_slice()).unwrap_or_else(|e| {
+            tracing::warn!(runtime_id = %row.id, error = %e, "stored manifest does not decode");
+            pb::Manifest::default()
+        });
+        Runtime {
+            online: row.status == STATUS_ONLINE,
+            id: row.id,
+            tenant_id: row.tenant_id,
+            owner_user_id: row.owner_user_id,
+            name: row.name,
+            machine_id: row.machine_id,
+            created_at: row.created_at,
+            status_at: row.status_at,
+            last_seen_at: row.last_seen_at,
+            agent_version: row.agent_version,
+            os: row.os,
+            arch: row.arch,
+            manifest,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct NewConnectCode {
@@ -40,7 +91,7 @@ pub struct ExchangeRequest {
 
 #[derive(Debug)]
 pub struct Paired {
-    pub runtime: RuntimeRow,
+    pub runtime: Runtime,
     /// Shown once.
     pub machine_token: String,
 }
@@ -201,14 +252,14 @@ impl Service {
                     json!({"connect_code_id": code.id, "machine_id": machine_id, "name": name, "owner_user_id": code.owner_user_id}),
                 )?;
                 Ok(Paired {
-                    runtime,
+                    runtime: runtime.into(),
                     machine_token: minted.bearer,
                 })
             })
             .await
     }
 
-    pub async fn list_runtimes(&self, caller: &Caller, page: PageRequest) -> ServiceResult<Paged<RuntimeRow>> {
+    pub async fn list_runtimes(&self, caller: &Caller, page: PageRequest) -> ServiceResult<Paged<Runtime>> {
         let page = page.to_page()?;
         let tenant = caller.tenant_id.to_string();
         self.store
@@ -217,16 +268,19 @@ impl Service {
                 Ok(Paged::from_rows(rows, &page, |r| &r.id))
             })
             .await
+            .map(|page: Paged<RuntimeRow>| page.map(Runtime::from))
     }
 
-    pub async fn get_runtime(&self, caller: &Caller, runtime_id: RuntimeId) -> ServiceResult<RuntimeRow> {
+    pub async fn get_runtime(&self, caller: &Caller, runtime_id: RuntimeId) -> ServiceResult<Runtime> {
         let tenant = caller.tenant_id.to_string();
-        self.store
+        let row = self
+            .store
             .read("get_runtime", move |conn| {
                 rows::get_runtime(conn, &tenant, runtime_id.as_str())?
                     .ok_or_else(|| ServiceError::not_found("runtime", &runtime_id))
             })
-            .await
+            .await?;
+        Ok(row.into())
     }
 
     /// Deleting the row is what revokes the machine token: authentication

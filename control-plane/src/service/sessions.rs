@@ -20,8 +20,73 @@ pub const STATUS_RUNNING: &str = "running";
 pub const STATUS_FAILED: &str = "failed";
 pub const STATUS_DISPOSED: &str = "disposed";
 
+/// A session as callers see it. The stored row keeps more (the agent spec
+/// it started with, the running prompt, the ACP session id), which stays in
+/// the store and the live path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub tenant_id: String,
+    pub agent_id: String,
+    pub runtime_id: String,
+    pub acp_agent_id: String,
+    pub created_by_user_id: String,
+    pub title: String,
+    pub status: SessionStatus,
+    /// The version of the agent configuration the session started with.
+    pub agent_version: u64,
+    /// The highest event seq stored.
+    pub last_seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStatus {
+    Pending,
+    Idle,
+    Running,
+    Failed,
+    Disposed,
+    /// A stored value this build does not know (a newer replica wrote it).
+    Unknown,
+}
+
+impl SessionStatus {
+    pub fn from_stored(status: &str) -> SessionStatus {
+        match status {
+            STATUS_PENDING => SessionStatus::Pending,
+            STATUS_IDLE => SessionStatus::Idle,
+            STATUS_RUNNING => SessionStatus::Running,
+            STATUS_FAILED => SessionStatus::Failed,
+            STATUS_DISPOSED => SessionStatus::Disposed,
+            _ => SessionStatus::Unknown,
+        }
+    }
+}
+
+impl From<SessionRow> for Session {
+    fn from(row: SessionRow) -> Session {
+        Session {
+            status: SessionStatus::from_stored(&row.status),
+            id: row.id,
+            tenant_id: row.tenant_id,
+            agent_id: row.agent_id,
+            runtime_id: row.runtime_id,
+            acp_agent_id: row.acp_agent_id,
+            created_by_user_id: row.created_by_user_id,
+            title: row.title,
+            agent_version: row.agent_version.max(0) as u64,
+            last_seq: row.last_seq.max(0) as u64,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
 impl Service {
-    pub async fn create_session(&self, caller: &Caller, agent_id: AgentId, title: &str) -> ServiceResult<SessionRow> {
+    pub async fn create_session(&self, caller: &Caller, agent_id: AgentId, title: &str) -> ServiceResult<Session> {
         let title = validate::label("title", title, 200, false)?;
         let caller = caller.clone();
         let quotas = self.config.quotas.clone();
@@ -80,16 +145,18 @@ impl Service {
             })
             .await?;
         self.offer_start(&session).await;
-        Ok(session)
+        Ok(session.into())
     }
 
-    pub async fn get_session(&self, caller: &Caller, session_id: SessionId) -> ServiceResult<SessionRow> {
+    pub async fn get_session(&self, caller: &Caller, session_id: SessionId) -> ServiceResult<Session> {
         let caller = caller.clone();
-        self.store
+        let row = self
+            .store
             .read("get_session", move |conn| {
                 rights::session_to_see(conn, &caller, &session_id)
             })
-            .await
+            .await?;
+        Ok(row.into())
     }
 
     pub async fn list_sessions(
@@ -97,7 +164,7 @@ impl Service {
         caller: &Caller,
         agent_id: Option<AgentId>,
         page: PageRequest,
-    ) -> ServiceResult<Paged<SessionRow>> {
+    ) -> ServiceResult<Paged<Session>> {
         let page = page.to_page()?;
         let tenant = caller.tenant_id.to_string();
         // Filtered in the query, so pages stay full and the cursor exact.
@@ -118,6 +185,7 @@ impl Service {
                 Ok(Paged::from_rows(rows, &page, |r| &r.id))
             })
             .await
+            .map(|page: Paged<SessionRow>| page.map(Session::from))
     }
 
     pub async fn delete_session(&self, caller: &Caller, session_id: SessionId) -> ServiceResult<()> {

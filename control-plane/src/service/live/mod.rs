@@ -6,6 +6,8 @@
 //!   machine; each (session, seq) is stored once, in order, and only then
 //!   acknowledged and fanned out.
 //! - [`hub`]: fan-out of committed events to watchers.
+//! - [`message`]: what a machine says on its stream, checked at the gRPC
+//!   boundary.
 //! - [`stream`]: one runtime stream from Hello to its end.
 //! - [`start`]: the StartSession frame a machine gets for a session.
 //! - [`turns`]: prompts, cancels, permission answers and disposes.
@@ -14,6 +16,7 @@
 
 pub mod event_log;
 pub mod hub;
+pub mod message;
 pub mod registry;
 pub mod start;
 pub mod stream;

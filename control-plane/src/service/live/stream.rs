@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::event_log::{AppendJob, Appended};
+use super::message::{AgentMessage, Hello};
 use super::registry::{self, LiveRuntime, Outbound, OutboundFrames};
 use super::start::start_session_frame;
 use crate::service::runtimes::STATUS_ONLINE;
@@ -68,15 +69,13 @@ impl Service {
         mut inbound: S,
     ) -> ServiceResult<(OutboundFrames, oneshot::Receiver<ServiceError>)>
     where
-        S: Stream<Item = Result<pb::AgentFrame, ServiceError>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<AgentMessage, ServiceError>> + Send + Unpin + 'static,
     {
         let first = tokio::time::timeout(self.live_config.hello_timeout, inbound.next())
             .await
             .map_err(|_| ServiceError::FailedPrecondition("no Hello within the hello timeout".into()))?;
         let hello = match first {
-            Some(Ok(pb::AgentFrame {
-                frame: Some(pb::agent_frame::Frame::Hello(hello)),
-            })) => hello,
+            Some(Ok(AgentMessage::Hello(hello))) => hello,
             Some(Ok(_)) => {
                 return Err(oma_proto::validate::ValidationError::new(
                     "frame",
@@ -94,7 +93,6 @@ impl Service {
             )));
         }
         // (The frame was validated on receipt: ids, labels, manifest.)
-        let manifest = hello.manifest.clone().unwrap_or_default();
 
         // Register under a new epoch.
         let runtime_id = machine.runtime_id.to_string();
@@ -106,7 +104,7 @@ impl Service {
             agent_version: hello.agent_version.clone(),
             os: hello.os.clone(),
             arch: hello.arch.clone(),
-            manifest: manifest.encode_to_vec(),
+            manifest: hello.manifest.clone(),
             connection_epoch: 0,
         };
         let rid = runtime_id.clone();
@@ -243,11 +241,11 @@ impl Service {
         &self,
         runtime_id: &str,
         epoch: i64,
-        hello: &pb::Hello,
+        hello: &Hello,
         sessions: Vec<SessionHead>,
     ) -> ServiceResult<(pb::Welcome, Vec<Resend>)> {
         let held: HashMap<&str, u64> = hello
-            .sessions
+            .held_sessions
             .iter()
             .map(|s| (s.session_id.as_str(), s.last_sent_seq))
             .collect();
@@ -342,7 +340,7 @@ impl Service {
     /// (not the network) is at fault, so the stream ends with that status.
     async fn read_stream<S>(&self, conn: Conn, mut inbound: S, cancel: CancellationToken) -> Option<ServiceError>
     where
-        S: Stream<Item = Result<pb::AgentFrame, ServiceError>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<AgentMessage, ServiceError>> + Send + Unpin + 'static,
     {
         let runtime_id = conn.machine.runtime_id.to_string();
         // Acks go out in order, after each append is durable, without
@@ -357,7 +355,7 @@ impl Service {
                 _ = cancel.cancelled() => break,
                 next = tokio::time::timeout(dead_after, inbound.next()) => next,
             };
-            let frame = match next {
+            let message = match next {
                 Err(_) => {
                     tracing::warn!(
                         runtime_id,
@@ -374,7 +372,7 @@ impl Service {
                         matches!(e, ServiceError::ResourceExhausted(_) | ServiceError::InvalidArgument(_)).then_some(e);
                     break;
                 }
-                Ok(Some(Ok(frame))) => frame,
+                Ok(Some(Ok(message))) => message,
             };
             if !self.live.registry.is_current(&runtime_id, conn.epoch) {
                 break; // superseded: frames of a stale stream are ignored
@@ -395,7 +393,7 @@ impl Service {
             // whatever was not acked is resent after the reconnect.
             let handled = tokio::select! {
                 _ = cancel.cancelled() => break,
-                handled = self.handle_frame(&conn, frame, &ack_tx) => handled,
+                handled = self.handle_frame(&conn, message, &ack_tx) => handled,
             };
             if let Err(e) = handled {
                 tracing::warn!(runtime_id, error = %e, "bad frame from runtime; closing the stream");
@@ -411,76 +409,62 @@ impl Service {
     async fn handle_frame(
         &self,
         conn: &Conn,
-        frame_in: pb::AgentFrame,
+        message: AgentMessage,
         ack_tx: &mpsc::Sender<PendingAck>,
     ) -> ServiceResult<()> {
-        use pb::agent_frame::Frame;
         let runtime_id = conn.machine.runtime_id.to_string();
-        match frame_in.frame {
-            Some(Frame::Heartbeat(h)) => {
+        match message {
+            AgentMessage::Heartbeat { sent_at_ms } => {
                 // A runtime that does not take it in time is ended by the send.
-                let _ = conn.outbound.send(frame(pb::control_frame::Frame::Heartbeat(h))).await;
+                let echo = pb::Heartbeat { sent_at_ms };
+                let _ = conn
+                    .outbound
+                    .send(frame(pb::control_frame::Frame::Heartbeat(echo)))
+                    .await;
             }
-            Some(Frame::Event(e)) => {
-                let event = e
-                    .event
-                    .ok_or_else(|| ValidationError::new("event.event", "is required"))?;
-                self.queue_events(conn, vec![event], ack_tx).await?;
-            }
-            Some(Frame::Events(batch)) => self.queue_events(conn, batch.events, ack_tx).await?,
-            Some(Frame::SessionReady(ready)) => {
-                let rid = runtime_id.clone();
+            AgentMessage::Events(events) => self.queue_events(conn, events, ack_tx).await?,
+            AgentMessage::SessionReady {
+                session_id,
+                acp_session_id,
+            } => {
                 self.store
                     .write("session_ready", move |c| {
-                        if rows::session_of_runtime(c, &rid, &ready.session_id)?.is_some() {
-                            rows::set_acp_session_id(c, &ready.session_id, &ready.acp_session_id)?;
+                        if rows::session_of_runtime(c, &runtime_id, &session_id)?.is_some() {
+                            rows::set_acp_session_id(c, &session_id, &acp_session_id)?;
                         }
                         Ok::<_, ServiceError>(())
                     })
                     .await?;
             }
-            Some(Frame::SessionFailed(failed)) => {
-                let rid = runtime_id.clone();
+            AgentMessage::SessionFailed { session_id } => {
                 self.store
                     .write("session_failed", move |c| {
-                        if rows::session_of_runtime(c, &rid, &failed.session_id)?.is_some() {
-                            rows::finish_turn(
-                                c,
-                                &failed.session_id,
-                                None,
-                                crate::service::sessions::STATUS_FAILED,
-                                now_ms(),
-                            )?;
+                        if rows::session_of_runtime(c, &runtime_id, &session_id)?.is_some() {
+                            rows::finish_turn(c, &session_id, None, crate::service::sessions::STATUS_FAILED, now_ms())?;
                         }
                         Ok::<_, ServiceError>(())
                     })
                     .await?;
             }
-            Some(Frame::SessionDisposed(disposed)) => {
-                let rid = runtime_id.clone();
+            AgentMessage::SessionDisposed { session_id } => {
                 self.store
                     .write("session_disposed", move |c| {
-                        Ok::<_, ServiceError>(rows::purge_session(c, &rid, &disposed.session_id)?)
+                        Ok::<_, ServiceError>(rows::purge_session(c, &runtime_id, &session_id)?)
                     })
                     .await?;
             }
-            Some(Frame::ManifestUpdate(update)) => {
-                let manifest = update.manifest.unwrap_or_default();
-                let bytes = manifest.encode_to_vec();
+            AgentMessage::ManifestUpdate { manifest } => {
                 self.store
                     .write("manifest_update", move |c| {
-                        Ok::<_, ServiceError>(rows::set_runtime_manifest(c, &runtime_id, &bytes)?)
+                        Ok::<_, ServiceError>(rows::set_runtime_manifest(c, &runtime_id, &manifest)?)
                     })
                     .await?;
             }
-            Some(Frame::Ack(_)) => {}
-            Some(Frame::Hello(_)) => {
+            AgentMessage::Ack => {}
+            AgentMessage::Hello(_) => {
                 return Err(ServiceError::FailedPrecondition(
                     "Hello may only be the first frame".into(),
                 ));
-            }
-            None => {
-                return Err(ValidationError::new("frame", "is empty or of a kind this server does not know").into());
             }
         }
         Ok(())
