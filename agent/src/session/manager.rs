@@ -86,13 +86,7 @@ impl Manager {
 
     /// The sessions held, with the last seq each has numbered (for Hello).
     pub async fn held(&self) -> Vec<pb::HeldSession> {
-        let handles: Vec<(String, mpsc::Sender<Command>)> = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .iter()
-            .map(|(id, h)| (id.clone(), h.tx.clone()))
-            .collect();
+        let handles = self.senders();
         let mut held = Vec::new();
         for (session_id, tx) in handles {
             let (reply, wait) = oneshot::channel();
@@ -120,13 +114,7 @@ impl Manager {
         for id in &welcome.unknown_session_ids {
             self.send(id, Command::Dispose).await;
         }
-        let handles: Vec<(String, mpsc::Sender<Command>)> = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .iter()
-            .map(|(id, h)| (id.clone(), h.tx.clone()))
-            .collect();
+        let handles = self.senders();
         for (id, handle) in handles {
             if welcome.unknown_session_ids.contains(&id) {
                 continue;
@@ -150,6 +138,17 @@ impl Manager {
         for handle in handles {
             let _ = handle.send(Command::Connected(None, None)).await;
         }
+    }
+
+    /// Each session's id and command sender, copied out of the lock so
+    /// that no await happens while it is held.
+    fn senders(&self) -> Vec<(String, mpsc::Sender<Command>)> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .map(|(id, h)| (id.clone(), h.tx.clone()))
+            .collect()
     }
 
     async fn send(&self, session_id: &str, command: Command) -> bool {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::lines::{Line, LineReader, ReadLine, classify, quote};
 use super::shared::{Shared, TurnEnd};
-use super::{AcpOutput, ERROR_CHILD_EXITED, ERROR_INVALID_OUTPUT, MAX_LINE_BYTES};
+use super::{AcpOutput, ERROR_CHILD_EXITED, ERROR_INVALID_OUTPUT, MAX_LINE_BYTES, stderr_suffix};
 use crate::process::AcpChild;
 
 /// How long a child whose stdout closed gets to exit before it is signalled.
@@ -152,13 +152,7 @@ impl Supervisor {
             None => "exit status unknown".to_owned(),
         };
         let stderr_tail = self.child.stderr_log().tail();
-        let with_tail = |message: String| {
-            if stderr_tail.is_empty() {
-                message
-            } else {
-                format!("{message}; stderr: {stderr_tail}")
-            }
-        };
+        let with_tail = |message: String| format!("{message}{}", stderr_suffix(&stderr_tail));
         let (turn_end, description) = match cause {
             EndCause::Eof => {
                 let message = format!("the agent process exited ({status})");
