@@ -1,5 +1,5 @@
 //! The session manager: routes the control plane's frames to one actor task
-//! per session ([`super::actor`]), which owns that session's ACP child, its
+//! per session (`actor.rs`), which owns that session's ACP child, its
 //! outbox and its state file.
 
 use std::collections::HashMap;
