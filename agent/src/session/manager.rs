@@ -1,43 +1,19 @@
-//! The session manager: one actor task per session, owning that session's
-//! ACP child, its outbox and its state file.
-//!
-//! Why actors: each session's events must be numbered and sent in one order,
-//! and a slow or crashed child must never hold up another session or the
-//! stream. The connection hands each actor the current stream sender
-//! together with the control plane's cursor, so an actor always resends its
-//! unacknowledged events before it sends anything new on a fresh stream.
+//! The session manager: routes the control plane's frames to one actor task
+//! per session (`actor.rs`), which owns that session's ACP child, its
+//! outbox and its state file.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use oma_proto::pb;
-use prost::Message as _;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::acp::{AcpLaunch, AcpOutput, AcpSession};
-use super::launch;
-use super::translate;
-use super::workspace;
+use super::actor::{Actor, now};
+use super::orphans::reap_orphan;
+use super::state::{self, SessionState};
 use crate::detect::DetectReport;
-use crate::fsutil::{Durability, PRIVATE_FILE_MODE, write_atomic};
-use crate::outbox::SessionOutbox;
 use crate::paths::Paths;
-use crate::policy::Policy;
-use crate::process::ChildSpec;
-
-/// Turn ids remembered per session, so a resent Prompt runs once.
-const SEEN_TURNS: usize = 1000;
-/// Events per frame (live sends and resends of a backlog alike).
-const FRAME_EVENTS: usize = 256;
-/// Ready outputs handled in one actor iteration stop at this many events
-/// or bytes of records: one outbox write and (usually) one frame.
-const DRAIN_EVENTS: usize = FRAME_EVENTS;
-const DRAIN_BYTES: usize = 1024 * 1024;
 
 /// What the manager needs to run sessions.
 pub struct ManagerConfig {
@@ -53,57 +29,9 @@ pub struct ManagerConfig {
     pub max_sessions: usize,
 }
 
-/// Persisted per session, beside its outbox.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct SessionState {
-    /// The encoded StartSession frame (base64), to restart the child after a
-    /// crash or a daemon restart.
-    start: String,
-    acp_session_id: Option<String>,
-    seen_turns: Vec<String>,
-    running_turn: Option<String>,
-    /// The "ignores the blocklist" note was logged (once per session).
-    #[serde(default)]
-    blocklist_noted: bool,
-    /// The running child's process group and command, so a daemon killed
-    /// with SIGKILL can reap the group it left behind on its next start.
-    #[serde(default)]
-    child: Option<ChildRecord>,
-    /// Counts child starts. A child numbers its permission requests from 1
-    /// again, so the session-wide request id is `g<generation>.<child id>`
-    /// (a restarted child must never reuse an id already decided).
-    #[serde(default)]
-    generation: u32,
-}
+pub(super) type Sender = mpsc::Sender<pb::AgentFrame>;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ChildRecord {
-    pgid: i32,
-    command: PathBuf,
-}
-
-/// Kills a child group an earlier daemon left running (it was SIGKILLed and
-/// could not stop it), if that pid still runs the same command: a reused
-/// pid of an unrelated process is left alone.
-fn reap_orphan(record: &ChildRecord) {
-    let cmdline = match std::fs::read(format!("/proc/{}/cmdline", record.pgid)) {
-        Ok(c) => c,
-        Err(_) => return, // gone (or no /proc: nothing to check against)
-    };
-    let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let command = record.command.as_os_str().as_encoded_bytes();
-    if argv.iter().take(2).any(|arg| *arg == command) {
-        tracing::warn!(pgid = record.pgid, command = %record.command.display(), "killing an ACP agent left by an earlier daemon");
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(record.pgid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-type Sender = mpsc::Sender<pb::AgentFrame>;
-
-enum Command {
+pub(super) enum Command {
     /// A (new) stream: the sender, and the last seq the server has stored
     /// (`None` for a session it has just started).
     Connected(Option<Sender>, Option<u64>),
@@ -127,13 +55,9 @@ struct Handle {
 }
 
 pub struct Manager {
-    config: Arc<ManagerConfig>,
+    pub(super) config: Arc<ManagerConfig>,
     sessions: Mutex<HashMap<String, Handle>>,
     current: Mutex<Option<Sender>>,
-}
-
-fn state_path(paths: &Paths, session_id: &str) -> PathBuf {
-    paths.outbox_dir().join(format!("{session_id}.state.json"))
 }
 
 impl Manager {
@@ -145,37 +69,16 @@ impl Manager {
             sessions: Mutex::new(HashMap::new()),
             current: Mutex::new(None),
         });
-        let outbox_dir = manager.config.paths.outbox_dir();
-        if let Ok(entries) = std::fs::read_dir(&outbox_dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(session_id) = name.strip_suffix(".state.json") else {
-                    continue;
-                };
-                if crate::paths::validate_session_id(session_id).is_err() {
-                    continue;
-                }
-                let Some(state) = std::fs::read(entry.path())
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<SessionState>(&b).ok())
-                else {
-                    tracing::warn!(session_id, "unreadable session state; ignoring it");
-                    continue;
-                };
-                let Some(start) = B64
-                    .decode(&state.start)
-                    .ok()
-                    .and_then(|b| pb::StartSession::decode(b.as_slice()).ok())
-                else {
-                    continue;
-                };
-                if let Some(record) = &state.child {
-                    reap_orphan(record);
-                }
-                match manager.spawn_actor(start, state, false) {
-                    Ok(()) => tracing::info!(session_id, "resuming session"),
-                    Err(e) => tracing::error!(session_id, error = %e, "cannot resume session"),
-                }
+        for (session_id, state) in state::saved(&manager.config.paths) {
+            let Some(start) = state.start_session() else {
+                continue;
+            };
+            if let Some(record) = &state.child {
+                reap_orphan(record);
+            }
+            match manager.spawn_actor(start, state, false) {
+                Ok(()) => tracing::info!(session_id, "resuming session"),
+                Err(e) => tracing::error!(session_id, error = %e, "cannot resume session"),
             }
         }
         manager
@@ -183,13 +86,7 @@ impl Manager {
 
     /// The sessions held, with the last seq each has numbered (for Hello).
     pub async fn held(&self) -> Vec<pb::HeldSession> {
-        let handles: Vec<(String, mpsc::Sender<Command>)> = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .iter()
-            .map(|(id, h)| (id.clone(), h.tx.clone()))
-            .collect();
+        let handles = self.senders();
         let mut held = Vec::new();
         for (session_id, tx) in handles {
             let (reply, wait) = oneshot::channel();
@@ -217,13 +114,7 @@ impl Manager {
         for id in &welcome.unknown_session_ids {
             self.send(id, Command::Dispose).await;
         }
-        let handles: Vec<(String, mpsc::Sender<Command>)> = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .iter()
-            .map(|(id, h)| (id.clone(), h.tx.clone()))
-            .collect();
+        let handles = self.senders();
         for (id, handle) in handles {
             if welcome.unknown_session_ids.contains(&id) {
                 continue;
@@ -247,6 +138,17 @@ impl Manager {
         for handle in handles {
             let _ = handle.send(Command::Connected(None, None)).await;
         }
+    }
+
+    /// Each session's id and command sender, copied out of the lock so
+    /// that no await happens while it is held.
+    fn senders(&self) -> Vec<(String, mpsc::Sender<Command>)> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .map(|(id, h)| (id.clone(), h.tx.clone()))
+            .collect()
     }
 
     async fn send(&self, session_id: &str, command: Command) -> bool {
@@ -308,10 +210,7 @@ impl Manager {
                     return;
                 }
                 let (session_id, last_stored_seq) = (start.session_id.clone(), start.last_stored_seq);
-                let state = SessionState {
-                    start: B64.encode(start.encode_to_vec()),
-                    ..Default::default()
-                };
+                let state = SessionState::new(&start);
                 if let Err(e) = self.spawn_actor(start, state, true) {
                     let message = format!("cannot create the session: {e}");
                     self.refuse_start(&session_id, Some(last_stored_seq), "start_failed", &message)
@@ -429,915 +328,21 @@ impl Manager {
 
     fn spawn_actor(self: &Arc<Self>, start: pb::StartSession, state: SessionState, fresh: bool) -> std::io::Result<()> {
         let session_id = start.session_id.clone();
-        let mut outbox = SessionOutbox::open(&self.config.paths.outbox_dir(), &session_id)?;
-        outbox.start_after(start.last_stored_seq)?;
-        let dir = self
-            .config
-            .paths
-            .session_dir(&session_id)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        let (tx, rx) = mpsc::channel(256);
         let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut actor = Actor {
-            acked: acked.clone(),
-            manager: self.clone(),
-            dir,
-            start,
-            state,
-            outbox,
-            conn: self.current.lock().expect("current lock").clone(),
-            acp: None,
-            outputs: None,
-            running_turn: None,
-            stored_unsent: Vec::new(),
-        };
+        let conn = self.current.lock().expect("current lock").clone();
+        let mut actor = Actor::new(self.clone(), start, state, conn, acked.clone())?;
+        let (tx, rx) = mpsc::channel(256);
         actor.save_state();
         self.sessions
             .lock()
             .expect("sessions lock")
             .insert(session_id, Handle { tx, acked });
-        let span = tracing::info_span!("session", session_id = %actor.start.session_id);
+        let span = tracing::info_span!("session", session_id = %actor.id());
         tokio::spawn(tracing::Instrument::instrument(actor.run(rx, fresh), span));
         Ok(())
     }
 
-    fn forget(&self, session_id: &str) {
+    pub(super) fn forget(&self, session_id: &str) {
         self.sessions.lock().expect("sessions lock").remove(session_id);
-    }
-}
-
-struct Actor {
-    acked: Arc<std::sync::atomic::AtomicU64>,
-    manager: Arc<Manager>,
-    dir: PathBuf,
-    start: pb::StartSession,
-    state: SessionState,
-    outbox: SessionOutbox,
-    conn: Option<Sender>,
-    acp: Option<AcpSession>,
-    outputs: Option<mpsc::Receiver<AcpOutput>>,
-    running_turn: Option<String>,
-    /// Stored in the outbox, not yet sent (see [`Actor::save_state`]).
-    stored_unsent: Vec<pb::SessionEvent>,
-}
-
-impl Actor {
-    fn id(&self) -> &str {
-        &self.start.session_id
-    }
-
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, fresh: bool) {
-        if fresh {
-            self.start_child().await;
-        } else if let Some(turn) = self.state.running_turn.take() {
-            // The daemon stopped during this turn; its child is gone. Unless
-            // it was killed between numbering the turn's end and saving the
-            // state: then the end is in the outbox already, and a second one
-            // would end the turn twice.
-            let ended =
-                self.outbox.pending().last().is_some_and(|e| {
-                    e.turn_id == turn && matches!(e.kind, Some(pb::session_event::Kind::TurnEnded(_)))
-                });
-            if !ended {
-                self.emit(
-                    turn_ended_error("interrupted", "the oma-agent daemon restarted during this turn"),
-                    &turn,
-                );
-            }
-            self.save_state();
-        }
-        loop {
-            // Every iteration ends here: what it numbered is stored and sent
-            // before the actor waits again (and before any command runs).
-            self.flush().await;
-            let reading = self.outputs.is_some() && !self.outbox.is_full();
-            tokio::select! {
-                command = rx.recv() => {
-                    let Some(command) = command else { break };
-                    match command {
-                        Command::Connected(tx, stored) => self.connected(tx, stored).await,
-                        Command::Prompt(prompt) => self.prompt(prompt).await,
-                        Command::Cancel => {
-                            if let Some(acp) = &self.acp { acp.cancel(); }
-                        }
-                        Command::Answer(answer) => self.answer(answer),
-                        Command::Ack => self.apply_ack(),
-
-                        Command::Describe(reply) => { let _ = reply.send(self.outbox.last_seq()); }
-                        Command::Dispose => {
-                            self.dispose().await;
-                            return;
-                        }
-                        Command::Shutdown(done) => {
-                            if let Some(acp) = self.acp.take() {
-                                acp.shutdown(self.manager.config.shutdown_grace).await;
-                            }
-                            self.state.child = None;
-                            self.save_state();
-                            let _ = done.send(());
-                            return;
-                        }
-                    }
-                }
-                output = recv(&mut self.outputs), if reading => match output {
-                    Some(output) => {
-                        self.output(output);
-                        self.drain_ready_outputs();
-                    }
-                    None => { self.outputs = None; self.acp = None; }
-                },
-            }
-        }
-        self.flush().await;
-    }
-
-    /// Handles the outputs the child has already produced, so that a burst
-    /// becomes one outbox write and one frame. Bounded, so that commands
-    /// (a cancel, an answer) wait at most one batch.
-    fn drain_ready_outputs(&mut self) {
-        loop {
-            let (events, bytes) = self.outbox.unflushed();
-            if events >= DRAIN_EVENTS || bytes >= DRAIN_BYTES || self.outbox.is_full() {
-                return;
-            }
-            let Some(outputs) = &mut self.outputs else { return };
-            match outputs.try_recv() {
-                Ok(output) => self.output(output),
-                Err(mpsc::error::TryRecvError::Empty) => return,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.outputs = None;
-                    self.acp = None;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn apply_ack(&mut self) {
-        let seq = self.acked.load(std::sync::atomic::Ordering::Relaxed);
-        if seq > self.outbox.acked()
-            && let Err(e) = self.outbox.ack(seq)
-        {
-            tracing::error!(session_id = self.id(), error = %e, "cannot record an ack");
-        }
-    }
-
-    async fn connected(&mut self, tx: Option<Sender>, stored: Option<u64>) {
-        self.conn = tx;
-        if let Some(stored) = stored
-            && let Err(e) = self.outbox.ack(stored)
-        {
-            tracing::error!(session_id = self.id(), error = %e, "cannot record the server's cursor");
-        }
-        let Some(conn) = self.conn.clone() else { return };
-        self.flush().await; // (empty: the loop flushes before each command)
-        let pending: Vec<pb::SessionEvent> = self.outbox.pending().cloned().collect();
-        self.send_events(&conn, pending).await;
-    }
-
-    /// Numbers one event and buffers it in the outbox. Nothing is sent here:
-    /// the run loop flushes after every iteration, and [`Self::send_frame`]
-    /// flushes before any other frame, so the events of one iteration reach
-    /// the file with one write and the stream as one frame, in order.
-    fn emit(&mut self, kind: pb::session_event::Kind, turn_id: &str) {
-        let mut event = pb::SessionEvent {
-            session_id: self.start.session_id.clone(),
-            seq: 0,
-            time: Some(now()),
-            turn_id: turn_id.to_owned(),
-            kind: Some(kind),
-        };
-        fit_in_a_frame(&mut event);
-        self.outbox.push(event);
-    }
-
-    /// Writes the buffered events to the outbox (one write); they wait in
-    /// `stored_unsent` for the next [`Self::flush`].
-    fn store(&mut self) {
-        match self.outbox.flush() {
-            Ok(events) => self.stored_unsent.extend(events),
-            Err(e) => tracing::error!(session_id = self.id(), error = %e, "cannot store events in the outbox"),
-        }
-    }
-
-    /// Stores the buffered events (one write) and, if connected, sends them
-    /// (if not, they wait in the outbox for the resend after Welcome).
-    async fn flush(&mut self) {
-        self.store();
-        let events = std::mem::take(&mut self.stored_unsent);
-        if events.is_empty() {
-            return;
-        }
-        if let Some(conn) = self.conn.clone() {
-            // Waiting here is the backpressure: a slow stream slows this
-            // session's reading of its child, nothing else. If the stream is
-            // gone the events stay in the outbox for the next resend.
-            self.send_events(&conn, events).await;
-        }
-    }
-
-    /// Sends events in frames bounded by count and by bytes (a frame must
-    /// fit in one gRPC message); the one path for live sends and resends.
-    /// False once the stream is gone.
-    async fn send_events(&mut self, conn: &Sender, events: Vec<pb::SessionEvent>) -> bool {
-        for events in frames_of(events) {
-            let frame = pb::agent_frame::Frame::Events(pb::SessionEventBatch { events });
-            if conn.send(pb::AgentFrame { frame: Some(frame) }).await.is_err() {
-                self.conn = None;
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Sends a frame other than events, after the events numbered before it.
-    async fn send_frame(&mut self, frame: pb::agent_frame::Frame) {
-        self.flush().await;
-        if let Some(conn) = &self.conn
-            && conn.send(pb::AgentFrame { frame: Some(frame) }).await.is_err()
-        {
-            self.conn = None;
-        }
-    }
-
-    /// Saves the state file, after storing the events numbered before it:
-    /// a state that says a turn ended must never be on disk without that
-    /// turn's end (a kill in between would leave the turn running forever).
-    fn save_state(&mut self) {
-        self.store();
-        let path = state_path(&self.manager.config.paths, self.id());
-        let result = serde_json::to_vec(&self.state)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| write_atomic(&path, &bytes, PRIVATE_FILE_MODE, Durability::Cached));
-        if let Err(e) = result {
-            tracing::error!(session_id = self.id(), error = %e, "cannot save session state");
-        }
-    }
-
-    /// Prepares the directory and starts (or restarts) the ACP child.
-    async fn start_child(&mut self) -> bool {
-        let config = self.manager.config.clone();
-        let Some(entry) = config.agents.find(&self.start.acp_agent_id).cloned() else {
-            let message = format!(
-                "this machine has no ACP agent {:?}; `oma-agent agents` lists the ones it has",
-                self.start.acp_agent_id
-            );
-            self.fail("agent_not_found", &message).await;
-            return false;
-        };
-        // The owner's policy, read again at every start so edits apply
-        // without a restart; it decides what the child gets before anything
-        // is written or spawned.
-        let policy_file = config.paths.policy_file();
-        let policy = match Policy::load_with_process_path(&policy_file) {
-            Ok(policy) => policy,
-            Err(e) => {
-                self.fail("policy_invalid", &format!("this machine's policy is broken: {e}"))
-                    .await;
-                return false;
-            }
-        };
-        let daemon_env: BTreeSet<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
-        let launch = match launch::decide(&self.start, &entry, &policy, &daemon_env) {
-            Ok(launch) => launch,
-            Err(refusals) => {
-                let (last, earlier) = refusals.split_last().expect("a refusal");
-                for refusal in earlier {
-                    let error = pb::SessionError {
-                        code: refusal.rule.code().into(),
-                        message: refusal.message.clone(),
-                    };
-                    self.emit(pb::session_event::Kind::Error(error), "");
-                }
-                self.fail(last.rule.code(), &last.message).await;
-                return false;
-            }
-        };
-        for refusal in &launch.dropped {
-            tracing::warn!(
-                session_id = self.id(),
-                rule = refusal.rule.code(),
-                "{}",
-                refusal.message
-            );
-            let error = pb::SessionError {
-                code: refusal.rule.code().into(),
-                message: refusal.message.clone(),
-            };
-            self.emit(pb::session_event::Kind::Error(error), "");
-        }
-        if let Err(e) = workspace::prepare(&self.dir, &self.start, entry.quirks.skills_layout) {
-            self.fail("start_failed", &format!("cannot prepare the session directory: {e}"))
-                .await;
-            return false;
-        }
-        let mut env = launch.env;
-        let blocklist = self.start.local_skill_blocklist.clone();
-        if entry.quirks.is_claude {
-            // A private CLAUDE_CONFIG_DIR of symlinks to the user's own, with
-            // only the allowed skills; rebuilt on every start, never written
-            // into the user's real config.
-            if let Some(source) = &config.skill_source {
-                match crate::skills::build_config_dir(source, &self.dir, &blocklist) {
-                    Ok(path) => env.push(("CLAUDE_CONFIG_DIR".into(), path.display().to_string())),
-                    Err(e) => {
-                        self.fail(
-                            "start_failed",
-                            &format!("cannot build the private Claude config dir: {e}"),
-                        )
-                        .await;
-                        return false;
-                    }
-                }
-            }
-        } else if !blocklist.is_empty() && !self.state.blocklist_noted {
-            self.state.blocklist_noted = true;
-            self.save_state();
-            let message = format!(
-                "ACP agent {:?} is not a Claude agent: it ignores the local skill blocklist ({})",
-                entry.id,
-                blocklist.join(", ")
-            );
-            self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), "");
-        }
-        let acp_launch = AcpLaunch {
-            child: ChildSpec {
-                command: entry.command.clone(),
-                args: entry.args.clone(),
-                cwd: self.dir.clone(),
-                env,
-            },
-            stderr_log_file: Some(
-                config
-                    .paths
-                    .log_dir()
-                    .join(format!("{}.stderr.log", self.start.session_id)),
-            ),
-            advertise_read_text_file: entry.quirks.advertise_read_text_file,
-            advertise_write_text_file: entry.quirks.advertise_write_text_file,
-            system_prompt_meta: (entry.quirks.system_prompt_in_meta && !self.start.system_prompt.is_empty())
-                .then(|| self.start.system_prompt.clone()),
-            mcp_servers: launch.mcp_servers,
-            resume_acp_session_id: self.state.acp_session_id.clone(),
-            startup_timeout: config.startup_timeout,
-            idle_timeout: config.idle_timeout,
-        };
-        let _ = std::fs::create_dir_all(config.paths.log_dir());
-        // The start can take a while: what is numbered so far goes out first.
-        self.flush().await;
-        let (out_tx, mut out_rx) = mpsc::channel(1024);
-        self.state.generation += 1;
-        self.save_state();
-        // session/load replays the whole history as updates before it
-        // answers; drain them while it runs, or a long history would fill
-        // the channel and stall the start until its timeout.
-        let mut early = Vec::new();
-        let started = {
-            let start = AcpSession::start(acp_launch, out_tx);
-            tokio::pin!(start);
-            loop {
-                tokio::select! {
-                    result = &mut start => break result,
-                    Some(output) = out_rx.recv() => early.push(output),
-                }
-            }
-        };
-        match started {
-            Ok((acp, started)) => {
-                self.state.acp_session_id = Some(started.acp_session_id.clone());
-                self.state.child = Some(ChildRecord {
-                    pgid: acp.pid(),
-                    command: entry.command.clone(),
-                });
-                self.save_state();
-                self.acp = Some(acp);
-                // session/load replays the history as updates, all of them
-                // before its answer: they are in the log already, so they are
-                // not recorded again. Anything else is kept, in order.
-                let mut kept = Vec::new();
-                let mut replayed = 0usize;
-                while let Ok(output) = out_rx.try_recv() {
-                    early.push(output);
-                }
-                for output in early {
-                    match output {
-                        AcpOutput::Update { .. } if started.resumed => replayed += 1,
-                        other => kept.push(other),
-                    }
-                }
-                self.outputs = Some(out_rx);
-                for output in kept {
-                    self.output(output);
-                }
-                if replayed > 0 {
-                    tracing::info!(
-                        session_id = self.id(),
-                        replayed,
-                        "resumed; replayed history not re-recorded"
-                    );
-                }
-                self.emit(
-                    pb::session_event::Kind::StatusChanged(pb::SessionStatusChanged {
-                        status: pb::SessionStatus::Idle as i32,
-                        acp_session_id: started.acp_session_id.clone(),
-                    }),
-                    "",
-                );
-                self.send_frame(pb::agent_frame::Frame::SessionReady(pb::SessionReady {
-                    session_id: self.start.session_id.clone(),
-                    acp_session_id: started.acp_session_id,
-                    resumed: started.resumed,
-                }))
-                .await;
-                true
-            }
-            Err(e) => {
-                self.fail("start_failed", &e.to_string()).await;
-                false
-            }
-        }
-    }
-
-    /// The session cannot run: say why, as an event and a frame.
-    async fn fail(&mut self, code: &str, message: &str) {
-        tracing::warn!(session_id = self.id(), code, message, "session failed");
-        let error = pb::SessionError {
-            code: code.into(),
-            message: message.into(),
-        };
-        self.emit(pb::session_event::Kind::Error(error.clone()), "");
-        self.emit(
-            pb::session_event::Kind::StatusChanged(pb::SessionStatusChanged {
-                status: pb::SessionStatus::Failed as i32,
-                acp_session_id: String::new(),
-            }),
-            "",
-        );
-        self.send_frame(pb::agent_frame::Frame::SessionFailed(pb::SessionFailed {
-            session_id: self.start.session_id.clone(),
-            error: Some(error),
-        }))
-        .await;
-    }
-
-    async fn prompt(&mut self, prompt: pb::Prompt) {
-        if self.state.seen_turns.contains(&prompt.turn_id) {
-            return; // resent after a reconnect: each turn runs once
-        }
-        self.state.seen_turns.push(prompt.turn_id.clone());
-        if self.state.seen_turns.len() > SEEN_TURNS {
-            self.state.seen_turns.remove(0);
-        }
-        self.save_state();
-        let turn_id = prompt.turn_id.clone();
-        self.emit(
-            pb::session_event::Kind::TurnStarted(pb::TurnStarted {
-                prompt: prompt.prompt.clone(),
-                requested_by_user_id: prompt.requested_by_user_id.clone(),
-            }),
-            &turn_id,
-        );
-        if let Some(running) = &self.running_turn {
-            let message = format!("turn {running} is still running; one turn at a time");
-            self.emit(turn_ended_error("turn_running", &message), &turn_id);
-            return;
-        }
-        if self.acp.as_ref().is_none_or(|a| !a.is_alive()) {
-            self.acp = None;
-            self.outputs = None;
-            if !self.start_child().await {
-                self.emit(
-                    turn_ended_error("start_failed", "the agent could not be started"),
-                    &turn_id,
-                );
-                return;
-            }
-        }
-        let blocks: Vec<serde_json::Value> = prompt.prompt.iter().map(translate::content_block_to_acp).collect();
-        let result = match &self.acp {
-            Some(acp) => acp.prompt(turn_id.clone(), blocks),
-            None => Err(super::acp::AcpError::Exited),
-        };
-        match result {
-            Ok(()) => {
-                self.running_turn = Some(turn_id.clone());
-                self.state.running_turn = Some(turn_id);
-                self.save_state();
-            }
-            Err(e) => self.emit(turn_ended_error("acp_error", &e.to_string()), &turn_id),
-        }
-    }
-
-    fn answer(&mut self, answer: pb::PermissionAnswer) {
-        let option = (!answer.cancelled).then(|| answer.option_id.clone());
-        let Some(acp) = &self.acp else { return };
-        // An answer for an earlier child's request has nobody to go to.
-        let prefix = format!("g{}.", self.state.generation);
-        let Some(child_request_id) = answer.request_id.strip_prefix(&prefix) else {
-            tracing::debug!(
-                session_id = self.id(),
-                request_id = answer.request_id,
-                "answer for an earlier child"
-            );
-            return;
-        };
-        match acp.answer_permission(child_request_id, option) {
-            Ok(()) => {
-                let turn = self.running_turn.clone().unwrap_or_default();
-                self.emit(
-                    pb::session_event::Kind::PermissionDecided(pb::PermissionDecided {
-                        request_id: answer.request_id,
-                        option_id: answer.option_id,
-                        cancelled: answer.cancelled,
-                        decided_by: "control-plane".into(),
-                    }),
-                    &turn,
-                );
-            }
-            // Already answered (a resend after reconnect) or gone with its turn.
-            Err(e) => tracing::debug!(session_id = self.id(), error = %e, "permission answer not applied"),
-        }
-    }
-
-    fn output(&mut self, output: AcpOutput) {
-        let turn = self.running_turn.clone().unwrap_or_default();
-        match output {
-            AcpOutput::Update { raw_update } => {
-                let update = translate::update_from_raw(&raw_update).unwrap_or_else(|_| pb::SessionUpdate {
-                    kind: String::new(),
-                    raw_json: raw_update,
-                    typed: None,
-                });
-                self.emit(pb::session_event::Kind::Update(update), &turn);
-            }
-            AcpOutput::PermissionRequest { request_id, raw_params } => {
-                let in_session = format!("g{}.{request_id}", self.state.generation);
-                match translate::permission_requested(in_session, raw_params) {
-                    Ok(requested) => self.emit(pb::session_event::Kind::PermissionRequested(requested), &turn),
-                    // Unusable ids: refused here, never sent to the server.
-                    Err(message) => {
-                        if let Some(acp) = &self.acp {
-                            let _ = acp.answer_permission(&request_id, None);
-                        }
-                        tracing::warn!(session_id = self.id(), message, "refused a permission request");
-                        let code = "invalid_permission_request".into();
-                        self.emit(
-                            pb::session_event::Kind::Error(pb::SessionError { code, message }),
-                            &turn,
-                        );
-                    }
-                }
-            }
-            AcpOutput::TurnEnded {
-                turn_id,
-                stop_reason,
-                error,
-                usage_json,
-            } => {
-                let error = error
-                    .map(|(code, message)| format!("{code}: {message}"))
-                    .unwrap_or_default();
-                self.emit(
-                    pb::session_event::Kind::TurnEnded(pb::TurnEnded {
-                        stop_reason: stop_reason as i32,
-                        error,
-                        usage_json: usage_json.unwrap_or_default(),
-                    }),
-                    &turn_id,
-                );
-                self.running_turn = None;
-                self.state.running_turn = None;
-                self.save_state();
-            }
-            AcpOutput::Log(message) => self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), &turn),
-            AcpOutput::Exited {
-                description,
-                stderr_tail,
-            } => {
-                let mut message = format!("the agent process ended: {description}");
-                if !stderr_tail.is_empty() {
-                    message.push_str(&format!("; stderr: {}", last_chars(&stderr_tail, 2000)));
-                }
-                self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), &turn);
-                self.acp = None;
-                self.outputs = None;
-                self.state.child = None;
-                self.save_state();
-            }
-        }
-    }
-
-    async fn dispose(mut self) {
-        if let Some(acp) = self.acp.take() {
-            acp.shutdown(self.manager.config.shutdown_grace).await;
-        }
-        let session_id = self.start.session_id.clone();
-        if let Err(e) = workspace::remove(&self.dir) {
-            tracing::error!(session_id, error = %e, "cannot remove the session directory");
-        }
-        let _ = std::fs::remove_file(state_path(&self.manager.config.paths, &session_id));
-        let _ = std::fs::remove_file(
-            self.manager
-                .config
-                .paths
-                .log_dir()
-                .join(format!("{session_id}.stderr.log")),
-        );
-        self.manager.forget(&session_id);
-        let conn = self.conn.clone();
-        if let Err(e) = self.outbox.remove() {
-            tracing::error!(session_id, error = %e, "cannot remove the session outbox");
-        }
-        if let Some(conn) = conn {
-            let frame = pb::agent_frame::Frame::SessionDisposed(pb::SessionDisposed {
-                session_id: session_id.clone(),
-            });
-            let _ = conn.send(pb::AgentFrame { frame: Some(frame) }).await;
-        }
-        tracing::info!(session_id, "session disposed");
-    }
-}
-
-/// An event must fit in one gRPC message with room to spare. A large update
-/// first loses its typed view (the raw JSON is the loss-free copy; the typed
-/// one duplicates a chunk's text); one still too large becomes an error
-/// event that says what was dropped, instead of a frame the stream refuses.
-fn fit_in_a_frame(event: &mut pb::SessionEvent) {
-    if event.encoded_len() <= MAX_EVENT_BYTES / 2 {
-        return;
-    }
-    if let Some(pb::session_event::Kind::Update(update)) = &mut event.kind {
-        update.typed = None;
-    }
-    let len = event.encoded_len();
-    if len > MAX_EVENT_BYTES {
-        let kind = match &event.kind {
-            Some(pb::session_event::Kind::Update(update)) => update.kind.clone(),
-            _ => "event".to_owned(),
-        };
-        event.kind = Some(pb::session_event::Kind::Error(pb::SessionError {
-            code: "update_too_large".into(),
-            message: format!("a {kind} update of {len} bytes exceeds the {MAX_EVENT_BYTES}-byte limit and was dropped"),
-        }));
-    }
-}
-
-/// Cuts events into frames of at most [`FRAME_EVENTS`] events and (but for
-/// a lone event, which [`fit_in_a_frame`] bounds) [`MAX_EVENT_BYTES`] bytes.
-fn frames_of(events: Vec<pb::SessionEvent>) -> Vec<Vec<pb::SessionEvent>> {
-    let mut frames = Vec::new();
-    let mut frame = Vec::new();
-    let mut bytes = 0;
-    for event in events {
-        let len = event.encoded_len();
-        if !frame.is_empty() && (frame.len() >= FRAME_EVENTS || bytes + len > MAX_EVENT_BYTES) {
-            frames.push(std::mem::take(&mut frame));
-            bytes = 0;
-        }
-        bytes += len;
-        frame.push(event);
-    }
-    if !frame.is_empty() {
-        frames.push(frame);
-    }
-    frames
-}
-
-/// The largest event sent (the gRPC message limit less room for framing).
-const MAX_EVENT_BYTES: usize = oma_proto::MAX_MESSAGE_BYTES - 64 * 1024;
-
-async fn recv(outputs: &mut Option<mpsc::Receiver<AcpOutput>>) -> Option<AcpOutput> {
-    match outputs {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-fn turn_ended_error(code: &str, message: &str) -> pb::session_event::Kind {
-    pb::session_event::Kind::TurnEnded(pb::TurnEnded {
-        stop_reason: pb::StopReason::Error as i32,
-        error: format!("{code}: {message}"),
-        usage_json: String::new(),
-    })
-}
-
-fn last_chars(text: &str, n: usize) -> &str {
-    let count = text.chars().count();
-    if count <= n {
-        return text;
-    }
-    let skip = text.char_indices().nth(count - n).map(|(i, _)| i).unwrap_or(0);
-    &text[skip..]
-}
-
-fn now() -> prost_types::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SESSION: &str = "ses_0123456789abcdef0123456789abcdef";
-    const TURN: &str = "turn_1";
-
-    fn event(kind: pb::session_event::Kind) -> pb::SessionEvent {
-        pb::SessionEvent {
-            session_id: SESSION.into(),
-            seq: 0,
-            time: None,
-            turn_id: TURN.into(),
-            kind: Some(kind),
-        }
-    }
-
-    /// What a daemon killed during turn [`TURN`] leaves: the state file says
-    /// the turn runs, and the outbox holds its events (`ended`: its end too,
-    /// numbered just before the kill). Returns the last seq the restarted
-    /// daemon holds.
-    async fn restart_after_kill(ended: bool) -> u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::new(dir.path().join("config"), dir.path().join("data"));
-        let mut outbox = SessionOutbox::open(&paths.outbox_dir(), SESSION).unwrap();
-        outbox.push(event(pb::session_event::Kind::TurnStarted(pb::TurnStarted::default())));
-        if ended {
-            outbox.push(event(pb::session_event::Kind::TurnEnded(pb::TurnEnded::default())));
-        }
-        outbox.flush().unwrap();
-        drop(outbox);
-        let start = pb::StartSession {
-            session_id: SESSION.into(),
-            acp_agent_id: "test".into(),
-            ..Default::default()
-        };
-        let state = SessionState {
-            start: B64.encode(start.encode_to_vec()),
-            running_turn: Some(TURN.into()),
-            ..Default::default()
-        };
-        std::fs::write(state_path(&paths, SESSION), serde_json::to_vec(&state).unwrap()).unwrap();
-
-        let manager = Manager::load(ManagerConfig {
-            paths,
-            agents: DetectReport::default(),
-            skill_source: None,
-            idle_timeout: Duration::from_secs(60),
-            startup_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(1),
-            max_sessions: 8,
-        });
-        // The actor ends the interrupted turn before it answers anything.
-        let held = manager.held().await;
-        assert_eq!(held.len(), 1);
-        held[0].last_sent_seq
-    }
-
-    #[tokio::test]
-    async fn a_turn_cut_by_a_restart_ends_interrupted() {
-        assert_eq!(restart_after_kill(false).await, 2);
-    }
-
-    /// A kill between numbering a turn's end and saving the state once made
-    /// the restarted daemon end that turn a second time (found by the soak).
-    #[tokio::test]
-    async fn a_turn_whose_end_was_numbered_before_the_kill_is_not_ended_twice() {
-        assert_eq!(restart_after_kill(true).await, 2);
-    }
-
-    fn test_manager(dir: &std::path::Path) -> Arc<Manager> {
-        Manager::load(ManagerConfig {
-            paths: Paths::new(dir.join("config"), dir.join("data")),
-            agents: DetectReport::default(),
-            skill_source: None,
-            idle_timeout: Duration::from_secs(60),
-            startup_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(1),
-            max_sessions: 8,
-        })
-    }
-
-    /// An actor reading `outputs`, sending on `conn`, with no child.
-    fn test_actor(manager: &Arc<Manager>, outputs: mpsc::Receiver<AcpOutput>, conn: Sender) -> Actor {
-        let paths = &manager.config.paths;
-        Actor {
-            acked: Arc::default(),
-            manager: manager.clone(),
-            dir: paths.session_dir(SESSION).unwrap(),
-            start: pb::StartSession {
-                session_id: SESSION.into(),
-                ..Default::default()
-            },
-            state: SessionState::default(),
-            outbox: SessionOutbox::open(&paths.outbox_dir(), SESSION).unwrap(),
-            conn: Some(conn),
-            acp: None,
-            outputs: Some(outputs),
-            running_turn: None,
-            stored_unsent: Vec::new(),
-        }
-    }
-
-    fn log(i: usize) -> AcpOutput {
-        AcpOutput::Log(format!("line {i}"))
-    }
-
-    async fn next_events(frames: &mut mpsc::Receiver<pb::AgentFrame>) -> Vec<u64> {
-        match frames.recv().await.and_then(|f| f.frame) {
-            Some(pb::agent_frame::Frame::Events(batch)) => batch.events.iter().map(|e| e.seq).collect(),
-            other => panic!("expected an events frame, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn ready_outputs_become_one_frame() {
-        let dir = tempfile::tempdir().unwrap();
-        let manager = test_manager(dir.path());
-        let (out_tx, out_rx) = mpsc::channel(1024);
-        for i in 0..100 {
-            out_tx.send(log(i)).await.unwrap();
-        }
-        let (conn, mut frames) = mpsc::channel(16);
-        let (commands, rx) = mpsc::channel(1);
-        let actor = tokio::spawn(test_actor(&manager, out_rx, conn).run(rx, false));
-        assert_eq!(next_events(&mut frames).await, (1..=100).collect::<Vec<_>>());
-
-        // Later outputs: numbered after them, in order.
-        out_tx.send(log(100)).await.unwrap();
-        assert_eq!(next_events(&mut frames).await, vec![101]);
-        drop(commands);
-        actor.await.unwrap();
-        let outbox = SessionOutbox::open(&manager.config.paths.outbox_dir(), SESSION).unwrap();
-        assert_eq!(outbox.pending().count(), 101, "all stored before sent");
-    }
-
-    #[tokio::test]
-    async fn a_burst_is_cut_into_bounded_frames() {
-        let dir = tempfile::tempdir().unwrap();
-        let manager = test_manager(dir.path());
-        let burst = DRAIN_EVENTS * 2 + 10;
-        let (out_tx, out_rx) = mpsc::channel(1024);
-        for i in 0..burst {
-            out_tx.send(log(i)).await.unwrap();
-        }
-        drop(out_tx);
-        let (conn, mut frames) = mpsc::channel(16);
-        let (_commands, rx) = mpsc::channel(1);
-        tokio::spawn(test_actor(&manager, out_rx, conn).run(rx, false));
-        let mut seqs = Vec::new();
-        while seqs.len() < burst {
-            let frame = next_events(&mut frames).await;
-            assert!(!frame.is_empty() && frame.len() <= FRAME_EVENTS, "{}", frame.len());
-            seqs.extend(frame);
-        }
-        assert_eq!(seqs, (1..=burst as u64).collect::<Vec<_>>());
-    }
-
-    /// A turn's end is stored before a state that says no turn runs: a kill
-    /// between the two once could leave the turn running forever.
-    #[tokio::test]
-    async fn the_state_never_runs_ahead_of_the_outbox() {
-        let dir = tempfile::tempdir().unwrap();
-        let manager = test_manager(dir.path());
-        let (_out_tx, out_rx) = mpsc::channel(1);
-        let (conn, _frames) = mpsc::channel(16);
-        let mut actor = test_actor(&manager, out_rx, conn);
-        actor.running_turn = Some(TURN.into());
-        actor.state.running_turn = Some(TURN.into());
-        actor.output(AcpOutput::TurnEnded {
-            turn_id: TURN.into(),
-            stop_reason: pb::StopReason::EndTurn,
-            error: None,
-            usage_json: None,
-        });
-        // As a kill right now would leave them: the state file and the outbox.
-        let state: SessionState =
-            serde_json::from_slice(&std::fs::read(state_path(&manager.config.paths, SESSION)).unwrap()).unwrap();
-        assert_eq!(state.running_turn, None);
-        let outbox = SessionOutbox::open(&manager.config.paths.outbox_dir(), SESSION).unwrap();
-        let ended = outbox
-            .pending()
-            .any(|e| e.turn_id == TURN && matches!(e.kind, Some(pb::session_event::Kind::TurnEnded(_))));
-        assert!(ended, "the state says the turn ended, the outbox does not");
-    }
-
-    #[test]
-    fn frames_are_bounded_by_count_and_bytes() {
-        let text = |n: usize| pb::session_event::Kind::Log(pb::SessionLog { message: "x".repeat(n) });
-        let small: Vec<_> = (0..600).map(|_| event(text(10))).collect();
-        let sizes: Vec<usize> = frames_of(small).iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![FRAME_EVENTS, FRAME_EVENTS, 600 - 2 * FRAME_EVENTS]);
-
-        let big: Vec<_> = (0..5).map(|_| event(text(MAX_EVENT_BYTES / 3))).collect();
-        for frame in frames_of(big) {
-            let bytes: usize = frame.iter().map(|e| e.encoded_len()).sum();
-            assert!(bytes <= MAX_EVENT_BYTES, "{bytes}");
-        }
-        assert!(frames_of(Vec::new()).is_empty());
     }
 }

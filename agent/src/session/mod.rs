@@ -1,8 +1,13 @@
 //! Sessions on this machine: the ACP child runner, the translation of ACP
-//! messages to the contract, the session directory, and the manager.
+//! messages to the contract, the session directory, and the manager with
+//! its per-session actors.
 
 pub mod acp;
+mod actor;
+mod frames;
 pub mod launch;
 pub mod manager;
+mod orphans;
+mod state;
 pub mod translate;
 pub mod workspace;
