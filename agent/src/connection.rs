@@ -122,7 +122,7 @@ pub struct Daemon {
 }
 
 /// See [`Daemon::refresh_manifest`].
-pub type ManifestSource = Box<dyn Fn() -> Option<pb::Manifest> + Send + Sync>;
+pub type ManifestSource = Arc<dyn Fn() -> Option<pb::Manifest> + Send + Sync>;
 
 /// How often local skills are rescanned.
 const MANIFEST_RESCAN: Duration = Duration::from_secs(10);
@@ -239,7 +239,10 @@ impl Daemon {
                     }
                 }
                 _ = rescan.tick() => {
-                    if let Some(manifest) = (self.refresh_manifest)() {
+                    // A walk of the skill folders: off the runtime's one
+                    // thread, which relays every session's events.
+                    let refresh = self.refresh_manifest.clone();
+                    if let Ok(Some(manifest)) = tokio::task::spawn_blocking(move || refresh()).await {
                         tracing::info!("local agents or skills changed; reporting the new manifest");
                         let update = pb::ManifestUpdate { manifest: Some(manifest) };
                         let frame = pb::AgentFrame { frame: Some(pb::agent_frame::Frame::ManifestUpdate(update)) };

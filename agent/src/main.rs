@@ -163,7 +163,12 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let paths = Paths::resolve(cli.config_dir, cli.data_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One thread: the daemon's work per event is small (a few µs), and on a
+    // multi-threaded runtime every handoff on the live path (child reader →
+    // session actor → gRPC body → HTTP/2 connection) could wake a parked
+    // worker on another core, which is most of the relay's added latency.
+    // Blocking work (skill scans) goes to the blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Setup {
             server,
@@ -331,7 +336,7 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
         policy,
         policy_error: None,
     });
-    let refresh_manifest: oma_agent::connection::ManifestSource = Box::new(move || {
+    let refresh_manifest: oma_agent::connection::ManifestSource = std::sync::Arc::new(move || {
         let mut last = last.lock().expect("manifest state lock");
         let policy = match Policy::load_with_process_path(&policy_file) {
             Ok(policy) => {

@@ -141,6 +141,7 @@ impl WatchGuard {
     }
 
     /// Stops when the watch must end (also when the guard is dropped).
+    #[cfg(test)]
     pub fn cancel_token(&self) -> CancellationToken {
         self.ending.cancel.clone()
     }
