@@ -525,31 +525,12 @@ pub use crate::READ_LIMIT;
 
 /// A session's stored `last_seq`.
 pub async fn last_seq(clients: &Clients, session_id: &str) -> anyhow::Result<u64> {
-    let session = clients
-        .sessions
-        .clone()
-        .get_session(pb::GetSessionRequest {
-            session_id: session_id.into(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?;
-    Ok(session.last_seq)
+    Ok(clients.get_session(session_id).await?.last_seq)
 }
 
 /// A session's status.
 pub async fn session_status(clients: &Clients, session_id: &str) -> anyhow::Result<pb::SessionStatus> {
-    let session = clients
-        .sessions
-        .clone()
-        .get_session(pb::GetSessionRequest {
-            session_id: session_id.into(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?;
+    let session = clients.get_session(session_id).await?;
     Ok(pb::SessionStatus::try_from(session.status).unwrap_or(pb::SessionStatus::Unspecified))
 }
 

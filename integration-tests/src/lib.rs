@@ -737,21 +737,7 @@ pub async fn wait_online(
     runtime_id: &str,
     deadline: Duration,
 ) -> anyhow::Result<oma_proto::pb::Runtime> {
-    let runtimes = clients.runtimes.clone();
-    wait_until("the runtime to come online", deadline, || {
-        let mut runtimes = runtimes.clone();
-        let runtime_id = runtime_id.to_owned();
-        async move {
-            let runtime = runtimes
-                .get_runtime(oma_proto::pb::GetRuntimeRequest { runtime_id })
-                .await
-                .ok()?
-                .into_inner()
-                .runtime?;
-            (runtime.status == oma_proto::pb::RuntimeStatus::Online as i32).then_some(runtime)
-        }
-    })
-    .await
+    wait_runtime_status(clients, runtime_id, oma_proto::pb::RuntimeStatus::Online, deadline).await
 }
 
 /// Waits until the control plane reports the runtime offline: after a
@@ -759,19 +745,30 @@ pub async fn wait_online(
 /// and until then the runtime still reads online (a restart's
 /// `wait_online` would see the old stream).
 pub async fn wait_offline(clients: &mut Clients, runtime_id: &str, deadline: Duration) -> anyhow::Result<()> {
-    let runtimes = clients.runtimes.clone();
-    wait_until("the runtime to go offline", deadline, || {
-        let mut runtimes = runtimes.clone();
-        let runtime_id = runtime_id.to_owned();
-        async move {
-            let runtime = runtimes
-                .get_runtime(oma_proto::pb::GetRuntimeRequest { runtime_id })
-                .await
-                .ok()?
-                .into_inner()
-                .runtime?;
-            (runtime.status == oma_proto::pb::RuntimeStatus::Offline as i32).then_some(())
-        }
+    wait_runtime_status(clients, runtime_id, oma_proto::pb::RuntimeStatus::Offline, deadline).await?;
+    Ok(())
+}
+
+/// Waits until the control plane reports the runtime in `status`.
+pub async fn wait_runtime_status(
+    clients: &Clients,
+    runtime_id: &str,
+    status: oma_proto::pb::RuntimeStatus,
+    deadline: Duration,
+) -> anyhow::Result<oma_proto::pb::Runtime> {
+    let what = format!("runtime {runtime_id} to be {status:?}");
+    wait_until(&what, deadline, || async {
+        let runtime = clients
+            .runtimes
+            .clone()
+            .get_runtime(oma_proto::pb::GetRuntimeRequest {
+                runtime_id: runtime_id.to_owned(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .runtime?;
+        (runtime.status == status as i32).then_some(runtime)
     })
     .await
 }

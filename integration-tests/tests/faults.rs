@@ -13,7 +13,7 @@ use oma_integration_tests::faults::{
     self, RawMachine, RawStream, StreamAnswer, agent_text, chunk_numbers, log_problems, read_outbox, turn_end,
 };
 use oma_integration_tests::world::{Turn, World};
-use oma_integration_tests::{AgentDaemon, Clients, TestDatabase, wait_online, wait_until};
+use oma_integration_tests::{AgentDaemon, Clients, TestDatabase, wait_online, wait_runtime_status, wait_until};
 use oma_proto::pb;
 use oma_proto::pb::agent_frame::Frame as Af;
 use oma_proto::pb::control_frame::Frame as Cf;
@@ -97,20 +97,6 @@ fn end_of(events: &[pb::SessionEvent], turn: &Turn) -> pb::TurnEnded {
     turn_end(events, &turn.id)
         .unwrap_or_else(|| panic!("turn {} has no TurnEnded", turn.id))
         .clone()
-}
-
-async fn runtime_status(clients: &Clients, runtime_id: &str) -> Option<pb::RuntimeStatus> {
-    let runtime = clients
-        .runtimes
-        .clone()
-        .get_runtime(pb::GetRuntimeRequest {
-            runtime_id: runtime_id.into(),
-        })
-        .await
-        .ok()?
-        .into_inner()
-        .runtime?;
-    pb::RuntimeStatus::try_from(runtime.status).ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -413,10 +399,12 @@ async fn stalled_heartbeats_take_the_runtime_offline_in_time_and_back() {
     let runtime_id = rig.machine.runtime_id.clone();
     rig.proxy().stall();
     let stalled = Instant::now();
-    let clients = &rig.clients;
-    wait_until("the runtime to go offline", Duration::from_secs(20), || async {
-        (runtime_status(clients, &runtime_id).await? == pb::RuntimeStatus::Offline).then_some(())
-    })
+    wait_runtime_status(
+        &rig.clients,
+        &runtime_id,
+        pb::RuntimeStatus::Offline,
+        Duration::from_secs(20),
+    )
     .await
     .unwrap();
     let offline_after = stalled.elapsed();
