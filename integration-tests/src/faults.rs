@@ -11,7 +11,6 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +27,10 @@ use tonic::transport::Channel;
 
 use prost::Message as _;
 
-use crate::{AgentDaemon, Bearer, Clients, ControlPlane, Process, START_DEADLINE, TestDatabase};
+use crate::{
+    AgentDaemon, Bearer, Clients, ControlPlane, ControlPlaneOptions, Process, START_DEADLINE, TestDatabase,
+    listening_addr,
+};
 
 /// What the proxy does with traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,18 +328,6 @@ pub fn binary(name: &str) -> PathBuf {
     crate::bin(name)
 }
 
-/// `program args…` with its stderr appended to `log` (the pid stays the
-/// program's own: the shell execs it).
-fn with_stderr_to(log: &Path, program: &Path) -> Command {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(r#"exec "$0" "$@" 2>>"$OMA_FAULTS_STDERR""#)
-        .arg(program)
-        .env("OMA_FAULTS_STDERR", log);
-    command
-}
-
 /// Where a control plane on `database` writes its stderr.
 pub fn control_plane_log_path(database: &TestDatabase) -> PathBuf {
     match database {
@@ -359,39 +349,23 @@ pub fn panics_in(log: &str) -> Vec<String> {
         .collect()
 }
 
-fn control_plane_command(database: &TestDatabase, listen: &str, extra_args: &[&str]) -> Command {
-    let mut command = with_stderr_to(&control_plane_log_path(database), &binary("oma-control-plane"));
-    command
-        .arg("serve")
-        .arg("--listen")
-        .arg(listen)
-        .args(database.serve_args())
-        .args(extra_args)
-        .env("OMA_LOG", log_level());
-    command
-}
-
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    line.strip_prefix("oma-control-plane listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse::<SocketAddr>().ok())
+/// The options of a control plane on `database` whose stderr goes to
+/// [`control_plane_log_path`] at [`log_level`].
+pub fn logged_options(database: &TestDatabase, extra_args: &[&str]) -> ControlPlaneOptions {
+    ControlPlaneOptions {
+        extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        stderr_log: Some(control_plane_log_path(database)),
+        log_filter: Some(log_level()),
+        ..Default::default()
+    }
 }
 
 /// Starts a plaintext control plane on a fresh `database` with extra
 /// `serve` flags (e.g. `--heartbeat-interval 1s`). Its stderr goes to
 /// [`control_plane_log_path`].
 pub fn start_control_plane(database: TestDatabase, extra_args: &[&str]) -> anyhow::Result<ControlPlane> {
-    let command = control_plane_command(&database, "127.0.0.1:0", extra_args);
-    let mut process = Process::spawn(command, "oma-control-plane")?;
-    let admin_token = crate::read_token_file(&process.wait_for_line(START_DEADLINE, crate::bootstrap_token_path)?)?;
-    let addr = process.wait_for_line(START_DEADLINE, listening_addr)?;
-    Ok(ControlPlane {
-        process,
-        addr,
-        admin_token,
-        database,
-        tls: false,
-    })
+    let options = logged_options(&database, extra_args);
+    ControlPlane::start(database, options)
 }
 
 /// SIGKILLs the control plane and waits until it is gone.
@@ -406,14 +380,14 @@ pub fn kill_control_plane(cp: &mut ControlPlane) -> anyhow::Result<()> {
 /// Starts the control plane again on the same database and, when it can be
 /// bound again within a few seconds, the same port (so clients' channels
 /// reconnect by themselves); else on a new port. Kills the old process first
-/// if it still runs. Returns the address it listens on.
-pub fn restart_control_plane(cp: &mut ControlPlane, extra_args: &[&str]) -> anyhow::Result<SocketAddr> {
+/// if it still runs; starts it as it was started (its `options`). Returns
+/// the address it listens on.
+pub fn restart_control_plane(cp: &mut ControlPlane) -> anyhow::Result<SocketAddr> {
     kill_control_plane(cp)?;
     let start = Instant::now();
     let mut last_error = None;
     while start.elapsed() < Duration::from_secs(10) {
-        let command = control_plane_command(&cp.database, &cp.addr.to_string(), extra_args);
-        let mut process = Process::spawn(command, "oma-control-plane")?;
+        let mut process = ControlPlane::spawn(&cp.database, &cp.options, &cp.addr.to_string())?;
         match process.wait_for_line(START_DEADLINE, listening_addr) {
             Ok(addr) => {
                 cp.process = process;
@@ -430,34 +404,16 @@ pub fn restart_control_plane(cp: &mut ControlPlane, extra_args: &[&str]) -> anyh
         "faults: port {} stays taken ({last_error:?}); moving to a new port",
         cp.addr
     );
-    let command = control_plane_command(&cp.database, "127.0.0.1:0", extra_args);
-    let mut process = Process::spawn(command, "oma-control-plane")?;
+    let mut process = ControlPlane::spawn(&cp.database, &cp.options, "127.0.0.1:0")?;
     let addr = process.wait_for_line(START_DEADLINE, listening_addr)?;
     cp.process = process;
     cp.addr = addr;
     Ok(addr)
 }
 
-/// The pid of the running process whose command line holds `needle` (the
-/// harness's `Process` keeps its child private; a test's temp dir or port
-/// in the command line makes it unique).
-pub fn pid_with_arg(needle: &str) -> Option<u32> {
-    let mine = std::process::id();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        if pid == mine {
-            return None;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let found = cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_bytes());
-        found.then_some(pid)
-    })
-}
-
-/// The pid of a control plane (found by its database argument).
+/// The pid of a control plane.
 pub fn control_plane_pid(cp: &ControlPlane) -> Option<u32> {
-    let args = cp.database.args();
-    pid_with_arg(args.last()?)
+    Some(cp.pid())
 }
 
 /// The resident set size of a process, in KiB (`VmRSS` of /proc/PID/status).
@@ -470,19 +426,11 @@ pub fn vm_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The scripted test agent as the ACP agent `test`.
-pub fn test_agents_toml() -> String {
-    format!(
-        "[[agent]]\nid = \"test\"\nname = \"Scripted test agent\"\ncommand = \"{}\"\n",
-        binary("oma-test-agent").display()
-    )
-}
-
 /// Pairs a new machine with `server` (e.g. a [`Proxy`]'s URL, which its
 /// credentials then hold) whose agent table holds the scripted test agent
 /// as `test`.
 pub fn pair_agent(server: &str, code: &str) -> anyhow::Result<AgentDaemon> {
-    AgentDaemon::setup_with_agents_toml(server, code, &test_agents_toml())
+    AgentDaemon::setup(server, code)
 }
 
 /// Where a daemon with this data dir writes its stderr.
@@ -490,33 +438,28 @@ pub fn agent_log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("oma-agent.stderr.log")
 }
 
-/// `oma-agent --config-dir C --data-dir D run ARGS`, stderr to the data dir.
-pub fn agent_run_command(config_dir: &Path, data_dir: &Path, args: &[&str]) -> Command {
-    let mut command = with_stderr_to(&agent_log_path(data_dir), &binary("oma-agent"));
-    command
-        .arg("--config-dir")
-        .arg(config_dir)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("run")
-        .args(args)
-        .env("OMA_LOG", log_level());
-    command
-}
-
-/// Starts a daemon process and waits for it to say it runs.
-pub fn spawn_agent(command: Command) -> anyhow::Result<Process> {
-    let mut process = Process::spawn(command, "oma-agent")?;
+/// Starts `oma-agent --config-dir C --data-dir D run ARGS` with its stderr
+/// in the data dir ([`agent_log_path`]) and waits for it to say it runs.
+pub fn spawn_agent(config_dir: &Path, data_dir: &Path, args: &[&str]) -> anyhow::Result<Process> {
+    let mut command = AgentDaemon::command_in(config_dir, data_dir)?;
+    command.arg("run").args(args).env("OMA_LOG", log_level());
+    let mut process = Process::spawn_logged(command, "oma-agent", &agent_log_path(data_dir))?;
     process.wait_for_line(START_DEADLINE, |l| l.starts_with("oma-agent ").then_some(()))?;
     Ok(process)
 }
 
+/// Makes the daemon's stderr go to [`agent_log_path`] at [`log_level`].
+pub fn log_agent_to_file(machine: &mut AgentDaemon) {
+    machine.stderr_log = Some(agent_log_path(machine.data_dir.path()));
+    machine.log_filter = log_level();
+}
+
 /// Starts `oma-agent run` with exactly `args` (unlike
-/// [`AgentDaemon::start`], which adds `--reconnect-max 2`).
+/// [`AgentDaemon::start`], which adds `--reconnect-max 2`), its stderr in
+/// the data dir.
 pub fn start_agent(machine: &mut AgentDaemon, args: &[&str]) -> anyhow::Result<()> {
-    let command = agent_run_command(machine.config_dir.path(), machine.data_dir.path(), args);
-    machine.process = Some(spawn_agent(command)?);
-    Ok(())
+    log_agent_to_file(machine);
+    machine.start_exactly(args)
 }
 
 /// Everything the daemon (all its restarts) wrote to stderr.
@@ -568,11 +511,7 @@ pub fn read_outbox(data_dir: &Path, session_id: &str) -> OutboxView {
 
 /// SIGKILLs the daemon (its ACP children are not told).
 pub fn kill_agent(machine: &mut AgentDaemon) -> anyhow::Result<()> {
-    if let Some(mut process) = machine.process.take() {
-        let _ = process.signal("KILL");
-        process.wait_exit(Duration::from_secs(30))?;
-    }
-    Ok(())
+    machine.kill()
 }
 
 /// SIGTERMs the daemon and returns its exit status.
@@ -582,36 +521,16 @@ pub fn term_agent(machine: &mut AgentDaemon, deadline: Duration) -> anyhow::Resu
     process.wait_exit(deadline)
 }
 
-/// Largest message the log readers accept (a 10 MiB update is ~20 MiB).
-pub const READ_LIMIT: usize = 64 * 1024 * 1024;
+pub use crate::READ_LIMIT;
 
 /// A session's stored `last_seq`.
 pub async fn last_seq(clients: &Clients, session_id: &str) -> anyhow::Result<u64> {
-    let session = clients
-        .sessions
-        .clone()
-        .get_session(pb::GetSessionRequest {
-            session_id: session_id.into(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?;
-    Ok(session.last_seq)
+    Ok(clients.get_session(session_id).await?.last_seq)
 }
 
 /// A session's status.
 pub async fn session_status(clients: &Clients, session_id: &str) -> anyhow::Result<pb::SessionStatus> {
-    let session = clients
-        .sessions
-        .clone()
-        .get_session(pb::GetSessionRequest {
-            session_id: session_id.into(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?;
+    let session = clients.get_session(session_id).await?;
     Ok(pb::SessionStatus::try_from(session.status).unwrap_or(pb::SessionStatus::Unspecified))
 }
 
@@ -654,7 +573,7 @@ pub async fn read_log(
 }
 
 /// Collects a session's events from `from_seq` until the turn `turn_id`
-/// ends (like [`crate::collect_turn`], with room for 20 MiB events).
+/// ends ([`crate::collect_turn`]).
 pub async fn watch_turn(
     clients: &Clients,
     session_id: &str,
@@ -662,35 +581,7 @@ pub async fn watch_turn(
     turn_id: &str,
     deadline: Duration,
 ) -> anyhow::Result<Vec<pb::SessionEvent>> {
-    let mut sessions = clients.sessions.clone().max_decoding_message_size(READ_LIMIT);
-    let mut events = Vec::new();
-    let result = tokio::time::timeout(deadline, async {
-        let mut stream = sessions
-            .watch_session(pb::WatchSessionRequest {
-                session_id: session_id.to_owned(),
-                from_seq,
-                until_turn_end: false,
-            })
-            .await?
-            .into_inner();
-        while let Some(event) = stream.message().await? {
-            let done = event.turn_id == turn_id && matches!(event.kind, Some(Kind::TurnEnded(_)));
-            events.push(event);
-            if done {
-                return Ok::<_, anyhow::Error>(());
-            }
-        }
-        bail!("the watch ended before turn {turn_id} did")
-    })
-    .await;
-    match result {
-        Ok(r) => r.map(|_| events),
-        Err(_) => bail!(
-            "turn {turn_id} did not end within {deadline:?}; {} events so far, the last: {:?}",
-            events.len(),
-            events.last()
-        ),
-    }
+    crate::collect_turn(clients, session_id, from_seq, turn_id, deadline).await
 }
 
 /// Where a list of seqs departs from 1, 2, 3 … n.
@@ -742,24 +633,7 @@ pub fn chunk_numbers(events: &[pb::SessionEvent], turn_id: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The text of an agent_message_chunk event.
-pub fn agent_text_of(event: &pb::SessionEvent) -> Option<&str> {
-    match &event.kind {
-        Some(Kind::Update(u)) => match &u.typed {
-            Some(pb::session_update::Typed::AgentMessageChunk(c)) => match &c.content.as_ref()?.block {
-                Some(pb::content_block::Block::Text(t)) => Some(&t.text),
-                _ => None,
-            },
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// All agent text of some events, concatenated.
-pub fn agent_text(events: &[pb::SessionEvent]) -> String {
-    events.iter().filter_map(agent_text_of).collect()
-}
+pub use crate::world::{agent_text, agent_text_of};
 
 /// The TurnEnded event of a turn.
 pub fn turn_end<'a>(events: &'a [pb::SessionEvent], turn_id: &str) -> Option<&'a pb::TurnEnded> {
@@ -918,6 +792,31 @@ impl RawMachine {
     }
 }
 
+/// A raw machine with a session of its own: paired as `name` by
+/// `clients`' user, connected once (so its manifest names `test`), with an
+/// agent `spec(runtime_id)` bound to it and a session of that agent, which
+/// the server has started on it (its StartSession came, each frame within
+/// 10 s). Returns the machine, its open stream and the session id.
+pub async fn raw_machine_with_session(
+    cp: &ControlPlane,
+    clients: &mut Clients,
+    name: &str,
+    spec: impl FnOnce(&str) -> pb::AgentSpec,
+) -> anyhow::Result<(RawMachine, RawStream, String)> {
+    let raw = RawMachine::pair(clients, name).await?;
+    let mut stream = raw.open(cp.channel().await?, raw.hello()).await?;
+    let agent_id = clients.create_agent(spec(&raw.runtime_id)).await?;
+    let session_id = clients.create_session(&agent_id, "").await?;
+    stream
+        .next_matching(Duration::from_secs(10), |frame| {
+            matches!(frame, pb::control_frame::Frame::StartSession(start) if start.session_id == session_id)
+                .then_some(())
+        })
+        .await
+        .map_err(|other| anyhow::anyhow!("no StartSession for {session_id}: {other:?}"))?;
+    Ok((raw, stream, session_id))
+}
+
 /// An open raw runtime stream.
 pub struct RawStream {
     pub tx: mpsc::Sender<pb::AgentFrame>,
@@ -956,6 +855,26 @@ impl RawStream {
             }
             Ok(Ok(None)) => StreamAnswer::Closed,
             Ok(Err(status)) => StreamAnswer::Status(status),
+        }
+    }
+
+    /// Reads frames until `pick` takes one; each frame must come within
+    /// `silence`. `Err` with how the stream answered instead (it ended, or
+    /// went silent).
+    pub async fn next_matching<T>(
+        &mut self,
+        silence: Duration,
+        mut pick: impl FnMut(&pb::control_frame::Frame) -> Option<T>,
+    ) -> Result<T, StreamAnswer> {
+        loop {
+            match self.next(silence).await {
+                StreamAnswer::Frame(frame) => {
+                    if let Some(found) = pick(&frame) {
+                        return Ok(found);
+                    }
+                }
+                other => return Err(other),
+            }
         }
     }
 

@@ -8,10 +8,11 @@ pub mod faults;
 pub mod hostile_cp;
 pub mod one_machine;
 pub mod postgres;
+pub mod world;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use postgres::TestDatabase;
+pub use world::{Turn, World};
 
 /// How long a process gets to print its "listening" line.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -47,13 +49,16 @@ pub fn bin_dir() -> PathBuf {
 /// The path of a workspace binary. `cargo test --workspace` builds them all
 /// before running any test.
 pub fn bin(name: &str) -> PathBuf {
+    try_bin(name).unwrap_or_else(|e| {
+        panic!("{e}; run the tests with `cargo test --workspace` (or `cargo build --workspace` first)")
+    })
+}
+
+/// The path of a workspace binary, or an error saying it is not built.
+pub fn try_bin(name: &str) -> anyhow::Result<PathBuf> {
     let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run the tests with `cargo test --workspace` (or `cargo build --workspace` first)",
-        path.display()
-    );
-    path
+    anyhow::ensure!(path.exists(), "{} is not built", path.display());
+    Ok(path)
 }
 
 /// Polls `check` until it returns `Some`, or fails after `deadline`.
@@ -80,14 +85,34 @@ pub struct Process {
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
     name: String,
+    /// The file its stderr is appended to (`None`: this process's stderr).
+    pub stderr_log: Option<PathBuf>,
 }
 
 impl Process {
-    pub fn spawn(mut command: Command, name: &str) -> anyhow::Result<Process> {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+    /// Starts `command`; its stderr is this process's.
+    pub fn spawn(command: Command, name: &str) -> anyhow::Result<Process> {
+        Self::spawn_to(command, name, None)
+    }
+
+    /// Starts `command` with its stderr appended to `stderr_log` (created
+    /// when missing; a restart appends to the same file).
+    pub fn spawn_logged(command: Command, name: &str, stderr_log: &Path) -> anyhow::Result<Process> {
+        Self::spawn_to(command, name, Some(stderr_log))
+    }
+
+    fn spawn_to(mut command: Command, name: &str, stderr_log: Option<&Path>) -> anyhow::Result<Process> {
+        let stderr = match stderr_log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            ),
+            None => Stdio::inherit(),
+        };
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
         let mut child = command.spawn().with_context(|| format!("cannot start {name}"))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -104,7 +129,16 @@ impl Process {
             lines: rx,
             seen: Vec::new(),
             name: name.to_owned(),
+            stderr_log: stderr_log.map(Path::to_path_buf),
         })
+    }
+
+    /// Where to look for its stderr, for error messages.
+    fn stderr_note(&self) -> String {
+        self.stderr_log
+            .as_ref()
+            .map(|path| format!(" (stderr: {})", path.display()))
+            .unwrap_or_default()
     }
 
     /// Waits for a stdout line for which `pick` returns `Some`.
@@ -129,17 +163,19 @@ impl Process {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     bail!(
-                        "{} printed no expected line within {deadline:?}; stdout so far: {:?}",
+                        "{} printed no expected line within {deadline:?}; stdout so far: {:?}{}",
                         self.name,
-                        self.seen
+                        self.seen,
+                        self.stderr_note()
                     )
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().ok();
                     bail!(
-                        "{} exited ({status:?}) before printing the expected line; stdout: {:?}",
+                        "{} exited ({status:?}) before printing the expected line; stdout: {:?}{}",
                         self.name,
-                        self.seen
+                        self.seen,
+                        self.stderr_note()
                     )
                 }
             }
@@ -184,12 +220,17 @@ impl Drop for Process {
 }
 
 /// Options for starting a control plane.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ControlPlaneOptions {
     /// PEM cert and key to serve TLS with.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// More `serve` flags, e.g. limits.
     pub extra_args: Vec<String>,
+    /// The file its stderr is appended to (every restart's too); `None`:
+    /// this process's stderr.
+    pub stderr_log: Option<PathBuf>,
+    /// Its `OMA_LOG` filter; `None`: `warn`.
+    pub log_filter: Option<String>,
 }
 
 /// A running `oma-control-plane`.
@@ -200,6 +241,8 @@ pub struct ControlPlane {
     pub admin_token: String,
     pub database: TestDatabase,
     pub tls: bool,
+    /// What it was started with (a restart starts it the same way).
+    pub options: ControlPlaneOptions,
 }
 
 impl ControlPlane {
@@ -208,34 +251,50 @@ impl ControlPlane {
         Self::start(TestDatabase::sqlite()?, ControlPlaneOptions::default())
     }
 
-    /// Starts on `database` (fresh: the bootstrap must run).
+    /// Starts on `database` (fresh: the bootstrap must run) on a free
+    /// loopback port, and waits until it listens.
     pub fn start(database: TestDatabase, options: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
-        let mut command = Command::new(bin("oma-control-plane"));
-        command
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(database.serve_args());
-        command.env("OMA_LOG", "warn");
-        let tls = options.tls.is_some();
-        if let Some((cert, key)) = &options.tls {
-            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
-        }
-        command.args(&options.extra_args);
-        let mut process = Process::spawn(command, "oma-control-plane")?;
+        let mut process = Self::spawn(&database, &options, "127.0.0.1:0")?;
         let admin_token = read_token_file(&process.wait_for_line(START_DEADLINE, bootstrap_token_path)?)?;
-        let addr = process.wait_for_line(START_DEADLINE, |line| {
-            line.strip_prefix("oma-control-plane listening on ")
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-        })?;
+        let addr = process.wait_for_line(START_DEADLINE, listening_addr)?;
         Ok(ControlPlane {
             process,
             addr,
             admin_token,
             database,
-            tls,
+            tls: options.tls.is_some(),
+            options,
         })
+    }
+
+    /// `oma-control-plane serve` on `database`, listening on `listen`, not
+    /// waited for (its "listening" line: [`listening_addr`]).
+    pub fn spawn(database: &TestDatabase, options: &ControlPlaneOptions, listen: &str) -> anyhow::Result<Process> {
+        let mut command = Command::new(try_bin("oma-control-plane")?);
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(listen)
+            .args(database.serve_args());
+        command.env("OMA_LOG", options.log_filter.as_deref().unwrap_or("warn"));
+        if let Some((cert, key)) = &options.tls {
+            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        command.args(&options.extra_args);
+        match &options.stderr_log {
+            Some(log) => Process::spawn_logged(command, "oma-control-plane", log),
+            None => Process::spawn(command, "oma-control-plane"),
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Clients with the bootstrap admin's token, on a new connection.
+    pub async fn clients(&self) -> anyhow::Result<Clients> {
+        Ok(Clients::new(self.channel().await?, Bearer::new(&self.admin_token)))
     }
 
     /// The URL clients use.
@@ -274,6 +333,14 @@ impl ControlPlane {
         let out = self.admin(&["create-tenant", name])?;
         token_line(&out).context("create-tenant printed no token")
     }
+}
+
+/// The address in the control plane's line `oma-control-plane listening on
+/// ADDR …`.
+pub fn listening_addr(line: &str) -> Option<SocketAddr> {
+    line.strip_prefix("oma-control-plane listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse::<SocketAddr>().ok())
 }
 
 /// The file named by the control plane's first-start line `admin token
@@ -369,6 +436,55 @@ impl Clients {
             .ok_or_else(|| anyhow::anyhow!("CreateAgent answered without an agent"))?;
         Ok(agent.id)
     }
+
+    /// Creates a session of `agent_id` (its start is not waited for);
+    /// returns its id.
+    pub async fn create_session(&self, agent_id: &str, title: &str) -> anyhow::Result<String> {
+        let session = self
+            .sessions
+            .clone()
+            .create_session(oma_proto::pb::CreateSessionRequest {
+                agent_id: agent_id.to_owned(),
+                title: title.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .session
+            .ok_or_else(|| anyhow::anyhow!("CreateSession answered without a session"))?;
+        Ok(session.id)
+    }
+
+    /// Prompts the session with `text`: the turn it started.
+    pub async fn prompt(&self, session_id: &str, text: &str) -> Result<Turn, tonic::Status> {
+        let response = self
+            .sessions
+            .clone()
+            .prompt_session(oma_proto::pb::PromptSessionRequest {
+                session_id: session_id.into(),
+                turn_id: String::new(),
+                prompt: text_prompt(text),
+            })
+            .await?
+            .into_inner();
+        Ok(Turn {
+            session_id: session_id.into(),
+            id: response.turn_id,
+            from_seq: response.from_seq,
+        })
+    }
+
+    /// A session as the control plane has it now.
+    pub async fn get_session(&self, session_id: &str) -> anyhow::Result<oma_proto::pb::Session> {
+        self.sessions
+            .clone()
+            .get_session(oma_proto::pb::GetSessionRequest {
+                session_id: session_id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .session
+            .ok_or_else(|| anyhow::anyhow!("GetSession answered without a session"))
+    }
 }
 
 /// An agent spec named `name`, bound to the ACP agent `test` (the scripted
@@ -454,16 +570,25 @@ pub struct AgentDaemon {
     pub runtime_id: String,
     /// Extra environment for `oma-agent run` (e.g. a fake HOME).
     pub env: Vec<(String, String)>,
+    /// Variables of this process's environment that `oma-agent run` must
+    /// not inherit.
+    pub env_remove: Vec<String>,
+    /// The file the stderr of `oma-agent run` is appended to; `None`: this
+    /// process's stderr.
+    pub stderr_log: Option<PathBuf>,
+    /// The `OMA_LOG` filter of `oma-agent run`.
+    pub log_filter: String,
+    /// The `run` flags of the last start (a restart uses them again).
+    run_args: Vec<String>,
 }
+
+/// The flags [`AgentDaemon::start`] puts before its own.
+pub const DAEMON_RUN_ARGS: &[&str] = &["--reconnect-max", "2"];
 
 impl AgentDaemon {
     /// Pairs a new machine with `code` (no daemon started yet).
     pub fn setup(server: &str, code: &str) -> anyhow::Result<AgentDaemon> {
-        let agents_toml = format!(
-            "[[agent]]\nid = \"test\"\nname = \"Scripted test agent\"\ncommand = \"{}\"\n",
-            bin("oma-test-agent").display()
-        );
-        Self::setup_with_agents_toml(server, code, &agents_toml)
+        Self::setup_with_agents_toml(server, code, &test_agents_toml())
     }
 
     /// Pairs a new machine with `code` whose `agents.toml` is `agents_toml`
@@ -472,11 +597,7 @@ impl AgentDaemon {
         let config_dir = tempfile::tempdir()?;
         let data_dir = tempfile::tempdir()?;
         std::fs::write(config_dir.path().join("agents.toml"), agents_toml)?;
-        let output = Command::new(bin("oma-agent"))
-            .arg("--config-dir")
-            .arg(config_dir.path())
-            .arg("--data-dir")
-            .arg(data_dir.path())
+        let output = Self::command_in(config_dir.path(), data_dir.path())?
             .args(["setup", "--server", server, "--code", code, "--name", "test-machine"])
             .env("OMA_LOG", "warn")
             .output()?;
@@ -499,32 +620,80 @@ impl AgentDaemon {
             process: None,
             runtime_id,
             env: Vec::new(),
+            env_remove: Vec::new(),
+            stderr_log: None,
+            log_filter: "warn".into(),
+            run_args: Vec::new(),
         })
     }
 
-    /// The `oma-agent` command with this machine's dirs.
-    pub fn command(&self) -> Command {
-        let mut command = Command::new(bin("oma-agent"));
-        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+    /// `oma-agent --config-dir C --data-dir D`.
+    pub fn command_in(config_dir: &Path, data_dir: &Path) -> anyhow::Result<Command> {
+        let mut command = Command::new(try_bin("oma-agent")?);
         command
             .arg("--config-dir")
-            .arg(self.config_dir.path())
+            .arg(config_dir)
             .arg("--data-dir")
-            .arg(self.data_dir.path());
+            .arg(data_dir);
+        Ok(command)
+    }
+
+    /// The `oma-agent` command with this machine's dirs and environment.
+    pub fn command(&self) -> Command {
+        let mut command =
+            Self::command_in(self.config_dir.path(), self.data_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        for name in &self.env_remove {
+            command.env_remove(name);
+        }
         command
     }
 
-    /// Starts `oma-agent run` and waits for it to say it is running.
+    /// Starts `oma-agent run --reconnect-max 2 <extra_args>` and waits for
+    /// it to say it is running.
     pub fn start(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
+        let args: Vec<&str> = DAEMON_RUN_ARGS.iter().chain(extra_args).copied().collect();
+        self.start_exactly(&args)
+    }
+
+    /// Starts `oma-agent run <args>` (nothing added) and waits for it to say
+    /// it is running.
+    pub fn start_exactly(&mut self, args: &[&str]) -> anyhow::Result<()> {
         let mut command = self.command();
-        command
-            .args(["run", "--reconnect-max", "2"])
-            .args(extra_args)
-            .env("OMA_LOG", "warn");
-        let mut process = Process::spawn(command, "oma-agent")?;
+        command.arg("run").args(args).env("OMA_LOG", &self.log_filter);
+        let mut process = match &self.stderr_log {
+            Some(log) => Process::spawn_logged(command, "oma-agent", log)?,
+            None => Process::spawn(command, "oma-agent")?,
+        };
         process.wait_for_line(START_DEADLINE, |l| l.starts_with("oma-agent ").then_some(()))?;
         self.process = Some(process);
+        self.run_args = args.iter().map(|a| a.to_string()).collect();
         Ok(())
+    }
+
+    /// SIGKILLs the daemon (its ACP children are not told) and waits until
+    /// it is gone.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.signal("KILL");
+            process.wait_exit(Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the daemon and starts it again with the flags of its last
+    /// start: it reconnects and resends what the control plane has not
+    /// acknowledged.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill()?;
+        let args = std::mem::take(&mut self.run_args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.start_exactly(&args)
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::id)
     }
 
     /// This machine's local policy file (`<config dir>/policy.toml`).
@@ -545,6 +714,14 @@ impl AgentDaemon {
     }
 }
 
+/// The scripted test agent as the ACP agent `test` (an `agents.toml`).
+pub fn test_agents_toml() -> String {
+    format!(
+        "[[agent]]\nid = \"test\"\nname = \"Scripted test agent\"\ncommand = \"{}\"\n",
+        bin("oma-test-agent").display()
+    )
+}
+
 /// A text prompt.
 pub fn text_prompt(text: &str) -> Vec<oma_proto::pb::ContentBlock> {
     vec![oma_proto::pb::ContentBlock {
@@ -560,21 +737,7 @@ pub async fn wait_online(
     runtime_id: &str,
     deadline: Duration,
 ) -> anyhow::Result<oma_proto::pb::Runtime> {
-    let runtimes = clients.runtimes.clone();
-    wait_until("the runtime to come online", deadline, || {
-        let mut runtimes = runtimes.clone();
-        let runtime_id = runtime_id.to_owned();
-        async move {
-            let runtime = runtimes
-                .get_runtime(oma_proto::pb::GetRuntimeRequest { runtime_id })
-                .await
-                .ok()?
-                .into_inner()
-                .runtime?;
-            (runtime.status == oma_proto::pb::RuntimeStatus::Online as i32).then_some(runtime)
-        }
-    })
-    .await
+    wait_runtime_status(clients, runtime_id, oma_proto::pb::RuntimeStatus::Online, deadline).await
 }
 
 /// Waits until the control plane reports the runtime offline: after a
@@ -582,40 +745,68 @@ pub async fn wait_online(
 /// and until then the runtime still reads online (a restart's
 /// `wait_online` would see the old stream).
 pub async fn wait_offline(clients: &mut Clients, runtime_id: &str, deadline: Duration) -> anyhow::Result<()> {
-    let runtimes = clients.runtimes.clone();
-    wait_until("the runtime to go offline", deadline, || {
-        let mut runtimes = runtimes.clone();
-        let runtime_id = runtime_id.to_owned();
-        async move {
-            let runtime = runtimes
-                .get_runtime(oma_proto::pb::GetRuntimeRequest { runtime_id })
-                .await
-                .ok()?
-                .into_inner()
-                .runtime?;
-            (runtime.status == oma_proto::pb::RuntimeStatus::Offline as i32).then_some(())
-        }
+    wait_runtime_status(clients, runtime_id, oma_proto::pb::RuntimeStatus::Offline, deadline).await?;
+    Ok(())
+}
+
+/// Waits until the control plane reports the runtime in `status`.
+pub async fn wait_runtime_status(
+    clients: &Clients,
+    runtime_id: &str,
+    status: oma_proto::pb::RuntimeStatus,
+    deadline: Duration,
+) -> anyhow::Result<oma_proto::pb::Runtime> {
+    let what = format!("runtime {runtime_id} to be {status:?}");
+    wait_until(&what, deadline, || async {
+        let runtime = clients
+            .runtimes
+            .clone()
+            .get_runtime(oma_proto::pb::GetRuntimeRequest {
+                runtime_id: runtime_id.to_owned(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .runtime?;
+        (runtime.status == status as i32).then_some(runtime)
     })
     .await
 }
 
-/// Collects a session's events from `from_seq` until the turn `turn_id` ends.
+/// The largest message the event readers accept (a 10 MiB update is an
+/// event of ~20 MiB).
+pub const READ_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Collects a session's events from `from_seq` until the turn `turn_id`
+/// ends, within `deadline`.
 pub async fn collect_turn(
-    clients: &mut Clients,
+    clients: &Clients,
     session_id: &str,
     from_seq: u64,
     turn_id: &str,
     deadline: Duration,
 ) -> anyhow::Result<Vec<oma_proto::pb::SessionEvent>> {
-    let mut stream = clients
-        .sessions
-        .watch_session(oma_proto::pb::WatchSessionRequest {
-            session_id: session_id.to_owned(),
-            from_seq,
-            until_turn_end: false,
-        })
-        .await?
-        .into_inner();
+    let start = Instant::now();
+    let mut sessions = clients.sessions.clone().max_decoding_message_size(READ_LIMIT);
+    let watch = sessions.watch_session(oma_proto::pb::WatchSessionRequest {
+        session_id: session_id.to_owned(),
+        from_seq,
+        until_turn_end: false,
+    });
+    let mut stream = match tokio::time::timeout(deadline, watch).await {
+        Ok(stream) => stream?.into_inner(),
+        Err(_) => bail!("WatchSession of {session_id} did not answer within {deadline:?}"),
+    };
+    read_until_turn_end(&mut stream, turn_id, deadline.saturating_sub(start.elapsed())).await
+}
+
+/// Reads a watch until the turn `turn_id` ends (its TurnEnded is the last
+/// event returned), within `deadline`.
+pub async fn read_until_turn_end(
+    stream: &mut tonic::Streaming<oma_proto::pb::SessionEvent>,
+    turn_id: &str,
+    deadline: Duration,
+) -> anyhow::Result<Vec<oma_proto::pb::SessionEvent>> {
     let mut events = Vec::new();
     let result = tokio::time::timeout(deadline, async {
         while let Some(event) = stream.message().await? {
@@ -631,6 +822,12 @@ pub async fn collect_turn(
     .await;
     match result {
         Ok(r) => r.map(|_| events),
-        Err(_) => bail!("turn {turn_id} did not end within {deadline:?}; events so far: {events:#?}"),
+        // A long turn's events would drown the message: the last few say
+        // where it stood.
+        Err(_) => bail!(
+            "turn {turn_id} did not end within {deadline:?}; {} events so far, the last ones: {:#?}",
+            events.len(),
+            &events[events.len().saturating_sub(20)..]
+        ),
     }
 }

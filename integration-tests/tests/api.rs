@@ -113,16 +113,12 @@ async fn setup(cp: &ControlPlane) -> anyhow::Result<World> {
         .into_inner();
     let a_member = Clients::new(channel.clone(), Bearer::new(&member_token.secret));
 
-    let code = a_admin
-        .runtimes
-        .create_connect_code(pb::CreateConnectCodeRequest::default())
-        .await?
-        .into_inner();
+    let code = a_admin.connect_code().await?;
     let mut anonymous = Clients::new(channel.clone(), Bearer::none());
     let paired = anonymous
         .runtimes
         .exchange_connect_code(pb::ExchangeConnectCodeRequest {
-            code: code.code,
+            code,
             machine_id: "machine-a".into(),
             name: "admin-laptop".into(),
             agent_version: "0.1.0".into(),
@@ -142,16 +138,7 @@ async fn setup(cp: &ControlPlane) -> anyhow::Result<World> {
         .into_inner()
         .agent
         .unwrap();
-    let session = a_admin
-        .sessions
-        .create_session(pb::CreateSessionRequest {
-            agent_id: agent.id.clone(),
-            title: "first".into(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .unwrap();
+    let session_id = a_admin.create_session(&agent.id, "first").await?;
     Ok(World {
         a_admin,
         a_member,
@@ -163,7 +150,7 @@ async fn setup(cp: &ControlPlane) -> anyhow::Result<World> {
         runtime_id,
         machine_token: paired.machine_token,
         agent_id: agent.id,
-        session_id: session.id,
+        session_id,
     })
 }
 
@@ -657,19 +644,6 @@ async fn get_agent(clients: &mut Clients, agent_id: &str) -> pb::Agent {
         .unwrap()
 }
 
-async fn get_session(clients: &mut Clients, session_id: &str) -> pb::Session {
-    clients
-        .sessions
-        .get_session(pb::GetSessionRequest {
-            session_id: session_id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-}
-
 /// Every session id `clients` can list (of one agent when given), paging one
 /// by one; each must come once.
 async fn list_all_sessions(clients: &mut Clients, agent_id: &str) -> Vec<String> {
@@ -724,7 +698,7 @@ async fn hostile_member(w: &mut World) {
     let mine = RawMachine::pair(&mut w.a_member, "mia-laptop").await.unwrap();
     let bound_before = get_agent(&mut w.a_admin, &w.agent_id).await;
     let loose_before = get_agent(&mut w.a_admin, &loose.id).await;
-    let session_before = get_session(&mut w.a_admin, &w.session_id).await;
+    let session_before = w.a_admin.get_session(&w.session_id).await.unwrap();
     let audit_before = audit_count(w).await;
 
     let m = &mut w.a_member;
@@ -802,7 +776,7 @@ async fn hostile_member(w: &mut World) {
     let loose_after = get_agent(&mut w.a_admin, &loose.id).await;
     assert_eq!(loose_after.spec, loose_before.spec);
     assert_eq!(loose_after.version, loose_before.version);
-    let session_after = get_session(&mut w.a_admin, &w.session_id).await;
+    let session_after = w.a_admin.get_session(&w.session_id).await.unwrap();
     assert_eq!(session_after, session_before, "the session changed");
     assert_ne!(session_after.status, pb::SessionStatus::Disposed as i32);
     assert_eq!(audit_count(w).await, audit_before, "a refused call was audited as done");
@@ -848,38 +822,12 @@ async fn member_rights_on_their_own(w: &mut World) {
     let mut own = Vec::new();
     let mut admins = Vec::new();
     for i in 0..3 {
-        let create = |agent_id: &str| pb::CreateSessionRequest {
-            agent_id: agent_id.into(),
-            title: format!("s{i}"),
-        };
-        own.push(
-            w.a_member
-                .sessions
-                .create_session(create(&agent.id))
-                .await
-                .unwrap()
-                .into_inner()
-                .session
-                .unwrap()
-                .id,
-        );
-        let theirs = w.a_admin.sessions.create_session(create(&w.agent_id)).await.unwrap();
-        admins.push(theirs.into_inner().session.unwrap().id);
+        let title = format!("s{i}");
+        own.push(w.a_member.create_session(&agent.id, &title).await.unwrap());
+        admins.push(w.a_admin.create_session(&w.agent_id, &title).await.unwrap());
     }
     // An admin's session on the member's runtime: the owner sees and drives it.
-    let on_mine = w
-        .a_admin
-        .sessions
-        .create_session(pb::CreateSessionRequest {
-            agent_id: agent.id.clone(),
-            title: "by the admin".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .id;
+    let on_mine = w.a_admin.create_session(&agent.id, "by the admin").await.unwrap();
     let mut expected = own.clone();
     expected.push(on_mine.clone());
 
@@ -890,7 +838,7 @@ async fn member_rights_on_their_own(w: &mut World) {
     let everything = list_all_sessions(&mut w.a_admin, "").await;
     assert!(expected.iter().chain(&admins).all(|s| everything.contains(s)));
 
-    get_session(&mut w.a_member, &on_mine).await;
+    w.a_member.get_session(&on_mine).await.unwrap();
     w.a_member
         .sessions
         .cancel_turn(pb::CancelTurnRequest {
@@ -922,7 +870,7 @@ async fn member_rights_on_their_own(w: &mut World) {
         .agent
         .unwrap();
     assert_eq!(update.version, 2);
-    get_session(&mut w.a_member, &own[0]).await;
+    w.a_member.get_session(&own[0]).await.unwrap();
     w.a_member
         .sessions
         .delete_session(pb::DeleteSessionRequest {
@@ -1283,14 +1231,7 @@ async fn bad_input(cp: &ControlPlane, w: &mut World) {
             .await,
     );
     assert_eq!(status.code(), Code::NotFound);
-    let code = w
-        .a_admin
-        .runtimes
-        .create_connect_code(pb::CreateConnectCodeRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .code;
+    let code = w.a_admin.connect_code().await.unwrap();
     let mut no_machine = exchange(&code);
     no_machine.machine_id = String::new();
     let status = status_of(anonymous.runtimes.exchange_connect_code(no_machine).await);

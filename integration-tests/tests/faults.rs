@@ -10,10 +10,10 @@
 use std::time::{Duration, Instant};
 
 use oma_integration_tests::faults::{
-    self, Proxy, RawMachine, RawStream, StreamAnswer, agent_log, agent_text, chunk_numbers, control_plane_log,
-    log_problems, panics_in, read_log, read_outbox, turn_end,
+    self, RawMachine, RawStream, StreamAnswer, agent_text, chunk_numbers, log_problems, read_outbox, turn_end,
 };
-use oma_integration_tests::{AgentDaemon, Bearer, Clients, ControlPlane, TestDatabase, wait_online, wait_until};
+use oma_integration_tests::world::{Turn, World};
+use oma_integration_tests::{AgentDaemon, Clients, TestDatabase, wait_online, wait_runtime_status, wait_until};
 use oma_proto::pb;
 use oma_proto::pb::agent_frame::Frame as Af;
 use oma_proto::pb::control_frame::Frame as Cf;
@@ -26,230 +26,77 @@ const TURN: Duration = Duration::from_secs(90);
 const AGENT_ARGS: &[&str] = &["--reconnect-max", "500ms"];
 
 /// One control plane, a proxy in front of it, and one paired daemon that
-/// reaches the control plane through the proxy. Fields drop in order: the
-/// daemon stops first.
-struct Rig {
-    machine: AgentDaemon,
-    clients: Clients,
-    proxy: Proxy,
-    cp: ControlPlane,
-    cp_args: Vec<String>,
-    agent_id: String,
-}
-
-impl Rig {
-    async fn start(database: TestDatabase, cp_args: &[&str], agent_args: &[&str]) -> Rig {
-        let cp = faults::start_control_plane(database, cp_args).unwrap();
-        let mut clients = Clients::new(cp.channel().await.unwrap(), Bearer::new(&cp.admin_token));
-        let proxy = Proxy::start(cp.addr).unwrap();
-        let code = clients
-            .runtimes
-            .create_connect_code(pb::CreateConnectCodeRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .code;
-        let mut machine = faults::pair_agent(&proxy.url(), &code).unwrap();
-        faults::start_agent(&mut machine, agent_args).unwrap();
-        wait_online(&mut clients, &machine.runtime_id, Duration::from_secs(30))
-            .await
-            .unwrap();
-        let agent_id = create_agent(&mut clients, &machine.runtime_id).await;
-        Rig {
-            machine,
-            clients,
-            proxy,
-            cp,
-            cp_args: cp_args.iter().map(|s| s.to_string()).collect(),
-            agent_id,
-        }
-    }
-
-    async fn sqlite() -> Rig {
-        Rig::start(TestDatabase::sqlite().unwrap(), &[], AGENT_ARGS).await
-    }
-
-    async fn new_session(&mut self) -> String {
-        new_session(&mut self.clients, &self.agent_id).await
-    }
-
-    async fn prompt(&mut self, session_id: &str, text: &str) -> (String, u64) {
-        prompt(&mut self.clients, session_id, text).await
-    }
-
-    /// SIGKILLs the control plane, and restarts it on the same database.
-    async fn crash_control_plane(&mut self) {
-        faults::kill_control_plane(&mut self.cp).unwrap();
-        // Pace the fault: the daemon sees the stream die and backs off.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let args: Vec<&str> = self.cp_args.iter().map(String::as_str).collect();
-        let old = self.cp.addr;
-        let addr = faults::restart_control_plane(&mut self.cp, &args).unwrap();
-        self.proxy.set_target(addr);
-        if addr != old {
-            // Clients keep the channel of the old address.
-            self.clients = Clients::new(self.cp.channel().await.unwrap(), Bearer::new(&self.cp.admin_token));
-        }
-        let clients = self.clients.sessions.clone();
-        wait_until("the restarted control plane to answer", Duration::from_secs(30), || {
-            let mut sessions = clients.clone();
-            async move {
-                sessions
-                    .list_sessions(pb::ListSessionsRequest::default())
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        })
+/// reaches the control plane through the proxy; their logs in files.
+async fn rig_on(database: TestDatabase, cp_args: &[&str]) -> World {
+    World::builder()
+        .database(database)
+        .serve_args(cp_args)
+        .through_proxy()
+        .logs_to_files()
+        .daemon_args_exactly(AGENT_ARGS)
+        .turn_deadline(TURN)
+        .start()
         .await
-        .unwrap();
-    }
-
-    /// Reads the whole log and asserts the delivery invariants.
-    async fn assert_log(&self, session_id: &str, chunk_turns: &[(String, Option<u64>)]) -> Vec<pb::SessionEvent> {
-        let events = read_log(&self.clients, session_id, Duration::from_secs(60))
-            .await
-            .unwrap();
-        let problems = log_problems(&events, chunk_turns);
-        assert!(
-            problems.is_empty(),
-            "session {session_id} log ({} events) is not exactly-once in order: {problems:#?}",
-            events.len()
-        );
-        events
-    }
-
-    fn assert_no_panic(&self) {
-        let panics = panics_in(&control_plane_log(&self.cp));
-        assert!(panics.is_empty(), "the control plane panicked: {panics:#?}");
-        let panics = panics_in(&agent_log(&self.machine));
-        assert!(panics.is_empty(), "the daemon panicked: {panics:#?}");
-    }
+        .unwrap()
 }
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let lines: usize = std::env::var("OMA_FAULTS_TAIL")
+async fn rig() -> World {
+    rig_on(TestDatabase::sqlite().unwrap(), &[]).await
+}
+
+/// SIGKILLs the control plane, and restarts it on the same database.
+async fn crash_control_plane(rig: &mut World) {
+    faults::kill_control_plane(&mut rig.cp).unwrap();
+    // Pace the fault: the daemon sees the stream die and backs off.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = rig.cp.addr;
+    let addr = faults::restart_control_plane(&mut rig.cp).unwrap();
+    rig.proxy().set_target(addr);
+    if addr != old {
+        // Clients keep the channel of the old address.
+        rig.clients = rig.cp.clients().await.unwrap();
+    }
+    let clients = rig.clients.sessions.clone();
+    wait_until("the restarted control plane to answer", Duration::from_secs(30), || {
+        let mut sessions = clients.clone();
+        async move {
+            sessions
+                .list_sessions(pb::ListSessionsRequest::default())
+                .await
                 .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(60);
-            let tail = |log: String| {
-                log.lines()
-                    .rev()
-                    .take(lines)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
-            eprintln!(
-                "---- control-plane stderr (tail) ----\n{}",
-                tail(control_plane_log(&self.cp))
-            );
-            eprintln!("---- oma-agent stderr (tail) ----\n{}", tail(agent_log(&self.machine)));
+                .map(|_| ())
         }
-    }
+    })
+    .await
+    .unwrap();
 }
 
-async fn create_agent(clients: &mut Clients, runtime_id: &str) -> String {
-    clients
-        .agents
-        .create_agent(pb::CreateAgentRequest {
-            spec: Some(pb::AgentSpec {
-                name: format!("faults-{:08x}", rand::random::<u32>()),
-                system_prompt: "You are a test.".into(),
-                permission_policy: pb::PermissionPolicy::AllowOnce as i32,
-                runtime_binding: Some(pb::RuntimeBinding {
-                    runtime_id: runtime_id.into(),
-                    acp_agent_id: "test".into(),
-                    local_skill_blocklist: vec![],
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .agent
-        .unwrap()
-        .id
-}
-
-async fn new_session(clients: &mut Clients, agent_id: &str) -> String {
-    clients
-        .sessions
-        .create_session(pb::CreateSessionRequest {
-            agent_id: agent_id.into(),
-            title: "faults".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .id
-}
-
-async fn prompt(clients: &mut Clients, session_id: &str, text: &str) -> (String, u64) {
-    let response = clients
-        .sessions
-        .prompt_session(pb::PromptSessionRequest {
-            session_id: session_id.into(),
-            turn_id: String::new(),
-            prompt: oma_integration_tests::text_prompt(text),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("prompt {text:?}: {e}"))
-        .into_inner();
-    (response.turn_id, response.from_seq)
+/// Reads the whole log and asserts the delivery invariants.
+async fn assert_log(rig: &World, session_id: &str, chunk_turns: &[(String, Option<u64>)]) -> Vec<pb::SessionEvent> {
+    let events = rig.read_log(session_id, Duration::from_secs(60)).await;
+    let problems = log_problems(&events, chunk_turns);
+    assert!(
+        problems.is_empty(),
+        "session {session_id} log ({} events) is not exactly-once in order: {problems:#?}",
+        events.len()
+    );
+    events
 }
 
 /// Waits until the session has stored at least `seq` events.
 async fn wait_stored(clients: &Clients, session_id: &str, seq: u64, deadline: Duration) -> u64 {
-    let clients_sessions = clients.sessions.clone();
-    wait_until(&format!("{session_id} to store {seq} events"), deadline, || {
-        let mut sessions = clients_sessions.clone();
-        let session_id = session_id.to_owned();
-        async move {
-            let last = sessions
-                .get_session(pb::GetSessionRequest { session_id })
-                .await
-                .ok()?
-                .into_inner()
-                .session?
-                .last_seq;
-            (last >= seq).then_some(last)
-        }
+    wait_until(&format!("{session_id} to store {seq} events"), deadline, || async {
+        let last = clients.get_session(session_id).await.ok()?.last_seq;
+        (last >= seq).then_some(last)
     })
     .await
     .unwrap()
 }
 
-async fn watch(clients: &Clients, session_id: &str, from: u64, turn: &str) -> Vec<pb::SessionEvent> {
-    faults::watch_turn(clients, session_id, from, turn, TURN).await.unwrap()
-}
-
-fn end_of(events: &[pb::SessionEvent], turn: &str) -> pb::TurnEnded {
-    turn_end(events, turn)
-        .unwrap_or_else(|| panic!("turn {turn} has no TurnEnded"))
+fn end_of(events: &[pb::SessionEvent], turn: &Turn) -> pb::TurnEnded {
+    turn_end(events, &turn.id)
+        .unwrap_or_else(|| panic!("turn {} has no TurnEnded", turn.id))
         .clone()
-}
-
-async fn runtime_status(clients: &Clients, runtime_id: &str) -> Option<pb::RuntimeStatus> {
-    let runtime = clients
-        .runtimes
-        .clone()
-        .get_runtime(pb::GetRuntimeRequest {
-            runtime_id: runtime_id.into(),
-        })
-        .await
-        .ok()?
-        .into_inner()
-        .runtime?;
-    pb::RuntimeStatus::try_from(runtime.status).ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -258,15 +105,15 @@ async fn runtime_status(clients: &Clients, runtime_id: &str) -> Option<pb::Runti
 
 #[tokio::test]
 async fn twenty_connection_cuts_in_one_turn_lose_and_double_nothing() {
-    let mut rig = Rig::sqlite().await;
-    let session = rig.new_session().await;
+    let rig = rig().await;
+    let session = rig.session().await;
     let n = 24_000;
     let started = Instant::now();
-    let (turn, _) = rig.prompt(&session, &format!("chunks {n} 2000")).await;
+    let turn = rig.prompt(&session, &format!("chunks {n} 2000")).await;
     let mut rng = rand::rng();
     let mut cuts = 0;
     while cuts < 20 {
-        let proxy = &rig.proxy;
+        let proxy = rig.proxy();
         wait_until("the daemon to reconnect", Duration::from_secs(30), || {
             let open = proxy.open_connections();
             async move { (open > 0).then_some(()) }
@@ -274,7 +121,7 @@ async fn twenty_connection_cuts_in_one_turn_lose_and_double_nothing() {
         .await
         .unwrap();
         tokio::time::sleep(Duration::from_millis(rng.random_range(20..250))).await;
-        if rig.proxy.cut() > 0 {
+        if rig.proxy().cut() > 0 {
             cuts += 1;
         }
     }
@@ -285,35 +132,35 @@ async fn twenty_connection_cuts_in_one_turn_lose_and_double_nothing() {
         "the 20 cuts did not all fall inside the turn"
     );
     let cut_time = started.elapsed();
-    let events = watch(&rig.clients, &session, 1, &turn).await;
+    let events = rig.collect_from(&turn, 1).await;
     assert_eq!(end_of(&events, &turn).stop_reason, pb::StopReason::EndTurn as i32);
-    let all = rig.assert_log(&session, &[(turn.clone(), Some(n))]).await;
-    assert_eq!(chunk_numbers(&all, &turn).len() as u64, n);
+    let all = assert_log(&rig, &session, &[(turn.id.clone(), Some(n))]).await;
+    assert_eq!(chunk_numbers(&all, &turn.id).len() as u64, n);
     eprintln!(
         "{cuts} cuts in {cut_time:?} ({} connections accepted); turn of {n} chunks done in {:?}",
-        rig.proxy.accepted(),
+        rig.proxy().accepted(),
         started.elapsed()
     );
     rig.assert_no_panic();
 }
 
 async fn control_plane_sigkill_mid_turn(database: TestDatabase) {
-    let mut rig = Rig::start(database, &[], AGENT_ARGS).await;
-    let session = rig.new_session().await;
+    let mut rig = rig_on(database, &[]).await;
+    let session = rig.session().await;
     let n = 6000;
-    let (turn, _) = rig.prompt(&session, &format!("chunks {n} 1500")).await;
+    let turn = rig.prompt(&session, &format!("chunks {n} 1500")).await;
     for round in 1..=2u64 {
         wait_stored(&rig.clients, &session, round * 1500, TURN).await;
-        rig.crash_control_plane().await;
+        crash_control_plane(&mut rig).await;
     }
-    let events = watch(&rig.clients, &session, 1, &turn).await;
+    let events = rig.collect_from(&turn, 1).await;
     assert_eq!(end_of(&events, &turn).stop_reason, pb::StopReason::EndTurn as i32);
-    rig.assert_log(&session, &[(turn.clone(), Some(n))]).await;
+    assert_log(&rig, &session, &[(turn.id.clone(), Some(n))]).await;
     // The restarted control plane runs the next turn as usual.
-    let (next, from) = rig.prompt(&session, "echo after").await;
-    let events = watch(&rig.clients, &session, from, &next).await;
+    let next = rig.prompt(&session, "echo after").await;
+    let events = rig.collect(&next).await;
     assert_eq!(agent_text(&events), "after");
-    rig.assert_log(&session, &[(turn, Some(n))]).await;
+    assert_log(&rig, &session, &[(turn.id, Some(n))]).await;
     rig.assert_no_panic();
 }
 
@@ -333,15 +180,15 @@ async fn control_plane_sigkill_mid_turn_postgres() {
 /// Stops the daemon mid-turn (`signal`), checks what its outbox held,
 /// restarts it, and checks the interrupted turn and the next one.
 async fn daemon_stop_mid_turn(signal: &str) {
-    let mut rig = Rig::sqlite().await;
-    let session = rig.new_session().await;
-    let (first, from) = rig.prompt(&session, "echo first").await;
-    watch(&rig.clients, &session, from, &first).await;
+    let mut rig = rig().await;
+    let session = rig.session().await;
+    let first = rig.prompt(&session, "echo first").await;
+    rig.collect(&first).await;
 
     // Slow enough that the history stays short (see the ignored test below
     // for a long one).
-    let (turn, from) = rig.prompt(&session, "chunks 1000000 200").await;
-    let seen = wait_stored(&rig.clients, &session, from + 100, TURN).await;
+    let turn = rig.prompt(&session, "chunks 1000000 200").await;
+    let seen = wait_stored(&rig.clients, &session, turn.from_seq + 100, TURN).await;
     match signal {
         "TERM" => {
             let status = faults::term_agent(&mut rig.machine, Duration::from_secs(30)).unwrap();
@@ -355,11 +202,11 @@ async fn daemon_stop_mid_turn(signal: &str) {
     assert!(outbox.last_seq >= seen, "{outbox:?} < {seen}");
 
     faults::start_agent(&mut rig.machine, AGENT_ARGS).unwrap();
-    let events = watch(&rig.clients, &session, from, &turn).await;
+    let events = rig.collect(&turn).await;
     let end = end_of(&events, &turn);
     assert_eq!(end.stop_reason, pb::StopReason::Error as i32);
     assert!(end.error.contains("interrupted"), "{}", end.error);
-    let all = rig.assert_log(&session, &[(turn.clone(), None)]).await;
+    let all = assert_log(&rig, &session, &[(turn.id.clone(), None)]).await;
     assert!(
         all.len() as u64 > outbox.last_seq,
         "the log ({}) lacks events the outbox numbered ({})",
@@ -374,14 +221,14 @@ async fn daemon_stop_mid_turn(signal: &str) {
             "the stored event differs from the one the daemon numbered"
         );
     }
-    let chunks = chunk_numbers(&all, &turn).len() as u64;
+    let chunks = chunk_numbers(&all, &turn.id).len() as u64;
     assert!(
-        chunks >= seen - from,
+        chunks >= seen - turn.from_seq,
         "{chunks} chunks kept, {seen} events were stored before the stop"
     );
 
-    let (next, from) = rig.prompt(&session, "echo after").await;
-    let events = watch(&rig.clients, &session, from, &next).await;
+    let next = rig.prompt(&session, "echo after").await;
+    let events = rig.collect(&next).await;
     let end = end_of(&events, &next);
     assert_eq!(
         end.stop_reason,
@@ -389,7 +236,7 @@ async fn daemon_stop_mid_turn(signal: &str) {
         "the next turn failed: {end:?}"
     );
     assert_eq!(agent_text(&events), "after");
-    rig.assert_log(&session, &[(turn, None)]).await;
+    assert_log(&rig, &session, &[(turn.id, None)]).await;
     rig.assert_no_panic();
 }
 
@@ -408,10 +255,10 @@ async fn daemon_sigkill_mid_turn_keeps_what_it_read_and_resumes() {
 /// replays the whole history before it answers.
 #[tokio::test]
 async fn a_long_session_resumes_after_a_daemon_restart() {
-    let mut rig = Rig::sqlite().await;
-    let session = rig.new_session().await;
-    let (turn, from) = rig.prompt(&session, "chunks 2000").await;
-    watch(&rig.clients, &session, from, &turn).await;
+    let mut rig = rig().await;
+    let session = rig.session().await;
+    let turn = rig.prompt(&session, "chunks 2000").await;
+    rig.collect(&turn).await;
     let status = faults::term_agent(&mut rig.machine, Duration::from_secs(30)).unwrap();
     assert!(status.success());
     // Otherwise the next wait_online may see the old stream, and the
@@ -425,19 +272,13 @@ async fn a_long_session_resumes_after_a_daemon_restart() {
         &["--reconnect-max", "500ms", "--startup-timeout", "20"],
     )
     .unwrap();
-    wait_online(
-        &mut rig.clients,
-        &rig.machine.runtime_id.clone(),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    let (next, from) = rig.prompt(&session, "echo after").await;
-    let events = watch(&rig.clients, &session, from, &next).await;
+    rig.wait_online().await.unwrap();
+    let next = rig.prompt(&session, "echo after").await;
+    let events = rig.collect(&next).await;
     let end = end_of(&events, &next);
     assert_eq!(end.stop_reason, pb::StopReason::EndTurn as i32, "{end:?}");
     assert_eq!(agent_text(&events), "after");
-    rig.assert_log(&session, &[(turn, Some(2000))]).await;
+    assert_log(&rig, &session, &[(turn.id, Some(2000))]).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -455,20 +296,15 @@ fn machine_token(machine: &AgentDaemon) -> String {
 
 #[tokio::test]
 async fn a_second_daemon_supersedes_the_first_and_another_machine_id_is_refused() {
-    let mut rig = Rig::sqlite().await;
-    let session = rig.new_session().await;
-    let (turn, from) = rig.prompt(&session, "echo one").await;
-    watch(&rig.clients, &session, from, &turn).await;
+    let mut rig = rig().await;
+    let session = rig.session().await;
+    let turn = rig.prompt(&session, "echo one").await;
+    rig.collect(&turn).await;
 
     // The same credentials and machine id, the same data dir: a second
     // `oma-agent run` on the same machine.
-    let accepted_before = rig.proxy.accepted();
-    let second = faults::spawn_agent(faults::agent_run_command(
-        rig.machine.config_dir.path(),
-        rig.machine.data_dir.path(),
-        AGENT_ARGS,
-    ))
-    .unwrap();
+    let accepted_before = rig.proxy().accepted();
+    let second = faults::spawn_agent(rig.machine.config_dir.path(), rig.machine.data_dir.path(), AGENT_ARGS).unwrap();
     let first = rig.machine.process.as_mut().unwrap();
     first
         .wait_for_line(Duration::from_secs(30), |l| l.contains("took over").then_some(()))
@@ -479,19 +315,13 @@ async fn a_second_daemon_supersedes_the_first_and_another_machine_id_is_refused(
     // One new connection (the second daemon's), no reconnect loop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        rig.proxy.accepted() - accepted_before,
+        rig.proxy().accepted() - accepted_before,
         1,
         "the first daemon reconnected"
     );
-    wait_online(
-        &mut rig.clients,
-        &rig.machine.runtime_id.clone(),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    let (turn, from) = rig.prompt(&session, "echo two").await;
-    let events = watch(&rig.clients, &session, from, &turn).await;
+    rig.wait_online().await.unwrap();
+    let turn = rig.prompt(&session, "echo two").await;
+    let events = rig.collect(&turn).await;
     assert_eq!(agent_text(&events), "two");
 
     // The same token with another machine id: refused for good (exit 3),
@@ -502,8 +332,7 @@ async fn a_second_daemon_supersedes_the_first_and_another_machine_id_is_refused(
     }
     std::fs::write(other.path().join("machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
     let other_data = tempfile::tempdir().unwrap();
-    let mut impostor =
-        faults::spawn_agent(faults::agent_run_command(other.path(), other_data.path(), AGENT_ARGS)).unwrap();
+    let mut impostor = faults::spawn_agent(other.path(), other_data.path(), AGENT_ARGS).unwrap();
     let status = impostor.wait_exit(Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(3), "a refused machine exits 3");
     assert!(
@@ -529,10 +358,10 @@ async fn a_second_daemon_supersedes_the_first_and_another_machine_id_is_refused(
         rig.machine.process.as_mut().unwrap().wait_exit(Duration::ZERO).is_err(),
         "the rightful daemon must keep running"
     );
-    let (turn, from) = rig.prompt(&session, "echo three").await;
-    let events = watch(&rig.clients, &session, from, &turn).await;
+    let turn = rig.prompt(&session, "echo three").await;
+    let events = rig.collect(&turn).await;
     assert_eq!(agent_text(&events), "three");
-    rig.assert_log(&session, &[]).await;
+    assert_log(&rig, &session, &[]).await;
     rig.assert_no_panic();
 }
 
@@ -542,27 +371,21 @@ async fn a_second_daemon_supersedes_the_first_and_another_machine_id_is_refused(
 /// dir had already delivered.
 #[tokio::test]
 async fn a_daemon_with_a_fresh_data_dir_keeps_recording_its_sessions() {
-    let mut rig = Rig::sqlite().await;
-    let session = rig.new_session().await;
-    let (turn, from) = rig.prompt(&session, "chunks 20").await;
-    watch(&rig.clients, &session, from, &turn).await;
+    let mut rig = rig().await;
+    let session = rig.session().await;
+    let turn = rig.prompt(&session, "chunks 20").await;
+    rig.collect(&turn).await;
     let before = faults::last_seq(&rig.clients, &session).await.unwrap();
 
     faults::kill_agent(&mut rig.machine).unwrap();
     rig.machine.data_dir = tempfile::tempdir().unwrap();
     faults::start_agent(&mut rig.machine, AGENT_ARGS).unwrap();
-    wait_online(
-        &mut rig.clients,
-        &rig.machine.runtime_id.clone(),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    let (turn, from) = rig.prompt(&session, "echo after").await;
-    assert!(from > before);
-    let events = watch(&rig.clients, &session, from, &turn).await;
+    rig.wait_online().await.unwrap();
+    let turn = rig.prompt(&session, "echo after").await;
+    assert!(turn.from_seq > before);
+    let events = rig.collect(&turn).await;
     assert_eq!(agent_text(&events), "after");
-    rig.assert_log(&session, &[]).await;
+    assert_log(&rig, &session, &[]).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -571,20 +394,17 @@ async fn a_daemon_with_a_fresh_data_dir_keeps_recording_its_sessions() {
 
 #[tokio::test]
 async fn stalled_heartbeats_take_the_runtime_offline_in_time_and_back() {
-    let mut rig = Rig::start(
-        TestDatabase::sqlite().unwrap(),
-        &["--heartbeat-interval", "1s"],
-        AGENT_ARGS,
-    )
-    .await;
-    let session = rig.new_session().await;
+    let mut rig = rig_on(TestDatabase::sqlite().unwrap(), &["--heartbeat-interval", "1s"]).await;
+    let session = rig.session().await;
     let runtime_id = rig.machine.runtime_id.clone();
-    rig.proxy.stall();
+    rig.proxy().stall();
     let stalled = Instant::now();
-    let clients = &rig.clients;
-    wait_until("the runtime to go offline", Duration::from_secs(20), || async {
-        (runtime_status(clients, &runtime_id).await? == pb::RuntimeStatus::Offline).then_some(())
-    })
+    wait_runtime_status(
+        &rig.clients,
+        &runtime_id,
+        pb::RuntimeStatus::Offline,
+        Duration::from_secs(20),
+    )
     .await
     .unwrap();
     let offline_after = stalled.elapsed();
@@ -593,28 +413,19 @@ async fn stalled_heartbeats_take_the_runtime_offline_in_time_and_back() {
         offline_after >= Duration::from_millis(2500) && offline_after <= Duration::from_secs(5),
         "offline after {offline_after:?}, expected about 3 s"
     );
-    let err = rig
-        .clients
-        .sessions
-        .prompt_session(pb::PromptSessionRequest {
-            session_id: session.clone(),
-            turn_id: String::new(),
-            prompt: oma_integration_tests::text_prompt("echo no"),
-        })
-        .await
-        .unwrap_err();
+    let err = rig.try_prompt(&session, "echo no").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
-    rig.proxy.resume();
+    rig.proxy().resume();
     let resumed = Instant::now();
     wait_online(&mut rig.clients, &runtime_id, Duration::from_secs(20))
         .await
         .unwrap();
     let online_after = resumed.elapsed();
-    let (turn, from) = rig.prompt(&session, "echo back").await;
-    let events = watch(&rig.clients, &session, from, &turn).await;
+    let turn = rig.prompt(&session, "echo back").await;
+    let events = rig.collect(&turn).await;
     assert_eq!(agent_text(&events), "back");
-    rig.assert_log(&session, &[]).await;
+    assert_log(&rig, &session, &[]).await;
     eprintln!("offline {offline_after:?} after the stall; online {online_after:?} after it ended");
     rig.assert_no_panic();
 }
@@ -625,15 +436,15 @@ async fn stalled_heartbeats_take_the_runtime_offline_in_time_and_back() {
 
 /// Runs `chunks n` and returns how long it took until its TurnEnded was
 /// stored, and the highest control-plane RSS sampled meanwhile (KiB).
-async fn timed_turn(rig: &mut Rig, session: &str, n: u64, cp_pid: u32) -> (Duration, u64, String, u64) {
+async fn timed_turn(rig: &mut World, session: &str, n: u64, cp_pid: u32) -> (Duration, u64, Turn) {
     let started = Instant::now();
-    let (turn, from) = rig.prompt(session, &format!("chunks {n}")).await;
+    let turn = rig.prompt(session, &format!("chunks {n}")).await;
     let mut max_rss = 0;
     let deadline = Instant::now() + TURN;
     loop {
         max_rss = max_rss.max(faults::vm_rss_kib(cp_pid).unwrap_or(0));
         if faults::session_status(&rig.clients, session).await.unwrap() != pb::SessionStatus::Running
-            && faults::last_seq(&rig.clients, session).await.unwrap() >= from + n
+            && faults::last_seq(&rig.clients, session).await.unwrap() >= turn.from_seq + n
         {
             break;
         }
@@ -643,24 +454,24 @@ async fn timed_turn(rig: &mut Rig, session: &str, n: u64, cp_pid: u32) -> (Durat
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (started.elapsed(), max_rss, turn, from)
+    (started.elapsed(), max_rss, turn)
 }
 
 #[tokio::test]
 async fn a_stalled_watcher_slows_nothing_holds_no_memory_and_gets_everything_later() {
-    let mut rig = Rig::sqlite().await;
-    let session = rig.new_session().await;
+    let mut rig = rig().await;
+    let session = rig.session().await;
     let cp_pid = faults::control_plane_pid(&rig.cp).expect("control plane pid");
     let n = 100_000;
     let rss_start = faults::vm_rss_kib(cp_pid).unwrap();
-    let (alone, rss_alone, _, _) = timed_turn(&mut rig, &session, n, cp_pid).await;
+    let (alone, rss_alone, _) = timed_turn(&mut rig, &session, n, cp_pid).await;
 
     // Watchers (each on its own connection, as separate clients are) that
     // read nothing for the whole turn.
     let from_seq = faults::last_seq(&rig.clients, &session).await.unwrap() + 1;
     let mut stalled = Vec::new();
     for _ in 0..3 {
-        let clients = Clients::new(rig.cp.channel().await.unwrap(), Bearer::new(&rig.cp.admin_token));
+        let clients = rig.cp.clients().await.unwrap();
         let stream = clients
             .sessions
             .clone()
@@ -675,7 +486,7 @@ async fn a_stalled_watcher_slows_nothing_holds_no_memory_and_gets_everything_lat
         stalled.push((clients, stream));
     }
     let rss_before = faults::vm_rss_kib(cp_pid).unwrap();
-    let (watched, rss_watched, turn, from) = timed_turn(&mut rig, &session, n, cp_pid).await;
+    let (watched, rss_watched, turn) = timed_turn(&mut rig, &session, n, cp_pid).await;
     eprintln!(
         "{n} events: {alone:?} alone, {watched:?} with 3 stalled watchers; control-plane RSS {} MiB at start, \
          max {} MiB in the first turn, {} MiB before the second, max {} MiB in it",
@@ -708,9 +519,9 @@ async fn a_stalled_watcher_slows_nothing_holds_no_memory_and_gets_everything_lat
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
         let expected: Vec<u64> = (from_seq..from_seq + seqs.len() as u64).collect();
         assert!(seqs == expected, "the watcher's seqs have a gap or a duplicate");
-        let chunks = faults::SeqReport::of(chunk_numbers(&events, &turn), Some(n));
+        let chunks = faults::SeqReport::of(chunk_numbers(&events, &turn.id), Some(n));
         assert!(chunks.is_clean(), "{chunks:?}");
-        assert!(events.last().unwrap().seq >= from + n);
+        assert!(events.last().unwrap().seq >= turn.from_seq + n);
         assert!(matches!(events.last().unwrap().kind, Some(Kind::TurnEnded(_))));
     }
     rig.assert_no_panic();
@@ -722,19 +533,19 @@ async fn a_stalled_watcher_slows_nothing_holds_no_memory_and_gets_everything_lat
 
 #[tokio::test]
 async fn invalid_utf8_ends_the_turn_clearly_and_the_next_prompt_works() {
-    let mut rig = Rig::sqlite().await;
-    let session = rig.new_session().await;
-    let (turn, from) = rig.prompt(&session, "echo x\ninvalid-utf8").await;
-    let events = watch(&rig.clients, &session, from, &turn).await;
+    let rig = rig().await;
+    let session = rig.session().await;
+    let turn = rig.prompt(&session, "echo x\ninvalid-utf8").await;
+    let events = rig.collect(&turn).await;
     let end = end_of(&events, &turn);
     assert_eq!(end.stop_reason, pb::StopReason::Error as i32);
     assert!(end.error.contains("invalid_output"), "{}", end.error);
     assert!(end.error.contains("UTF-8"), "{}", end.error);
     assert_eq!(agent_text(&events), "x", "what came before the bad line is kept");
-    let (next, from) = rig.prompt(&session, "echo fine").await;
-    let events = watch(&rig.clients, &session, from, &next).await;
+    let next = rig.prompt(&session, "echo fine").await;
+    let events = rig.collect(&next).await;
     assert_eq!(agent_text(&events), "fine");
-    rig.assert_log(&session, &[]).await;
+    assert_log(&rig, &session, &[]).await;
     rig.assert_no_panic();
 }
 
@@ -743,13 +554,13 @@ async fn invalid_utf8_ends_the_turn_clearly_and_the_next_prompt_works() {
 /// than the 16 MiB gRPC message limit.
 #[tokio::test]
 async fn a_ten_mib_update_is_delivered_or_reported_and_the_next_prompt_works() {
-    let mut rig = Rig::sqlite().await;
-    let session = rig.new_session().await;
+    let rig = rig().await;
+    let session = rig.session().await;
     let big = 10 * 1024 * 1024;
-    let (turn, from) = rig
+    let turn = rig
         .prompt(&session, &format!("echo before\nbig {big}\necho after"))
         .await;
-    let events = watch(&rig.clients, &session, from, &turn).await;
+    let events = rig.collect(&turn).await;
     let text = agent_text(&events);
     // Delivered typed, or raw only (an update this large drops its typed
     // copy so the event fits in one message; the raw JSON is the loss-free
@@ -765,10 +576,10 @@ async fn a_ten_mib_update_is_delivered_or_reported_and_the_next_prompt_works() {
         "the 10 MiB update was neither delivered ({} bytes of text) nor reported",
         text.len()
     );
-    let (next, from) = rig.prompt(&session, "echo next").await;
-    let events = watch(&rig.clients, &session, from, &next).await;
+    let next = rig.prompt(&session, "echo next").await;
+    let events = rig.collect(&next).await;
     assert_eq!(agent_text(&events), "next");
-    rig.assert_log(&session, &[]).await;
+    assert_log(&rig, &session, &[]).await;
     rig.assert_no_panic();
 }
 
@@ -778,7 +589,7 @@ async fn a_ten_mib_update_is_delivered_or_reported_and_the_next_prompt_works() {
 
 /// A rig plus a raw machine of the same tenant with a session of its own.
 struct BadInput {
-    rig: Rig,
+    rig: World,
     /// A session of the real daemon, with a finished turn.
     theirs: String,
     theirs_last: u64,
@@ -789,24 +600,12 @@ struct BadInput {
 
 impl BadInput {
     async fn start() -> BadInput {
-        let mut rig = Rig::sqlite().await;
-        let theirs = rig.new_session().await;
-        let (turn, from) = rig.prompt(&theirs, "chunks 5").await;
-        watch(&rig.clients, &theirs, from, &turn).await;
+        let mut rig = rig().await;
+        let theirs = rig.session().await;
+        rig.run_turn(&theirs, "chunks 5").await;
         let theirs_last = faults::last_seq(&rig.clients, &theirs).await.unwrap();
-        let raw = RawMachine::pair(&mut rig.clients, "raw").await.unwrap();
-        // Connect once so the manifest names `test`, then bind an agent.
-        let mut stream = raw.open(rig.cp.channel().await.unwrap(), raw.hello()).await.unwrap();
-        let agent = create_agent(&mut rig.clients, &raw.runtime_id).await;
-        let ours = new_session(&mut rig.clients, &agent).await;
-        // The server starts it on the raw machine.
-        loop {
-            match stream.next(Duration::from_secs(10)).await {
-                StreamAnswer::Frame(Cf::StartSession(start)) if start.session_id == ours => break,
-                StreamAnswer::Frame(_) => {}
-                other => panic!("no StartSession for {ours}: {other:?}"),
-            }
-        }
+        // The server has started it on the raw machine.
+        let (raw, _stream, ours) = rig.raw_machine_with_session("raw").await;
         BadInput {
             rig,
             theirs,
@@ -833,23 +632,17 @@ impl BadInput {
         let session = self
             .rig
             .clients
-            .sessions
-            .get_session(pb::GetSessionRequest {
-                session_id: self.theirs.clone(),
-            })
+            .get_session(&self.theirs)
             .await
-            .expect("the server still serves")
-            .into_inner()
-            .session
-            .unwrap();
+            .expect("the server still serves");
         assert_eq!(
             session.last_seq, self.theirs_last,
             "another runtime wrote to the session"
         );
         assert_eq!(session.status, pb::SessionStatus::Idle as i32);
-        let events = self.rig.assert_log(&self.theirs, &[]).await;
+        let events = assert_log(&self.rig, &self.theirs, &[]).await;
         assert!(!agent_text(&events).contains("forged"), "a forged event was stored");
-        let events = self.rig.assert_log(&self.ours, &[]).await;
+        let events = assert_log(&self.rig, &self.ours, &[]).await;
         assert!(events.iter().all(|e| e.session_id == self.ours));
         self.rig.assert_no_panic();
     }
@@ -878,19 +671,19 @@ async fn acks_until(stream: &mut RawStream, frames: Vec<Option<Af>>, session: &s
         assert!(stream.send(frame).await);
     }
     let mut acks = Vec::new();
-    loop {
-        match stream.next(Duration::from_secs(30)).await {
-            StreamAnswer::Frame(Cf::EventAck(ack)) => {
-                let done = ack.session_id == session && ack.seq >= seq;
-                acks.push(ack);
-                if done {
-                    return acks;
-                }
+    let reached = stream
+        .next_matching(Duration::from_secs(30), |frame| match frame {
+            Cf::EventAck(ack) => {
+                acks.push(ack.clone());
+                (ack.session_id == session && ack.seq >= seq).then_some(())
             }
-            StreamAnswer::Frame(_) => {}
-            other => panic!("no ack of {session} up to {seq}: {other:?}; acks so far {acks:?}"),
-        }
+            _ => None,
+        })
+        .await;
+    if let Err(other) = reached {
+        panic!("no ack of {session} up to {seq}: {other:?}; acks so far {acks:?}");
     }
+    acks
 }
 
 #[tokio::test]
@@ -947,8 +740,8 @@ async fn frames_for_sessions_the_runtime_does_not_own_are_not_stored() {
     assert!(acks.iter().all(|a| a.session_id == ours && a.seq <= 3), "{acks:?}");
     bad.assert_untouched().await;
     // The owner still runs it.
-    let (turn, from) = bad.rig.prompt(&theirs, "echo still mine").await;
-    let events = watch(&bad.rig.clients, &theirs, from, &turn).await;
+    let turn = bad.rig.prompt(&theirs, "echo still mine").await;
+    let events = bad.rig.collect(&turn).await;
     assert_eq!(agent_text(&events), "still mine");
     bad.theirs_last = faults::last_seq(&bad.rig.clients, &theirs).await.unwrap();
     bad.assert_untouched().await;
@@ -1010,9 +803,7 @@ async fn resends_are_stored_once_and_gaps_are_never_stored() {
             "acked past the last stored seq: {acks:?}"
         );
     }
-    let events = read_log(&bad.rig.clients, &ours, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let events = bad.rig.read_log(&ours, Duration::from_secs(10)).await;
     let texts: Vec<String> = events
         .iter()
         .map(|e| match &e.kind {
@@ -1219,13 +1010,13 @@ async fn oversized_messages_are_refused_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn a_deleted_session_answers_not_found() {
-    let mut rig = Rig::sqlite().await;
-    let session = rig.new_session().await;
-    let (turn, from) = rig.prompt(&session, "echo hi").await;
-    watch(&rig.clients, &session, from, &turn).await;
-    let other = rig.new_session().await;
-    let (turn, from) = rig.prompt(&other, "echo other").await;
-    watch(&rig.clients, &other, from, &turn).await;
+    let mut rig = rig().await;
+    let session = rig.session().await;
+    let turn = rig.prompt(&session, "echo hi").await;
+    rig.collect(&turn).await;
+    let other = rig.session().await;
+    let turn = rig.prompt(&other, "echo other").await;
+    rig.collect(&turn).await;
     let other_last = faults::last_seq(&rig.clients, &other).await.unwrap();
     rig.clients
         .sessions
@@ -1270,8 +1061,8 @@ async fn a_deleted_session_answers_not_found() {
     assert_eq!(watched.err().map(|e| e.code()), Some(Code::NotFound));
     // The other session is untouched and still runs.
     assert_eq!(faults::last_seq(&rig.clients, &other).await.unwrap(), other_last);
-    let (turn, from) = rig.prompt(&other, "echo still").await;
-    let events = watch(&rig.clients, &other, from, &turn).await;
+    let turn = rig.prompt(&other, "echo still").await;
+    let events = rig.collect(&turn).await;
     assert_eq!(agent_text(&events), "still");
     rig.assert_no_panic();
 }

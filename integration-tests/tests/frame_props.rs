@@ -18,8 +18,8 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use oma_integration_tests::faults::{self, Proxy, RawMachine, RawStream, StreamAnswer};
-use oma_integration_tests::{AgentDaemon, Bearer, Clients, ControlPlane, TestDatabase, wait_online};
+use oma_integration_tests::faults::{self, RawMachine, RawStream, StreamAnswer};
+use oma_integration_tests::{TestDatabase, World};
 use oma_proto::pb;
 use oma_proto::pb::agent_frame::Frame as Af;
 use oma_proto::pb::control_frame::Frame as Cf;
@@ -167,12 +167,10 @@ fn frame() -> impl Strategy<Value = FrameSpec> {
     ]
 }
 
-/// Fields drop in order: the daemon stops first.
-struct World {
-    machine: AgentDaemon,
-    clients: Clients,
-    _proxy: Proxy,
-    cp: ControlPlane,
+/// The world (its daemon's session `theirs` has a finished turn) and a raw
+/// machine of the same tenant with a session of its own, `ours`.
+struct Fuzz {
+    world: World,
     raw: RawMachine,
     theirs: String,
     theirs_last: u64,
@@ -187,55 +185,23 @@ struct Memory {
     streams_alive: u64,
 }
 
-async fn world(database: TestDatabase) -> World {
-    let cp = faults::start_control_plane(database, &[]).unwrap();
-    let mut clients = Clients::new(cp.channel().await.unwrap(), Bearer::new(&cp.admin_token));
-    let proxy = Proxy::start(cp.addr).unwrap();
-    let code = clients
-        .runtimes
-        .create_connect_code(pb::CreateConnectCodeRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .code;
-    let mut machine = faults::pair_agent(&proxy.url(), &code).unwrap();
-    faults::start_agent(&mut machine, &["--reconnect-max", "1"]).unwrap();
-    wait_online(&mut clients, &machine.runtime_id, Duration::from_secs(30))
+async fn fuzz(database: TestDatabase) -> Fuzz {
+    let mut world = World::builder()
+        .database(database)
+        .through_proxy()
+        .logs_to_files()
+        .daemon_args_exactly(&["--reconnect-max", "1"])
+        .agent_name("fuzz")
+        .system_prompt("")
+        .start()
         .await
         .unwrap();
-    let agent = create_agent(&mut clients, &machine.runtime_id).await;
-    let theirs = create_session(&mut clients, &agent).await;
-    let turn = clients
-        .sessions
-        .prompt_session(pb::PromptSessionRequest {
-            session_id: theirs.clone(),
-            turn_id: String::new(),
-            prompt: oma_integration_tests::text_prompt("chunks 3"),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    faults::watch_turn(&clients, &theirs, turn.from_seq, &turn.turn_id, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let theirs_last = faults::last_seq(&clients, &theirs).await.unwrap();
-
-    let raw = RawMachine::pair(&mut clients, "fuzz").await.unwrap();
-    let mut stream = raw.open(cp.channel().await.unwrap(), raw.hello()).await.unwrap();
-    let agent = create_agent(&mut clients, &raw.runtime_id).await;
-    let ours = create_session(&mut clients, &agent).await;
-    loop {
-        match stream.next(Duration::from_secs(10)).await {
-            StreamAnswer::Frame(Cf::StartSession(start)) if start.session_id == ours => break,
-            StreamAnswer::Frame(_) => {}
-            other => panic!("no StartSession: {other:?}"),
-        }
-    }
-    World {
-        machine,
-        clients,
-        _proxy: proxy,
-        cp,
+    let theirs = world.session().await;
+    world.run_turn(&theirs, "chunks 3").await;
+    let theirs_last = faults::last_seq(&world.clients, &theirs).await.unwrap();
+    let (raw, _stream, ours) = world.raw_machine_with_session("fuzz").await;
+    Fuzz {
+        world,
         raw,
         theirs,
         theirs_last,
@@ -243,46 +209,7 @@ async fn world(database: TestDatabase) -> World {
     }
 }
 
-async fn create_agent(clients: &mut Clients, runtime_id: &str) -> String {
-    clients
-        .agents
-        .create_agent(pb::CreateAgentRequest {
-            spec: Some(pb::AgentSpec {
-                name: format!("fuzz-{:08x}", rand::random::<u32>()),
-                permission_policy: pb::PermissionPolicy::AllowOnce as i32,
-                runtime_binding: Some(pb::RuntimeBinding {
-                    runtime_id: runtime_id.into(),
-                    acp_agent_id: "test".into(),
-                    local_skill_blocklist: vec![],
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .agent
-        .unwrap()
-        .id
-}
-
-async fn create_session(clients: &mut Clients, agent_id: &str) -> String {
-    clients
-        .sessions
-        .create_session(pb::CreateSessionRequest {
-            agent_id: agent_id.into(),
-            title: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .id
-}
-
-impl World {
+impl Fuzz {
     fn sid(&self, sid: &Sid) -> String {
         match sid {
             Sid::Theirs => self.theirs.clone(),
@@ -429,7 +356,7 @@ impl World {
     }
 
     async fn open(&self) -> Result<RawStream, TestCaseError> {
-        let last = faults::last_seq(&self.clients, &self.ours)
+        let last = faults::last_seq(&self.world.clients, &self.ours)
             .await
             .map_err(|e| TestCaseError::fail(format!("the server stopped answering: {e}")))?;
         let mut hello = self.raw.hello();
@@ -438,6 +365,7 @@ impl World {
             last_sent_seq: last,
         }];
         let channel = self
+            .world
             .cp
             .channel()
             .await
@@ -494,17 +422,11 @@ impl World {
 
         // Another runtime's session: untouched.
         let theirs = self
+            .world
             .clients
-            .sessions
-            .clone()
-            .get_session(pb::GetSessionRequest {
-                session_id: self.theirs.clone(),
-            })
+            .get_session(&self.theirs)
             .await
-            .map_err(|e| TestCaseError::fail(format!("the other session is gone: {e}")))?
-            .into_inner()
-            .session
-            .unwrap();
+            .map_err(|e| TestCaseError::fail(format!("the other session is gone: {e:#}")))?;
         prop_assert_eq!(
             theirs.last_seq,
             self.theirs_last,
@@ -514,11 +436,12 @@ impl World {
 
         // Our session: what was stored since the last case is contiguous.
         let checked = memory.lock().unwrap().ours_checked;
-        let last = faults::last_seq(&self.clients, &self.ours)
+        let last = faults::last_seq(&self.world.clients, &self.ours)
             .await
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         if last > checked {
             let mut stream = self
+                .world
                 .clients
                 .sessions
                 .clone()
@@ -564,7 +487,7 @@ fn random_frames(database: TestDatabase) {
         .enable_all()
         .build()
         .unwrap();
-    let world = runtime.block_on(world(database));
+    let fuzz = runtime.block_on(fuzz(database));
     let memory = Mutex::new(Memory {
         ours_checked: 0,
         streams_ended: 0,
@@ -581,40 +504,19 @@ fn random_frames(database: TestDatabase) {
         ..Config::default()
     });
     let result = runner.run(&prop::collection::vec(frame(), 1..8), |frames| {
-        runtime.block_on(world.case(&memory, frames))
+        runtime.block_on(fuzz.case(&memory, frames))
     });
     let memory = memory.into_inner().unwrap();
     eprintln!(
         "{cases} cases: {} streams ended by the server, {} still answering; our session stored {} events",
         memory.streams_ended, memory.streams_alive, memory.ours_checked
     );
-    let panics = faults::panics_in(&faults::control_plane_log(&world.cp));
+    let panics = faults::panics_in(&faults::control_plane_log(&fuzz.world.cp));
     assert!(panics.is_empty(), "the control plane panicked: {panics:#?}");
     if let Err(e) = result {
         panic!("{e}");
     }
     // The real daemon's session still works.
-    runtime.block_on(async {
-        let mut sessions = world.clients.sessions.clone();
-        let turn = sessions
-            .prompt_session(pb::PromptSessionRequest {
-                session_id: world.theirs.clone(),
-                turn_id: String::new(),
-                prompt: oma_integration_tests::text_prompt("echo still here"),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let events = faults::watch_turn(
-            &world.clients,
-            &world.theirs,
-            turn.from_seq,
-            &turn.turn_id,
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-        assert_eq!(faults::agent_text(&events), "still here");
-    });
-    drop(world.machine);
+    let events = runtime.block_on(fuzz.world.run_turn(&fuzz.theirs, "echo still here"));
+    assert_eq!(faults::agent_text(&events), "still here");
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use oma_integration_tests::faults::{self, RawMachine, RawStream, StreamAnswer, control_plane_log, panics_in};
-use oma_integration_tests::{Bearer, Clients, ControlPlane, TestDatabase, wait_until};
+use oma_integration_tests::{Bearer, Clients, ControlPlane, TestDatabase, test_agent_spec, wait_until};
 use oma_proto::pb;
 use oma_proto::pb::agent_frame::Frame as Af;
 use oma_proto::pb::control_frame::Frame as Cf;
@@ -101,46 +101,18 @@ async fn machine_with_session(cp: &ControlPlane, clients: &mut Clients, name: &s
 }
 
 async fn create_agent(clients: &mut Clients, runtime_id: &str, skills: Vec<pb::Skill>) -> String {
-    clients
-        .agents
-        .create_agent(pb::CreateAgentRequest {
-            spec: Some(pb::AgentSpec {
-                name: format!("hostile-{:08x}", rand::random::<u32>()),
-                skills,
-                permission_policy: pb::PermissionPolicy::Ask as i32,
-                runtime_binding: Some(pb::RuntimeBinding {
-                    runtime_id: runtime_id.into(),
-                    acp_agent_id: "test".into(),
-                    local_skill_blocklist: vec![],
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .agent
-        .unwrap()
-        .id
+    let name = format!("hostile-{:08x}", rand::random::<u32>());
+    let spec = pb::AgentSpec {
+        skills,
+        ..test_agent_spec(&name, runtime_id, pb::PermissionPolicy::Ask)
+    };
+    clients.create_agent(spec).await.unwrap()
 }
 
 async fn create_session(clients: &mut Clients, agent_id: &str) -> String {
-    clients
-        .sessions
-        .create_session(pb::CreateSessionRequest {
-            agent_id: agent_id.into(),
-            title: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .id
+    clients.create_session(agent_id, "").await.unwrap()
 }
 
-/// Opens a stream whose Hello holds `held` (as never sent to).
 async fn open(cp: &ControlPlane, machine: &RawMachine, held: &[&str]) -> RawStream {
     try_open(cp, machine, hello_holding(machine, held)).await.unwrap()
 }

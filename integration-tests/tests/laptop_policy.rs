@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use oma_integration_tests::{
-    AgentDaemon, Bearer, Clients, ControlPlane, bin, collect_turn, text_prompt, wait_online, wait_until,
-};
+use oma_integration_tests::world::agent_text;
+use oma_integration_tests::{World, bin, test_agent_spec, wait_until};
 use oma_proto::pb;
 use oma_proto::pb::session_event::Kind;
 use prost::Message as _;
@@ -36,11 +35,8 @@ fn policy(with_fs: bool) -> String {
     text
 }
 
-/// Fields drop in order: the daemon stops before the control plane.
 struct Setup {
-    machine: AgentDaemon,
-    clients: Clients,
-    _cp: ControlPlane,
+    world: World,
     started_file: PathBuf,
     _marker_dir: tempfile::TempDir,
 }
@@ -48,15 +44,6 @@ struct Setup {
 impl Setup {
     /// A paired machine whose test agent marks every start; not started.
     async fn new() -> Setup {
-        let cp = ControlPlane::start_sqlite().unwrap();
-        let mut clients = Clients::new(cp.channel().await.unwrap(), Bearer::new(&cp.admin_token));
-        let code = clients
-            .runtimes
-            .create_connect_code(pb::CreateConnectCodeRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .code;
         let marker_dir = tempfile::tempdir().unwrap();
         let started_file = marker_dir.path().join("started");
         let agents_toml = format!(
@@ -64,11 +51,16 @@ impl Setup {
             bin("oma-test-agent").display(),
             started_file.display()
         );
-        let machine = AgentDaemon::setup_with_agents_toml(&cp.url(), &code, &agents_toml).unwrap();
+        let world = World::builder()
+            .agents_toml(agents_toml)
+            .unstarted()
+            .online_deadline(DEADLINE)
+            .turn_deadline(DEADLINE)
+            .start()
+            .await
+            .unwrap();
         Setup {
-            machine,
-            clients,
-            _cp: cp,
+            world,
             started_file,
             _marker_dir: marker_dir,
         }
@@ -83,20 +75,15 @@ impl Setup {
 
     fn spec(&self, name: &str, mcp_servers: Vec<pb::McpServer>) -> pb::AgentSpec {
         pb::AgentSpec {
-            name: name.into(),
             mcp_servers,
-            runtime_binding: Some(pb::RuntimeBinding {
-                runtime_id: self.machine.runtime_id.clone(),
-                acp_agent_id: "test".into(),
-                local_skill_blocklist: vec![],
-            }),
-            ..Default::default()
+            ..test_agent_spec(name, &self.world.machine.runtime_id, pb::PermissionPolicy::Unspecified)
         }
     }
 
     async fn create_agent(&mut self, name: &str, mcp_servers: Vec<pb::McpServer>) -> Result<String, tonic::Status> {
         let spec = self.spec(name, mcp_servers);
         let agent = self
+            .world
             .clients
             .agents
             .create_agent(pb::CreateAgentRequest {
@@ -111,23 +98,13 @@ impl Setup {
     }
 
     async fn new_session(&mut self, agent_id: &str) -> String {
-        self.clients
-            .sessions
-            .create_session(pb::CreateSessionRequest {
-                agent_id: agent_id.into(),
-                title: "policy".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .session
-            .unwrap()
-            .id
+        self.world.session_of(agent_id).await
     }
 
     /// Waits for the session start to fail; returns its error events.
     async fn start_failure(&mut self, session_id: &str) -> Vec<pb::SessionError> {
         let mut stream = self
+            .world
             .clients
             .sessions
             .watch_session(pb::WatchSessionRequest {
@@ -159,39 +136,7 @@ impl Setup {
     }
 
     async fn prompt(&mut self, session_id: &str, text: &str) -> String {
-        let response = self
-            .clients
-            .sessions
-            .prompt_session(pb::PromptSessionRequest {
-                session_id: session_id.into(),
-                turn_id: String::new(),
-                prompt: text_prompt(text),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let events = collect_turn(
-            &mut self.clients,
-            session_id,
-            response.from_seq,
-            &response.turn_id,
-            DEADLINE,
-        )
-        .await
-        .unwrap();
-        events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                Some(Kind::Update(u)) => match &u.typed {
-                    Some(pb::session_update::Typed::AgentMessageChunk(c)) => match &c.content.as_ref()?.block {
-                        Some(pb::content_block::Block::Text(t)) => Some(t.text.clone()),
-                        _ => None,
-                    },
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect()
+        agent_text(&self.world.run_turn(session_id, text).await)
     }
 }
 
@@ -240,7 +185,7 @@ fn assert_names_rule(errors: &[pb::SessionError], code: &str, policy_file: &Path
 #[tokio::test]
 async fn the_laptop_resolves_local_mcp_servers_and_refuses_the_rest_without_spawning() {
     let mut s = Setup::new().await;
-    s.machine.set_policy(&policy(true)).unwrap();
+    s.world.machine.set_policy(&policy(true)).unwrap();
 
     // Agents created before the machine ever connected: the control plane
     // knows nothing of its policy yet and accepts them, so these reach the
@@ -258,10 +203,8 @@ async fn the_laptop_resolves_local_mcp_servers_and_refuses_the_rest_without_spaw
         .await
         .unwrap();
 
-    s.machine.start(&[]).unwrap();
-    let runtime = wait_online(&mut s.clients, &s.machine.runtime_id, DEADLINE)
-        .await
-        .unwrap();
+    s.world.machine.start(&[]).unwrap();
+    let runtime = s.world.wait_online().await.unwrap();
     let manifest = runtime.manifest.unwrap();
     assert_eq!(
         manifest.local_mcp_servers,
@@ -294,6 +237,7 @@ async fn the_laptop_resolves_local_mcp_servers_and_refuses_the_rest_without_spaw
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("allow-list"), "{status:?}");
     let status = s
+        .world
         .clients
         .agents
         .update_agent(pb::UpdateAgentRequest {
@@ -336,13 +280,13 @@ async fn the_laptop_resolves_local_mcp_servers_and_refuses_the_rest_without_spaw
     // An id the laptop does not define and a URL outside its allow-list:
     // an error event naming the rule and the file, nothing spawned, nothing
     // written into a session folder.
-    let policy_file = s.machine.policy_file();
+    let policy_file = s.world.machine.policy_file();
     for (agent, rule) in [(&unknown, "mcp_local_unknown"), (&outside, "mcp_url_not_allowed")] {
         let session = s.new_session(agent).await;
         let errors = s.start_failure(&session).await;
         assert_names_rule(&errors, rule, &policy_file);
         assert!(
-            !s.machine.session_dir(&session).exists(),
+            !s.world.machine.session_dir(&session).exists(),
             "{rule}: a session folder was made"
         );
     }
@@ -350,10 +294,11 @@ async fn the_laptop_resolves_local_mcp_servers_and_refuses_the_rest_without_spaw
 
     // The policy is read again at every session start: without `fs`, the
     // same agent is refused; a broken file fails the start with file:line.
-    s.machine.set_policy(&policy(false)).unwrap();
+    s.world.machine.set_policy(&policy(false)).unwrap();
     let session = s.new_session(&ok).await;
     assert_names_rule(&s.start_failure(&session).await, "mcp_local_unknown", &policy_file);
-    s.machine
+    s.world
+        .machine
         .set_policy("mcp_url_allow_list = [\n  \"https://a.example@evil.example/\",\n]\n")
         .unwrap();
     let session = s.new_session(&ok).await;
@@ -366,7 +311,7 @@ async fn the_laptop_resolves_local_mcp_servers_and_refuses_the_rest_without_spaw
     assert_eq!(s.children_started(), 1, "a refused session spawned a child");
 
     // The daemon is still connected and serving.
-    s.machine.set_policy(&policy(true)).unwrap();
+    s.world.machine.set_policy(&policy(true)).unwrap();
     let session = s.new_session(&ok).await;
     assert_eq!(s.prompt(&session, "echo still here").await, "still here");
     assert_eq!(s.children_started(), 2);
@@ -375,10 +320,12 @@ async fn the_laptop_resolves_local_mcp_servers_and_refuses_the_rest_without_spaw
 #[tokio::test]
 async fn a_broken_policy_stops_the_daemon_at_start_with_file_and_line() {
     let mut s = Setup::new().await;
-    s.machine
+    s.world
+        .machine
         .set_policy("allow_server_base_url = false\n\n[[mcp_server]]\nid = \"fs\"\ncommand = \"/no/such/mcp\"\n")
         .unwrap();
     let mut child = s
+        .world
         .machine
         .command()
         .arg("run")
@@ -402,17 +349,18 @@ async fn a_broken_policy_stops_the_daemon_at_start_with_file_and_line() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success());
-    let location = format!("{}:4", s.machine.policy_file().display());
+    let location = format!("{}:4", s.world.machine.policy_file().display());
     assert!(
         stderr.contains(&location) && stderr.contains("/no/such/mcp"),
         "{stderr}"
     );
     // It never connected.
     let runtime = s
+        .world
         .clients
         .runtimes
         .get_runtime(pb::GetRuntimeRequest {
-            runtime_id: s.machine.runtime_id.clone(),
+            runtime_id: s.world.machine.runtime_id.clone(),
         })
         .await
         .unwrap()
@@ -422,11 +370,11 @@ async fn a_broken_policy_stops_the_daemon_at_start_with_file_and_line() {
     assert!(runtime.last_seen_time.is_none());
 
     // `oma-agent policy` shows the same error, then the fixed policy.
-    let out = s.machine.command().arg("policy").output().unwrap();
+    let out = s.world.machine.command().arg("policy").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&location));
-    s.machine.set_policy(&policy(true)).unwrap();
-    let out = s.machine.command().arg("policy").output().unwrap();
+    s.world.machine.set_policy(&policy(true)).unwrap();
+    let out = s.world.machine.command().arg("policy").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown = String::from_utf8(out.stdout).unwrap();
     assert!(shown.contains("fs") && shown.contains(FS_COMMAND), "{shown}");
@@ -438,10 +386,10 @@ async fn a_broken_policy_stops_the_daemon_at_start_with_file_and_line() {
     assert!(shown.contains("taken for no ACP agent"), "{shown}");
 
     // And with it the daemon starts.
-    s.machine.start(&[]).unwrap();
+    s.world.machine.start(&[]).unwrap();
     wait_until("the runtime to report its policy", DEADLINE, || {
-        let mut runtimes = s.clients.runtimes.clone();
-        let runtime_id = s.machine.runtime_id.clone();
+        let mut runtimes = s.world.clients.runtimes.clone();
+        let runtime_id = s.world.machine.runtime_id.clone();
         async move {
             let runtime = runtimes
                 .get_runtime(pb::GetRuntimeRequest { runtime_id })

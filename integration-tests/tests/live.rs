@@ -3,162 +3,38 @@
 
 use std::time::Duration;
 
-use oma_integration_tests::{
-    AgentDaemon, Bearer, Clients, ControlPlane, collect_turn, test_agent_spec, text_prompt, wait_online, wait_until,
-};
+use oma_integration_tests::world::{self, World, agent_text, turn_end, update_kinds};
+use oma_integration_tests::{Clients, collect_turn, read_until_turn_end, wait_offline, wait_until};
 use oma_proto::pb;
 use oma_proto::pb::session_event::Kind;
 use tonic::Code;
 
 const TURN: Duration = Duration::from_secs(60);
 
-/// Fields drop in order: the daemon stops before the control plane.
-struct Setup {
-    machine: AgentDaemon,
-    clients: Clients,
-    cp: ControlPlane,
-}
-
-async fn setup(policy: pb::PermissionPolicy) -> (Setup, String) {
-    setup_with(policy, &[]).await
-}
-
-/// [`setup`] with more `oma-control-plane serve` flags.
-async fn setup_with(policy: pb::PermissionPolicy, serve_args: &[&str]) -> (Setup, String) {
-    let options = oma_integration_tests::ControlPlaneOptions {
-        extra_args: serve_args.iter().map(|a| a.to_string()).collect(),
-        ..Default::default()
-    };
-    let cp = ControlPlane::start(oma_integration_tests::TestDatabase::sqlite().unwrap(), options).unwrap();
-    let mut clients = Clients::new(cp.channel().await.unwrap(), Bearer::new(&cp.admin_token));
-    let code = clients.connect_code().await.unwrap();
-    let mut machine = AgentDaemon::setup(&cp.url(), &code).unwrap();
-    machine.start(&[]).unwrap();
-    let runtime = wait_online(&mut clients, &machine.runtime_id, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let ids: Vec<String> = runtime.manifest.unwrap().acp_agents.into_iter().map(|a| a.id).collect();
-    assert!(
-        ids.contains(&"test".to_owned()),
-        "manifest lacks the test agent: {ids:?}"
-    );
-    let agent_id = clients
-        .create_agent(pb::AgentSpec {
-            system_prompt: "You are a test.".into(),
-            ..test_agent_spec("scripted", &machine.runtime_id, policy)
-        })
-        .await
-        .unwrap();
-    let session = clients
-        .sessions
-        .create_session(pb::CreateSessionRequest {
-            agent_id,
-            title: "live".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
-    (Setup { machine, clients, cp }, session.id)
-}
-
-async fn prompt(s: &mut Setup, session_id: &str, text: &str) -> (String, u64) {
-    let response = s
-        .clients
-        .sessions
-        .prompt_session(pb::PromptSessionRequest {
-            session_id: session_id.into(),
-            turn_id: String::new(),
-            prompt: text_prompt(text),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("prompt {text:?}: {e}"))
-        .into_inner();
-    (response.turn_id, response.from_seq)
-}
-
-fn agent_text(events: &[pb::SessionEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Update(u)) => match &u.typed {
-                Some(pb::session_update::Typed::AgentMessageChunk(c)) => match &c.content.as_ref()?.block {
-                    Some(pb::content_block::Block::Text(t)) => Some(t.text.clone()),
-                    _ => None,
-                },
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
-}
-
-fn turn_end(events: &[pb::SessionEvent]) -> pb::TurnEnded {
-    match &events.last().unwrap().kind {
-        Some(Kind::TurnEnded(end)) => end.clone(),
-        other => panic!("last event is not TurnEnded: {other:?}"),
-    }
-}
-
 /// Everything stored for the session, from seq 1, must be 1..=n with no gap.
-async fn assert_log_contiguous(s: &mut Setup, session_id: &str) -> Vec<pb::SessionEvent> {
-    let session = s
-        .clients
-        .sessions
-        .get_session(pb::GetSessionRequest {
-            session_id: session_id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
-    let mut stream = s
-        .clients
-        .sessions
-        .watch_session(pb::WatchSessionRequest {
-            session_id: session_id.into(),
-            from_seq: 1,
-            until_turn_end: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    while (events.len() as u64) < session.last_seq {
-        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        events.push(event);
-    }
+async fn assert_log_contiguous(w: &World, session_id: &str) -> Vec<pb::SessionEvent> {
+    // As many events as the session's last_seq says.
+    let events = w.read_log(session_id, Duration::from_secs(10)).await;
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=session.last_seq).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
     events
 }
 
 #[tokio::test]
 async fn prompt_streams_every_update_kind_and_ends_the_turn() {
-    let (mut s, session_id) = setup(pb::PermissionPolicy::AllowOnce).await;
-    let (turn, from) = prompt(&mut s, &session_id, "echo hello\nall-kinds\nunknown-kind\nchunks 3").await;
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let w = World::paired(pb::PermissionPolicy::AllowOnce).await;
+    let session_id = w.session().await;
+    let turn = w
+        .prompt(&session_id, "echo hello\nall-kinds\nunknown-kind\nchunks 3")
+        .await;
+    let events = w.collect(&turn).await;
     assert!(matches!(
-        events.iter().find(|e| e.turn_id == turn).unwrap().kind,
+        events.iter().find(|e| e.turn_id == turn.id).unwrap().kind,
         Some(Kind::TurnStarted(_))
     ));
     assert!(agent_text(&events).starts_with("hello"), "{}", agent_text(&events));
     assert!(agent_text(&events).ends_with("chunk 1\nchunk 2\nchunk 3\n"));
-    let kinds: Vec<String> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Update(u)) => Some(u.kind.clone()),
-            _ => None,
-        })
-        .collect();
+    let kinds = update_kinds(&events);
     for kind in [
         "user_message_chunk",
         "agent_message_chunk",
@@ -189,33 +65,24 @@ async fn prompt_streams_every_update_kind_and_ends_the_turn() {
     );
     assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
 
-    let session = s
-        .clients
-        .sessions
-        .get_session(pb::GetSessionRequest {
-            session_id: session_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let session = w.get_session(&session_id).await;
     assert_eq!(session.status, pb::SessionStatus::Idle as i32);
-    assert_log_contiguous(&mut s, &session_id).await;
+    assert_log_contiguous(&w, &session_id).await;
 
     // The session directory holds AGENTS.md from the system prompt.
-    let agents_md = std::fs::read_to_string(s.machine.session_dir(&session_id).join("AGENTS.md")).unwrap();
+    let agents_md = std::fs::read_to_string(w.machine.session_dir(&session_id).join("AGENTS.md")).unwrap();
     assert_eq!(agents_md, "You are a test.");
 
     // Delete: the machine disposes of the session and removes its folder.
-    s.clients
+    w.clients
         .sessions
+        .clone()
         .delete_session(pb::DeleteSessionRequest {
             session_id: session_id.clone(),
         })
         .await
         .unwrap();
-    let dir = s.machine.session_dir(&session_id);
+    let dir = w.machine.session_dir(&session_id);
     wait_until("the session folder to be removed", Duration::from_secs(20), || {
         let gone = !dir.exists();
         async move { gone.then_some(()) }
@@ -226,131 +93,66 @@ async fn prompt_streams_every_update_kind_and_ends_the_turn() {
 
 #[tokio::test]
 async fn one_turn_at_a_time_cancel_crash_and_recovery() {
-    let (mut s, session_id) = setup(pb::PermissionPolicy::AllowOnce).await;
-    let (turn, from) = prompt(&mut s, &session_id, "sleep 30000").await;
+    let w = World::paired(pb::PermissionPolicy::AllowOnce).await;
+    let session_id = w.session().await;
+    let turn = w.prompt(&session_id, "sleep 30000").await;
     // Wait until the turn has started on the machine.
-    let mut watch = s.clients.sessions.clone();
-    let mut stream = watch
-        .watch_session(pb::WatchSessionRequest {
-            session_id: session_id.clone(),
-            from_seq: from,
-            until_turn_end: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let event = stream.message().await.unwrap().unwrap();
-        if matches!(event.kind, Some(Kind::TurnStarted(_))) {
-            break;
-        }
-    }
-    let second = s
-        .clients
-        .sessions
-        .prompt_session(pb::PromptSessionRequest {
-            session_id: session_id.clone(),
-            turn_id: String::new(),
-            prompt: text_prompt("echo no"),
-        })
-        .await
-        .unwrap_err();
+    w.watch_until(&turn, |e| matches!(e.kind, Some(Kind::TurnStarted(_))).then_some(()))
+        .await;
+    let second = w.try_prompt(&session_id, "echo no").await.unwrap_err();
     assert_eq!(second.code(), Code::FailedPrecondition);
     assert!(second.message().contains("still running"), "{}", second.message());
-    s.clients
+    w.clients
         .sessions
+        .clone()
         .cancel_turn(pb::CancelTurnRequest {
             session_id: session_id.clone(),
         })
         .await
         .unwrap();
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let events = w.collect(&turn).await;
     assert_eq!(turn_end(&events).stop_reason, pb::StopReason::Cancelled as i32);
 
     // A crash mid-turn ends the turn with an error; the next prompt works.
-    let (turn, from) = prompt(&mut s, &session_id, "echo before\ncrash").await;
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let events = w.run_turn(&session_id, "echo before\ncrash").await;
     let end = turn_end(&events);
     assert_eq!(end.stop_reason, pb::StopReason::Error as i32);
     assert!(end.error.contains("child_exited"), "{}", end.error);
-    let (turn, from) = prompt(&mut s, &session_id, "echo after").await;
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let events = w.run_turn(&session_id, "echo after").await;
     assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
     assert_eq!(agent_text(&events), "after");
 
     // Garbage on stdout: a clear error, then recovery again.
-    let (turn, from) = prompt(&mut s, &session_id, "garbage").await;
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let events = w.run_turn(&session_id, "garbage").await;
     assert!(
         turn_end(&events).error.contains("invalid_output"),
         "{:?}",
         turn_end(&events)
     );
-    let (turn, from) = prompt(&mut s, &session_id, "echo fine").await;
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let events = w.run_turn(&session_id, "echo fine").await;
     assert_eq!(agent_text(&events), "fine");
-    assert_log_contiguous(&mut s, &session_id).await;
+    assert_log_contiguous(&w, &session_id).await;
 }
 
 #[tokio::test]
 async fn permission_requests_are_decided_once_by_a_person() {
-    let (mut s, session_id) = setup(pb::PermissionPolicy::Ask).await;
-    let (turn, from) = prompt(&mut s, &session_id, "permission").await;
-    let mut stream = s
-        .clients
-        .sessions
-        .watch_session(pb::WatchSessionRequest {
-            session_id: session_id.clone(),
-            from_seq: from,
-            until_turn_end: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let request = loop {
-        let event = tokio::time::timeout(TURN, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(Kind::PermissionRequested(request)) = event.kind {
-            break request;
-        }
-    };
+    let w = World::paired(pb::PermissionPolicy::Ask).await;
+    let session_id = w.session().await;
+    let turn = w.prompt(&session_id, "permission").await;
+    let request = w.next_permission(&turn).await;
     let ids: Vec<&str> = request.options.iter().map(|o| o.option_id.as_str()).collect();
     assert_eq!(ids, ["allow", "always", "reject"]);
-    let answer = |option: &str| pb::AnswerPermissionRequest {
-        session_id: session_id.clone(),
-        request_id: request.request_id.clone(),
-        answer: Some(pb::answer_permission_request::Answer::OptionId(option.into())),
-    };
-    let bad = s.clients.sessions.answer_permission(answer("bogus")).await.unwrap_err();
+    let answer = |option: &str| w.answer(&session_id, &request.request_id, world::option(option));
+    let bad = answer("bogus").await.unwrap_err();
     assert_eq!(
         bad.code(),
         Code::InvalidArgument,
         "an unknown option never counts as approval"
     );
-    s.clients.sessions.answer_permission(answer("allow")).await.unwrap();
-    let again = s
-        .clients
-        .sessions
-        .answer_permission(answer("reject"))
-        .await
-        .unwrap_err();
+    answer("allow").await.unwrap();
+    let again = answer("reject").await.unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let events = w.collect(&turn).await;
     assert!(
         agent_text(&events).contains("permission: selected allow"),
         "{}",
@@ -361,9 +163,10 @@ async fn permission_requests_are_decided_once_by_a_person() {
             .iter()
             .any(|e| matches!(&e.kind, Some(Kind::PermissionDecided(d)) if d.option_id == "allow"))
     );
-    let audit = s
+    let audit = w
         .clients
         .audit
+        .clone()
         .list_audit_entries(pb::ListAuditEntriesRequest::default())
         .await
         .unwrap()
@@ -378,97 +181,45 @@ async fn permission_requests_are_decided_once_by_a_person() {
 
 #[tokio::test]
 async fn offline_runtime_is_reported_and_a_revoked_machine_stops() {
-    let (mut s, session_id) = setup(pb::PermissionPolicy::AllowOnce).await;
-    drop(s.machine.process.take()); // SIGKILL
-    let runtime_id = s.machine.runtime_id.clone();
-    let runtimes = s.clients.runtimes.clone();
-    wait_until("the runtime to go offline", Duration::from_secs(60), || {
-        let mut runtimes = runtimes.clone();
-        let runtime_id = runtime_id.clone();
-        async move {
-            let r = runtimes
-                .get_runtime(pb::GetRuntimeRequest { runtime_id })
-                .await
-                .ok()?
-                .into_inner()
-                .runtime?;
-            (r.status == pb::RuntimeStatus::Offline as i32).then_some(())
-        }
-    })
-    .await
-    .unwrap();
-    let err = s
-        .clients
-        .sessions
-        .prompt_session(pb::PromptSessionRequest {
-            session_id: session_id.clone(),
-            turn_id: String::new(),
-            prompt: text_prompt("echo hi"),
-        })
+    let mut w = World::paired(pb::PermissionPolicy::AllowOnce).await;
+    let session_id = w.session().await;
+    drop(w.machine.process.take()); // SIGKILL
+    let runtime_id = w.machine.runtime_id.clone();
+    wait_offline(&mut w.clients, &runtime_id, Duration::from_secs(60))
         .await
-        .unwrap_err();
+        .unwrap();
+    let err = w.try_prompt(&session_id, "echo hi").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("is offline since"), "{}", err.message());
 
     // Back online; then the runtime is deleted: the daemon stops and says
     // how to pair again instead of retrying forever.
-    s.machine.start(&[]).unwrap();
-    wait_online(&mut s.clients, &runtime_id, Duration::from_secs(30))
-        .await
-        .unwrap();
-    s.clients
+    w.machine.start(&[]).unwrap();
+    w.wait_online().await.unwrap();
+    w.clients
         .runtimes
         .delete_runtime(pb::DeleteRuntimeRequest {
             runtime_id: runtime_id.clone(),
         })
         .await
         .unwrap();
-    let process = s.machine.process.as_mut().unwrap();
+    let process = w.machine.process.as_mut().unwrap();
     let status = process.wait_exit(Duration::from_secs(60)).unwrap();
     assert_eq!(status.code(), Some(3), "a refused machine exits 3");
-    let _ = &s.cp;
-}
-
-async fn new_session(s: &mut Setup, agent_id: &str) -> String {
-    s.clients
-        .sessions
-        .create_session(pb::CreateSessionRequest {
-            agent_id: agent_id.into(),
-            title: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .id
-}
-
-async fn agent_of(s: &mut Setup, session_id: &str) -> String {
-    s.clients
-        .sessions
-        .get_session(pb::GetSessionRequest {
-            session_id: session_id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .agent_id
 }
 
 #[tokio::test]
 async fn parallel_sessions_do_not_cross_talk_and_late_watchers_replay() {
-    let (mut s, first) = setup(pb::PermissionPolicy::AllowOnce).await;
-    let agent_id = agent_of(&mut s, &first).await;
-    let second = new_session(&mut s, &agent_id).await;
-    let (turn_a, from_a) = prompt(&mut s, &first, "chunks 200 2000\necho A-done").await;
-    let (turn_b, from_b) = prompt(&mut s, &second, "chunks 200 2000\necho B-done").await;
-    let mut clients_b = Clients::new(s.cp.channel().await.unwrap(), Bearer::new(&s.cp.admin_token));
+    let w = World::paired(pb::PermissionPolicy::AllowOnce).await;
+    let first = w.session().await;
+    let second = w.session().await;
+    let turn_a = w.prompt(&first, "chunks 200 2000\necho A-done").await;
+    let turn_b = w.prompt(&second, "chunks 200 2000\necho B-done").await;
+    // The second watcher on a connection of its own, as another client.
+    let clients_b: Clients = w.cp.clients().await.unwrap();
     let (a, b) = tokio::join!(
-        collect_turn(&mut s.clients, &first, from_a, &turn_a, TURN),
-        collect_turn(&mut clients_b, &second, from_b, &turn_b, TURN),
+        collect_turn(&w.clients, &first, turn_a.from_seq, &turn_a.id, TURN),
+        collect_turn(&clients_b, &second, turn_b.from_seq, &turn_b.id, TURN),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(a.iter().all(|e| e.session_id == first));
@@ -479,9 +230,10 @@ async fn parallel_sessions_do_not_cross_talk_and_late_watchers_replay() {
 
     // A watcher attaching late gets the whole log from seq 1, then the next
     // turn live, with no gap and no duplicate.
-    let mut late = s
+    let mut late = w
         .clients
         .sessions
+        .clone()
         .watch_session(pb::WatchSessionRequest {
             session_id: first.clone(),
             from_seq: 1,
@@ -490,20 +242,8 @@ async fn parallel_sessions_do_not_cross_talk_and_late_watchers_replay() {
         .await
         .unwrap()
         .into_inner();
-    let (turn_c, _) = prompt(&mut s, &first, "chunks 50 500\necho C-done").await;
-    let mut seen = Vec::new();
-    loop {
-        let event = tokio::time::timeout(TURN, late.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let done = event.turn_id == turn_c && matches!(event.kind, Some(Kind::TurnEnded(_)));
-        seen.push(event);
-        if done {
-            break;
-        }
-    }
+    let turn_c = w.prompt(&first, "chunks 50 500\necho C-done").await;
+    let seen = read_until_turn_end(&mut late, &turn_c.id, TURN).await.unwrap();
     let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
     assert_eq!(
         seqs,
@@ -515,41 +255,11 @@ async fn parallel_sessions_do_not_cross_talk_and_late_watchers_replay() {
 
 #[tokio::test]
 async fn deny_a_permission_request() {
-    let (mut s, session_id) = setup(pb::PermissionPolicy::Ask).await;
-    let (turn, from) = prompt(&mut s, &session_id, "permission").await;
-    let mut stream = s
-        .clients
-        .sessions
-        .watch_session(pb::WatchSessionRequest {
-            session_id: session_id.clone(),
-            from_seq: from,
-            until_turn_end: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let request_id = loop {
-        let event = tokio::time::timeout(TURN, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(Kind::PermissionRequested(request)) = event.kind {
-            break request.request_id;
-        }
-    };
-    s.clients
-        .sessions
-        .answer_permission(pb::AnswerPermissionRequest {
-            session_id: session_id.clone(),
-            request_id,
-            answer: Some(pb::answer_permission_request::Answer::Reject(true)),
-        })
-        .await
-        .unwrap();
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let w = World::paired(pb::PermissionPolicy::Ask).await;
+    let session_id = w.session().await;
+    let turn = w.prompt(&session_id, "permission").await;
+    w.answer_next_permission(&turn, world::reject()).await;
+    let events = w.collect(&turn).await;
     assert!(
         agent_text(&events).contains("permission: selected reject"),
         "{}",
@@ -559,24 +269,17 @@ async fn deny_a_permission_request() {
 
 #[tokio::test]
 async fn a_hung_agent_ends_the_turn_at_the_idle_timeout() {
-    let (mut s, session_id) = setup(pb::PermissionPolicy::AllowOnce).await;
+    let mut w = World::paired(pb::PermissionPolicy::AllowOnce).await;
+    let session_id = w.session().await;
     // Restart the daemon with a short idle timeout.
-    drop(s.machine.process.take());
-    s.machine.start(&["--idle-timeout", "2"]).unwrap();
-    wait_online(&mut s.clients, &s.machine.runtime_id.clone(), Duration::from_secs(30))
-        .await
-        .unwrap();
-    let (turn, from) = prompt(&mut s, &session_id, "echo going\nhang").await;
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    drop(w.machine.process.take());
+    w.machine.start(&["--idle-timeout", "2"]).unwrap();
+    w.wait_online().await.unwrap();
+    let events = w.run_turn(&session_id, "echo going\nhang").await;
     let end = turn_end(&events);
     assert_eq!(end.stop_reason, pb::StopReason::Error as i32);
     assert!(end.error.contains("idle_timeout"), "{}", end.error);
-    let (turn, from) = prompt(&mut s, &session_id, "echo alive").await;
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let events = w.run_turn(&session_id, "echo alive").await;
     assert_eq!(agent_text(&events), "alive");
 }
 
@@ -592,48 +295,30 @@ fn acp_session_ids(events: &[pb::SessionEvent]) -> Vec<String> {
 
 #[tokio::test]
 async fn daemon_restart_mid_turn_resumes_the_session_with_session_load() {
-    let (mut s, session_id) = setup(pb::PermissionPolicy::AllowOnce).await;
-    let (turn, from) = prompt(&mut s, &session_id, "echo first").await;
-    collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let mut w = World::paired(pb::PermissionPolicy::AllowOnce).await;
+    let session_id = w.session().await;
+    w.run_turn(&session_id, "echo first").await;
 
     // SIGTERM the daemon while a turn runs.
-    let (turn, from) = prompt(&mut s, &session_id, "chunks 5\nsleep 60000").await;
-    let mut stream = s
-        .clients
-        .sessions
-        .watch_session(pb::WatchSessionRequest {
-            session_id: session_id.clone(),
-            from_seq: from,
-            until_turn_end: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let turn = w.prompt(&session_id, "chunks 5\nsleep 60000").await;
     let mut chunks = 0;
-    while chunks < 5 {
-        let event = tokio::time::timeout(TURN, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if matches!(event.kind, Some(Kind::Update(_))) {
+    w.watch_until(&turn, |e| {
+        if matches!(e.kind, Some(Kind::Update(_))) {
             chunks += 1;
         }
-    }
-    let process = s.machine.process.as_mut().unwrap();
+        (chunks == 5).then_some(())
+    })
+    .await;
+    let process = w.machine.process.as_mut().unwrap();
     process.signal("TERM").unwrap();
     assert!(
         process.wait_exit(Duration::from_secs(30)).unwrap().success(),
         "SIGTERM is a clean stop"
     );
-    s.machine.start(&[]).unwrap();
+    w.machine.start(&[]).unwrap();
 
     // The interrupted turn ends with a clear status …
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let events = w.collect(&turn).await;
     let end = turn_end(&events);
     assert_eq!(end.stop_reason, pb::StopReason::Error as i32);
     assert!(end.error.contains("interrupted"), "{}", end.error);
@@ -644,12 +329,9 @@ async fn daemon_restart_mid_turn_resumes_the_session_with_session_load() {
     );
 
     // … and the next prompt resumes the same ACP session (session/load).
-    let (turn, from) = prompt(&mut s, &session_id, "echo resumed").await;
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let events = w.run_turn(&session_id, "echo resumed").await;
     assert_eq!(agent_text(&events), "resumed", "replayed history is not recorded twice");
-    let all = assert_log_contiguous(&mut s, &session_id).await;
+    let all = assert_log_contiguous(&w, &session_id).await;
     let ids = acp_session_ids(&all);
     assert!(ids.len() >= 2, "{ids:?}");
     assert!(
@@ -660,86 +342,24 @@ async fn daemon_restart_mid_turn_resumes_the_session_with_session_load() {
 
 #[tokio::test]
 async fn a_sigkilled_daemon_reaps_the_agent_it_left_behind_when_it_restarts() {
-    let (mut s, session_id) = setup(pb::PermissionPolicy::AllowOnce).await;
-    let (_turn, from) = prompt(&mut s, &session_id, "echo started\nsleep 600000").await;
-    let mut stream = s
-        .clients
-        .sessions
-        .watch_session(pb::WatchSessionRequest {
-            session_id: session_id.clone(),
-            from_seq: from,
-            until_turn_end: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let event = tokio::time::timeout(TURN, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if matches!(event.kind, Some(Kind::Update(_))) {
-            break;
-        }
-    }
-    let state_file = s
-        .machine
-        .data_dir
-        .path()
-        .join("outbox")
-        .join(format!("{session_id}.state.json"));
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
-    let pgid = state["child"]["pgid"].as_i64().expect("the child's group is recorded");
-    drop(s.machine.process.take()); // SIGKILL: the child group survives the daemon
+    let mut w = World::paired(pb::PermissionPolicy::AllowOnce).await;
+    let session_id = w.session().await;
+    let turn = w.prompt(&session_id, "echo started\nsleep 600000").await;
+    w.watch_until(&turn, |e| matches!(e.kind, Some(Kind::Update(_))).then_some(()))
+        .await;
+    let pgid = w.child_pgid(&session_id).expect("the child's group is recorded");
+    drop(w.machine.process.take()); // SIGKILL: the child group survives the daemon
     assert!(
         std::path::Path::new(&format!("/proc/{pgid}")).exists(),
         "the agent outlives a SIGKILLed daemon"
     );
-    s.machine.start(&[]).unwrap();
+    w.machine.start(&[]).unwrap();
     wait_until("the orphaned agent to be reaped", Duration::from_secs(20), || {
-        let gone = std::fs::read_to_string(format!("/proc/{pgid}/stat"))
-            .map(|stat| stat.contains(") Z "))
-            .unwrap_or(true);
+        let gone = oma_integration_tests::one_machine::gone(pgid);
         async move { gone.then_some(()) }
     })
     .await
     .unwrap();
-}
-
-/// Waits for the next permission request of a turn and answers it.
-async fn answer_next_permission(s: &mut Setup, session_id: &str, from: u64, option: &str) -> String {
-    let mut stream = s
-        .clients
-        .sessions
-        .watch_session(pb::WatchSessionRequest {
-            session_id: session_id.into(),
-            from_seq: from,
-            until_turn_end: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let request_id = loop {
-        let event = tokio::time::timeout(TURN, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(Kind::PermissionRequested(request)) = event.kind {
-            break request.request_id;
-        }
-    };
-    s.clients
-        .sessions
-        .answer_permission(pb::AnswerPermissionRequest {
-            session_id: session_id.into(),
-            request_id: request_id.clone(),
-            answer: Some(pb::answer_permission_request::Answer::OptionId(option.into())),
-        })
-        .await
-        .unwrap();
-    request_id
 }
 
 /// A restarted child numbers its permission requests from 1 again; the
@@ -747,22 +367,16 @@ async fn answer_next_permission(s: &mut Setup, session_id: &str, from: u64, opti
 /// for the first (already decided) one and the turn would hang.
 #[tokio::test]
 async fn permission_ids_stay_unique_across_child_restarts() {
-    let (mut s, session_id) = setup(pb::PermissionPolicy::Ask).await;
-    let (turn, from) = prompt(&mut s, &session_id, "permission").await;
-    let first = answer_next_permission(&mut s, &session_id, from, "allow").await;
-    collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
-    let (turn, from) = prompt(&mut s, &session_id, "crash").await;
-    collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
-    let (turn, from) = prompt(&mut s, &session_id, "permission").await;
-    let second = answer_next_permission(&mut s, &session_id, from, "reject").await;
-    assert_ne!(first, second);
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let w = World::paired(pb::PermissionPolicy::Ask).await;
+    let session_id = w.session().await;
+    let turn = w.prompt(&session_id, "permission").await;
+    let first = w.answer_next_permission(&turn, world::option("allow")).await;
+    w.collect(&turn).await;
+    w.run_turn(&session_id, "crash").await;
+    let turn = w.prompt(&session_id, "permission").await;
+    let second = w.answer_next_permission(&turn, world::option("reject")).await;
+    assert_ne!(first.request_id, second.request_id);
+    let events = w.collect(&turn).await;
     assert!(
         agent_text(&events).contains("permission: selected reject"),
         "{}",
@@ -774,22 +388,15 @@ async fn permission_ids_stay_unique_across_child_restarts() {
 /// but starts no new one, and says why.
 #[tokio::test]
 async fn a_tenant_over_its_stored_bytes_quota_starts_no_new_turn() {
-    let (mut s, session_id) = setup_with(pb::PermissionPolicy::AllowOnce, &["--quota-stored-bytes", "1KiB"]).await;
-    let (turn, from) = prompt(&mut s, &session_id, "chunks 20 100").await;
-    let events = collect_turn(&mut s.clients, &session_id, from, &turn, TURN)
+    let w = World::builder()
+        .serve_args(&["--quota-stored-bytes", "1KiB"])
+        .start()
         .await
         .unwrap();
+    let session_id = w.session().await;
+    let events = w.run_turn(&session_id, "chunks 20 100").await;
     assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
-    let status = s
-        .clients
-        .sessions
-        .prompt_session(pb::PromptSessionRequest {
-            session_id: session_id.clone(),
-            turn_id: String::new(),
-            prompt: text_prompt("echo more"),
-        })
-        .await
-        .unwrap_err();
+    let status = w.try_prompt(&session_id, "echo more").await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
         status
@@ -798,48 +405,13 @@ async fn a_tenant_over_its_stored_bytes_quota_starts_no_new_turn() {
         "{status:?}"
     );
     // Deleting the session deletes its log, which frees the quota.
-    let session = s
-        .clients
+    w.clients
         .sessions
-        .get_session(pb::GetSessionRequest {
-            session_id: session_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
-    s.clients
-        .sessions
+        .clone()
         .delete_session(pb::DeleteSessionRequest { session_id })
         .await
         .unwrap();
-    let next = s
-        .clients
-        .sessions
-        .create_session(pb::CreateSessionRequest {
-            agent_id: session.agent_id,
-            title: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
-    wait_until("the new session to be ready", TURN, || {
-        let mut sessions = s.clients.sessions.clone();
-        let id = next.id.clone();
-        async move {
-            let session = sessions
-                .get_session(pb::GetSessionRequest { session_id: id })
-                .await
-                .ok()?
-                .into_inner()
-                .session?;
-            (session.status == pb::SessionStatus::Idle as i32).then_some(())
-        }
-    })
-    .await
-    .unwrap();
-    prompt(&mut s, &next.id, "echo again").await;
+    let next = w.session().await;
+    w.wait_idle(&next, TURN).await;
+    w.prompt(&next, "echo again").await;
 }

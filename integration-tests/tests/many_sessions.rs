@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use oma_integration_tests::one_machine::{OneMachine, gone};
+use oma_integration_tests::one_machine::{self, gone};
 
 /// Generous: one grace (5 s) for all children at once, not one each.
 const EXIT_DEADLINE: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn sigterm_stops_children_that_ignore_stdin_close_and_leaves_none() {
-    let mut s = OneMachine::start("OMA_TEST_AGENT_IGNORE_EOF = \"1\"", &[])
+    let mut s = one_machine::start("OMA_TEST_AGENT_IGNORE_EOF = \"1\"", &[])
         .await
         .unwrap();
     let pids = s.start_sessions(10).await.unwrap();

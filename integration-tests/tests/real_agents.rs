@@ -26,12 +26,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oma_integration_tests::fake_anthropic::{self, FakeAnthropic};
-use oma_integration_tests::{
-    AgentDaemon, Bearer, Clients, ControlPlane, Process, START_DEADLINE, bin_dir, collect_turn, text_prompt,
-    wait_online, wait_until,
-};
+use oma_integration_tests::world::{World, agent_text, turn_end, update_kinds};
+use oma_integration_tests::{Process, bin_dir, wait_until};
 use oma_proto::pb;
-use oma_proto::pb::session_event::Kind;
 
 const TURN: Duration = Duration::from_secs(120);
 
@@ -175,39 +172,6 @@ fn leaks_routing(name: &str) -> bool {
         || name.eq_ignore_ascii_case("all_proxy")
 }
 
-fn agent_text(events: &[pb::SessionEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Update(u)) => match &u.typed {
-                Some(pb::session_update::Typed::AgentMessageChunk(c)) => match &c.content.as_ref()?.block {
-                    Some(pb::content_block::Block::Text(t)) => Some(t.text.clone()),
-                    _ => None,
-                },
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
-}
-
-fn turn_end(events: &[pb::SessionEvent]) -> pb::TurnEnded {
-    match &events.last().expect("events").kind {
-        Some(Kind::TurnEnded(end)) => end.clone(),
-        other => panic!("last event is not TurnEnded: {other:?}"),
-    }
-}
-
-fn update_kinds(events: &[pb::SessionEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Update(u)) => Some(u.kind.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// On a failed assertion, prints what the fake received and the agent's stderr.
 struct Diagnostics<'a> {
     fake: &'a FakeAnthropic,
@@ -243,35 +207,6 @@ impl Drop for StopGracefully {
         {
             eprintln!("{err}; killing it");
         }
-    }
-}
-
-struct Live {
-    clients: Clients,
-    session_id: String,
-}
-
-impl Live {
-    async fn prompt(&mut self, text: &str) -> (String, u64) {
-        let response = self
-            .clients
-            .sessions
-            .prompt_session(pb::PromptSessionRequest {
-                session_id: self.session_id.clone(),
-                turn_id: String::new(),
-                prompt: text_prompt(text),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("prompt {text:?}: {e}"))
-            .into_inner();
-        (response.turn_id, response.from_seq)
-    }
-
-    async fn turn(&mut self, text: &str) -> Vec<pb::SessionEvent> {
-        let (turn, from) = self.prompt(text).await;
-        collect_turn(&mut self.clients, &self.session_id, from, &turn, TURN)
-            .await
-            .unwrap()
     }
 }
 
@@ -323,76 +258,34 @@ async fn scenario(flavor: &Flavor) {
         env_toml.join(", "),
     );
 
-    let cp = ControlPlane::start_sqlite().unwrap();
-    let mut clients = Clients::new(cp.channel().await.unwrap(), Bearer::new(&cp.admin_token));
-    let code = clients
-        .runtimes
-        .create_connect_code(pb::CreateConnectCodeRequest::default())
+    let mut world = World::builder()
+        .agents_toml(agents_toml)
+        .acp_agent("claude")
+        .agent_name("real-claude")
+        .system_prompt(SYSTEM_PROMPT)
+        .turn_deadline(TURN)
+        // Like AgentDaemon::start, minus the developer's Claude/Anthropic/proxy settings.
+        .prepare(|machine| {
+            machine.env_remove = std::env::vars_os()
+                .map(|(name, _)| name.to_string_lossy().into_owned())
+                .filter(|name| leaks_routing(name))
+                .collect();
+        })
+        .start()
         .await
-        .unwrap()
-        .into_inner()
-        .code;
-    let machine = AgentDaemon::setup_with_agents_toml(&cp.url(), &code, &agents_toml).unwrap();
-    // Like AgentDaemon::start, minus the developer's Claude/Anthropic/proxy settings.
-    let mut daemon = machine.command();
-    daemon.args(["run", "--reconnect-max", "2"]).env("OMA_LOG", "warn");
-    for (name, _) in std::env::vars_os() {
-        if leaks_routing(&name.to_string_lossy()) {
-            daemon.env_remove(name);
-        }
-    }
-    let mut process = Process::spawn(daemon, "oma-agent").unwrap();
-    process
-        .wait_for_line(START_DEADLINE, |l| l.starts_with("oma-agent ").then_some(()))
-        .unwrap();
-    let _daemon = StopGracefully(process);
+        .unwrap_or_else(|e| panic!("{e:#}\n--- the fake Anthropic endpoint received:\n{}", fake.summary()));
+    let _daemon = StopGracefully(world.machine.process.take().expect("the daemon runs"));
     let _diagnostics = Diagnostics {
         fake: &fake,
-        logs: machine.data_dir.path().join("logs"),
+        logs: world.machine.data_dir.path().join("logs"),
     };
-    let runtime = wait_online(&mut clients, &machine.runtime_id, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let ids: Vec<String> = runtime.manifest.unwrap().acp_agents.into_iter().map(|a| a.id).collect();
-    assert!(ids.contains(&"claude".to_owned()), "manifest lacks claude: {ids:?}");
-    log(label, start, "control plane and oma-agent up, runtime online");
+    log(
+        label,
+        start,
+        "control plane and oma-agent up, runtime online (its manifest names claude)",
+    );
 
-    let agent = clients
-        .agents
-        .create_agent(pb::CreateAgentRequest {
-            spec: Some(pb::AgentSpec {
-                name: "real-claude".into(),
-                system_prompt: SYSTEM_PROMPT.into(),
-                permission_policy: pb::PermissionPolicy::AllowOnce as i32,
-                runtime_binding: Some(pb::RuntimeBinding {
-                    runtime_id: machine.runtime_id.clone(),
-                    acp_agent_id: "claude".into(),
-                    local_skill_blocklist: vec![],
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .agent
-        .unwrap();
-    let session = clients
-        .sessions
-        .create_session(pb::CreateSessionRequest {
-            agent_id: agent.id,
-            title: "real claude".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
-    let mut live = Live {
-        clients,
-        session_id: session.id.clone(),
-    };
+    let session = world.session().await;
     let request_for = |prompt: &str| {
         fake.messages_requests()
             .into_iter()
@@ -403,7 +296,7 @@ async fn scenario(flavor: &Flavor) {
     // First turn: the whole chain (spawn, initialize, session/new with the
     // system prompt in _meta, prompt, streamed reply) works.
     let turn_start = Instant::now();
-    let events = live.turn("hello").await;
+    let events = world.run_turn(&session, "hello").await;
     log(
         label,
         start,
@@ -427,12 +320,12 @@ async fn scenario(flavor: &Flavor) {
         fake_anthropic::system_text(&first).contains(SYSTEM_PROMPT),
         "the agent's system prompt is not in the model request's system field"
     );
-    let agents_md = std::fs::read_to_string(machine.session_dir(&session.id).join("AGENTS.md")).unwrap();
+    let agents_md = std::fs::read_to_string(world.machine.session_dir(&session).join("AGENTS.md")).unwrap();
     assert_eq!(agents_md, SYSTEM_PROMPT);
 
     // Second turn in the same session: the model sees the earlier exchange.
     let turn_start = Instant::now();
-    let events = live.turn("what did I say?").await;
+    let events = world.run_turn(&session, "what did I say?").await;
     log(label, start, &format!("turn 2 took {:?}", turn_start.elapsed()));
     let text = agent_text(&events);
     assert!(
@@ -457,43 +350,22 @@ async fn scenario(flavor: &Flavor) {
     );
 
     // Cancel mid-stream: the fake streams `tick N` every 100 ms.
-    let (turn, from) = live.prompt("slow please").await;
-    let mut stream = live
+    let turn = world.prompt(&session, "slow please").await;
+    world
+        .watch_until(&turn, |event| {
+            agent_text(std::slice::from_ref(event)).contains("tick").then_some(())
+        })
+        .await;
+    let cancel_at = Instant::now();
+    world
         .clients
         .sessions
-        .watch_session(pb::WatchSessionRequest {
-            session_id: session.id.clone(),
-            from_seq: from,
-            until_turn_end: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    tokio::time::timeout(TURN, async {
-        loop {
-            let event = stream
-                .message()
-                .await
-                .unwrap()
-                .expect("the watch ended before any tick");
-            if agent_text(std::slice::from_ref(&event)).contains("tick") {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("no tick streamed");
-    let cancel_at = Instant::now();
-    live.clients
-        .sessions
         .cancel_turn(pb::CancelTurnRequest {
-            session_id: session.id.clone(),
+            session_id: session.clone(),
         })
         .await
         .unwrap();
-    let events = collect_turn(&mut live.clients, &session.id, from, &turn, TURN)
-        .await
-        .unwrap();
+    let events = world.collect(&turn).await;
     log(
         label,
         start,
@@ -518,7 +390,7 @@ async fn scenario(flavor: &Flavor) {
     .unwrap();
 
     // The session still works after the cancel.
-    let events = live.turn("still there?").await;
+    let events = world.run_turn(&session, "still there?").await;
     let text = agent_text(&events);
     assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
     if text.contains("fake-claude says: still there?") {
@@ -540,7 +412,7 @@ async fn scenario(flavor: &Flavor) {
         })
         .await
         .unwrap();
-        let events = live.turn("and now?").await;
+        let events = world.run_turn(&session, "and now?").await;
         let text = agent_text(&events);
         assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
         assert!(text.contains("fake-claude says: still there?"), "agent text: {text:?}");
@@ -548,5 +420,4 @@ async fn scenario(flavor: &Flavor) {
         panic!("unexpected answer after the cancel: {text:?}");
     }
     log(label, start, &format!("done; the fake received:\n{}", fake.summary()));
-    let _ = &cp;
 }

@@ -4,11 +4,9 @@
 //! real config untouched.
 
 use std::path::Path;
-use std::time::Duration;
 
-use oma_integration_tests::{
-    AgentDaemon, Bearer, Clients, ControlPlane, Omactl, bin, collect_turn, text_prompt, wait_online,
-};
+use oma_integration_tests::world::agent_text_of;
+use oma_integration_tests::{Omactl, World, bin};
 use oma_proto::pb;
 
 fn skill(dir: &Path, name: &str) {
@@ -60,28 +58,26 @@ async fn blocklisted_skills_are_hidden_from_a_claude_session() {
     std::fs::write(claude.join(".credentials.json"), "{\"secret\":1}").unwrap();
     let before = snapshot(&claude);
 
-    let cp = ControlPlane::start_sqlite().unwrap();
-    let mut clients = Clients::new(cp.channel().await.unwrap(), Bearer::new(&cp.admin_token));
-    let code = clients
-        .runtimes
-        .create_connect_code(pb::CreateConnectCodeRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .code;
     let agents_toml = format!(
         "[[agent]]\nid = \"claudish\"\nname = \"Scripted agent treated as Claude\"\ncommand = \"{}\"\nclaude = true\n\n\
          [[agent]]\nid = \"plain\"\nname = \"Scripted agent\"\ncommand = \"{}\"\n",
         bin("oma-test-agent").display(),
         bin("oma-test-agent").display()
     );
-    let mut machine = AgentDaemon::setup_with_agents_toml(&cp.url(), &code, &agents_toml).unwrap();
-    machine.env = vec![("HOME".into(), home.path().display().to_string())];
-    machine.start(&[]).unwrap();
-    let runtime = wait_online(&mut clients, &machine.runtime_id, Duration::from_secs(30))
+    let home_dir = home.path().display().to_string();
+    let world = World::builder()
+        .agents_toml(agents_toml)
+        .prepare(move |machine| machine.env = vec![("HOME".into(), home_dir)])
+        .acp_agent("claudish")
+        .no_agent()
+        .start()
         .await
         .unwrap();
-    let claudish = runtime
+    let (cp, machine) = (&world.cp, &world.machine);
+    let claudish = world
+        .runtime
+        .clone()
+        .unwrap()
         .manifest
         .unwrap()
         .acp_agents
@@ -136,39 +132,8 @@ async fn blocklisted_skills_are_hidden_from_a_claude_session() {
     let session = omactl.json(&["sessions", "create", "--agent", &agent_id]).unwrap();
     let session_id = session["id"].as_str().unwrap().to_owned();
 
-    let response = clients
-        .sessions
-        .prompt_session(pb::PromptSessionRequest {
-            session_id: session_id.clone(),
-            turn_id: String::new(),
-            prompt: text_prompt("list-skills\nenv CLAUDE_CONFIG_DIR"),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let events = collect_turn(
-        &mut clients,
-        &session_id,
-        response.from_seq,
-        &response.turn_id,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    let text: String = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(pb::session_event::Kind::Update(u)) => match &u.typed {
-                Some(pb::session_update::Typed::AgentMessageChunk(c)) => match &c.content.as_ref()?.block {
-                    Some(pb::content_block::Block::Text(t)) => Some(t.text.clone()),
-                    _ => None,
-                },
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let events = world.run_turn(&session_id, "list-skills\nenv CLAUDE_CONFIG_DIR").await;
+    let text = events.iter().filter_map(agent_text_of).collect::<Vec<_>>().join("\n");
     assert!(text.contains("skills: alpha,gamma"), "{text}");
     let config_dir = machine.session_dir(&session_id).join(".claude-config");
     assert!(
@@ -208,39 +173,14 @@ async fn blocklisted_skills_are_hidden_from_a_claude_session() {
         .json(&["sessions", "create", "--agent", plain["id"].as_str().unwrap()])
         .unwrap();
     let plain_session = plain_session["id"].as_str().unwrap().to_owned();
-    let response = clients
-        .sessions
-        .prompt_session(pb::PromptSessionRequest {
-            session_id: plain_session.clone(),
-            turn_id: String::new(),
-            prompt: text_prompt("echo hi"),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    collect_turn(
-        &mut clients,
-        &plain_session,
-        response.from_seq,
-        &response.turn_id,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    let all = collect_turn(
-        &mut clients,
-        &plain_session,
-        1,
-        &response.turn_id,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let turn = world.prompt(&plain_session, "echo hi").await;
+    world.collect(&turn).await;
+    let all = world.collect_from(&turn, 1).await;
     assert!(
         all.iter().any(|e| matches!(&e.kind, Some(pb::session_event::Kind::Log(l)) if l.message.contains("ignores the local skill blocklist"))),
         "{all:#?}"
     );
 
-    drop(machine);
+    drop(world);
     assert_eq!(snapshot(&claude), before, "the user's real ~/.claude changed");
 }

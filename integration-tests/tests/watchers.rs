@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use oma_integration_tests::faults::{self, RawMachine, RawStream, StreamAnswer};
-use oma_integration_tests::{Bearer, Clients, ControlPlane, TestDatabase, wait_until};
+use oma_integration_tests::{Bearer, Clients, ControlPlane, TestDatabase, test_agent_spec, wait_until};
 use oma_proto::pb;
 use oma_proto::pb::agent_frame::Frame as Af;
 use oma_proto::pb::control_frame::Frame as Cf;
@@ -83,37 +83,9 @@ async fn new_token(clients: &mut Clients, user_id: &str, ttl_seconds: u64) -> pb
 
 /// A session of a new agent bound to `runtime_id`.
 async fn session_on(clients: &mut Clients, runtime_id: &str, name: &str) -> String {
-    let agent = clients
-        .agents
-        .create_agent(pb::CreateAgentRequest {
-            spec: Some(pb::AgentSpec {
-                name: format!("{name}-agent"),
-                runtime_binding: Some(pb::RuntimeBinding {
-                    runtime_id: runtime_id.into(),
-                    acp_agent_id: "test".into(),
-                    local_skill_blocklist: vec![],
-                }),
-                ..Default::default()
-            }),
-            allow_unknown_skills: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .agent
-        .unwrap();
-    clients
-        .sessions
-        .create_session(pb::CreateSessionRequest {
-            agent_id: agent.id,
-            title: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .id
+    let spec = test_agent_spec(&format!("{name}-agent"), runtime_id, pb::PermissionPolicy::Unspecified);
+    let agent_id = clients.create_agent(spec).await.unwrap();
+    clients.create_session(&agent_id, "").await.unwrap()
 }
 
 async fn watch(clients: &mut Clients, session_id: &str) -> Result<tonic::Streaming<pb::SessionEvent>, tonic::Status> {
@@ -161,12 +133,13 @@ async fn send_acked(stream: &mut RawStream, session_id: &str, seqs: std::ops::Ra
         .map(|seq| log_event(session_id, seq, format!("{seq:08}").repeat(size / 8)))
         .collect();
     assert!(stream.send(Some(Af::Events(pb::SessionEventBatch { events }))).await);
-    loop {
-        match stream.next(Duration::from_secs(60)).await {
-            StreamAnswer::Frame(Cf::EventAck(ack)) if ack.session_id == session_id && ack.seq >= last => return,
-            StreamAnswer::Frame(_) => {}
-            other => panic!("no ack up to {last}: {other:?}"),
-        }
+    let acked = stream
+        .next_matching(Duration::from_secs(60), |frame| {
+            matches!(frame, Cf::EventAck(ack) if ack.session_id == session_id && ack.seq >= last).then_some(())
+        })
+        .await;
+    if let Err(other) = acked {
+        panic!("no ack up to {last}: {other:?}");
     }
 }
 
@@ -401,8 +374,7 @@ async fn never_reading_watcher(cp: ControlPlane, mut m: Member) {
     let pid = faults::control_plane_pid(&cp).expect("the control plane's pid");
     let rss_before = faults::vm_rss_kib(pid).unwrap();
     // Its own connection, like a separate client that stopped reading.
-    let slow_channel = cp.channel().await.unwrap();
-    let mut slow_clients = Clients::new(slow_channel, Bearer::new(&cp.admin_token));
+    let mut slow_clients = cp.clients().await.unwrap();
     let mut slow = watch(&mut slow_clients, &sid).await.unwrap();
     let mut fast = watch(&mut m.clients, &sid).await.unwrap();
 

@@ -5,13 +5,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use futures::StreamExt as _;
-use oma_integration_tests::{Clients, TestDatabase, text_prompt, wait_online};
+use oma_integration_tests::{AgentDaemon, Clients, ControlPlane, TestDatabase, wait_online};
 use oma_proto::pb;
 use oma_proto::pb::session_event::Kind;
 
-use super::procs::{AgentDaemon, ControlPlane};
+use super::procs::{start_control_plane, start_daemon};
 
 /// Field order is drop order: the daemon stops before the control plane.
 pub struct Env {
@@ -28,14 +28,14 @@ pub struct Env {
 
 impl Env {
     pub async fn start(database: TestDatabase, log_dir: &Path) -> anyhow::Result<Env> {
-        let cp = ControlPlane::start(database, log_dir)?;
+        let cp = start_control_plane(database, log_dir)?;
         let mut clients = cp.clients().await?;
-        let daemon = AgentDaemon::start(&cp, &mut clients, log_dir).await?;
+        let daemon = start_daemon(&cp, &mut clients, log_dir).await?;
         wait_online(&mut clients, &daemon.runtime_id, Duration::from_secs(30)).await?;
         eprintln!(
             "oma-bench: control plane pid {}, oma-agent pid {} (for `perf record -p`)",
             cp.pid(),
-            daemon.pid()
+            daemon.pid().unwrap_or(0)
         );
         let mut env = Env {
             daemon,
@@ -47,6 +47,11 @@ impl Env {
         };
         env.agent_id = env.create_agent("bench").await?;
         Ok(env)
+    }
+
+    /// The daemon's process id (0 while it is not running).
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.pid().unwrap_or(0)
     }
 
     /// A new agent bound to the daemon's `test` ACP agent.
@@ -61,19 +66,7 @@ impl Env {
 
     /// Creates a session of `agent_id` (does not wait for it to start).
     pub async fn create_session(&self, agent_id: &str) -> anyhow::Result<String> {
-        let session = self
-            .clients
-            .sessions
-            .clone()
-            .create_session(pb::CreateSessionRequest {
-                agent_id: agent_id.to_owned(),
-                title: "bench".into(),
-            })
-            .await?
-            .into_inner()
-            .session
-            .context("CreateSession returned no session")?;
-        Ok(session.id)
+        self.clients.create_session(agent_id, "bench").await
     }
 
     /// Creates `count` sessions of `agent_id` (a few at a time) and waits
@@ -148,32 +141,12 @@ impl Env {
     }
 
     pub async fn get_session(&self, session_id: &str) -> anyhow::Result<pb::Session> {
-        self.clients
-            .sessions
-            .clone()
-            .get_session(pb::GetSessionRequest {
-                session_id: session_id.to_owned(),
-            })
-            .await?
-            .into_inner()
-            .session
-            .context("GetSession returned no session")
+        self.clients.get_session(session_id).await
     }
 
     /// Sends a prompt; returns the turn id.
     pub async fn prompt(&self, session_id: &str, script: &str) -> anyhow::Result<String> {
-        Ok(self
-            .clients
-            .sessions
-            .clone()
-            .prompt_session(pb::PromptSessionRequest {
-                session_id: session_id.to_owned(),
-                turn_id: String::new(),
-                prompt: text_prompt(script),
-            })
-            .await?
-            .into_inner()
-            .turn_id)
+        Ok(self.clients.prompt(session_id, script).await?.id)
     }
 
     /// Waits until a session is idle again (its turn's end is stored).

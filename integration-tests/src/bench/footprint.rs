@@ -6,13 +6,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use oma_integration_tests::{Bearer, Clients, TestDatabase};
+use oma_integration_tests::{Bearer, Clients, ControlPlane, START_DEADLINE, TestDatabase, listening_addr};
 use oma_proto::pb;
 use tonic::transport::Endpoint;
 
 use super::acp_client::AcpClient;
 use super::env::{Env, is_idle_status};
-use super::procs::{ControlPlane, CpuSnapshot, Proc, bin, cpu_time, rss_bytes};
+use super::procs::{CpuSnapshot, bin, cpu_time, rss_bytes, start_control_plane};
 
 pub struct Idle {
     pub rss: u64,
@@ -61,22 +61,23 @@ async fn first_whoami(url: &str, token: &str, deadline: Duration) -> anyhow::Res
 pub async fn cold_start(database: TestDatabase, log_dir: &Path) -> anyhow::Result<(Duration, Duration)> {
     let deadline = Duration::from_secs(60);
     let start = Instant::now();
-    let cp = ControlPlane::start(database, log_dir)?;
+    let cp = start_control_plane(database, log_dir)?;
     first_whoami(&cp.url(), &cp.admin_token, deadline).await?;
     let fresh = start.elapsed();
     let ControlPlane {
-        proc,
+        process,
         admin_token,
         database,
+        options,
         ..
     } = cp;
-    drop(proc);
+    drop(process);
     let start = Instant::now();
-    let mut proc = Proc::spawn(ControlPlane::command(&database)?, "oma-control-plane", log_dir)?;
-    let addr = ControlPlane::wait_listening(&mut proc)?;
+    let mut process = ControlPlane::spawn(&database, &options, "127.0.0.1:0")?;
+    let addr = process.wait_for_line(START_DEADLINE, listening_addr)?;
     first_whoami(&format!("http://{addr}"), &admin_token, deadline).await?;
     let restart = start.elapsed();
-    drop(proc);
+    drop(process);
     drop(database);
     Ok((fresh, restart))
 }

@@ -51,7 +51,7 @@ fn pss_bytes(pid: u32) -> u64 {
 /// Creates `n` sessions on a fresh environment (no sessions yet) and
 /// measures once every one is idle and the burst has settled.
 pub async fn run(env: &mut Env, n: usize, settle: Duration) -> anyhow::Result<IdleSessions> {
-    let agent_pid = env.daemon.pid();
+    let agent_pid = env.daemon_pid();
     let cp_pid = env.cp.pid();
     anyhow::ensure!(
         children(agent_pid).is_empty(),
@@ -75,7 +75,7 @@ pub async fn run(env: &mut Env, n: usize, settle: Duration) -> anyhow::Result<Id
     let elapsed = start.elapsed();
     // The daemon may restart once (a stuck session) inside
     // create_idle_sessions: read its pid again.
-    let agent_pid = env.daemon.pid();
+    let agent_pid = env.daemon_pid();
     tokio::time::sleep(settle).await;
 
     let kids = children(agent_pid);

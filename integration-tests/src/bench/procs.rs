@@ -1,295 +1,76 @@
-//! Real processes for the benchmarks: where the binaries are, a child
-//! process killed on drop (with its pid, for `/proc`), a control plane and a
-//! paired `oma-agent`, and what `/proc` says about a process (RSS, CPU time).
+//! Real processes for the benchmarks, started by the harness
+//! (`oma_integration_tests::{ControlPlane, AgentDaemon}`) with the bench's
+//! flags and their stderr in files of the work folder; and what `/proc`
+//! says about a process (RSS, CPU time).
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use oma_integration_tests::{Bearer, Clients, TestDatabase};
-use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint};
-
-/// How long a process gets to print its start line.
-const START_DEADLINE: Duration = Duration::from_secs(60);
-
-/// The folder holding the workspace's binaries: next to this executable
-/// (`target/release/oma-bench`), or one up when it runs from `deps/`.
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let here = exe.parent().expect("the executable's folder").to_path_buf();
-    if here.join("oma-control-plane").exists() {
-        return here;
-    }
-    here.parent().map(Path::to_path_buf).unwrap_or(here)
-}
+use anyhow::Context as _;
+use oma_integration_tests::{AgentDaemon, Clients, ControlPlane, ControlPlaneOptions, TestDatabase};
 
 /// The path of a workspace binary, or an error saying how to build it.
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let path = bin_dir().join(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is not built; run `cargo build --release -p oma-integration-tests -p oma-control-plane -p oma-agent`",
-        path.display()
-    );
-    Ok(path)
+    oma_integration_tests::try_bin(name)
+        .context("run `cargo build --release -p oma-integration-tests -p oma-control-plane -p oma-agent`")
 }
 
-/// A child process killed on drop; stdout lines are collected, stderr goes
-/// to a file.
-pub struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    name: String,
-    pub stderr_path: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(mut command: Command, name: &str, log_dir: &Path) -> anyhow::Result<Proc> {
-        let stderr_path = log_dir.join(format!("{name}-{}.stderr.log", unique()));
-        let stderr = std::fs::File::create(&stderr_path)?;
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
-        let mut child = command.spawn().with_context(|| format!("cannot start {name}"))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Proc {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-            name: name.to_owned(),
-            stderr_path,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for a stdout line for which `pick` returns `Some`.
-    pub fn wait_for_line<T>(
-        &mut self,
-        deadline: Duration,
-        mut pick: impl FnMut(&str) -> Option<T>,
-    ) -> anyhow::Result<T> {
-        if let Some(found) = self.seen.iter().find_map(|l| pick(l)) {
-            return Ok(found);
-        }
-        let start = Instant::now();
-        loop {
-            let left = deadline.checked_sub(start.elapsed()).unwrap_or_default();
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = pick(&line);
-                    self.seen.push(line);
-                    if let Some(found) = found {
-                        return Ok(found);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
-                    "{} printed no expected line within {deadline:?} (stderr: {})",
-                    self.name,
-                    self.stderr_path.display()
-                ),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().ok();
-                    bail!(
-                        "{} exited ({status:?}) before printing the expected line (stderr: {})",
-                        self.name,
-                        self.stderr_path.display()
-                    )
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn unique() -> String {
+/// A new stderr log file of `name` in the work folder (see
+/// [`count_log_lines`]).
+fn stderr_log(log_dir: &Path, name: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed).to_string()
+    log_dir.join(format!("{name}-{}.stderr.log", NEXT.fetch_add(1, Ordering::Relaxed)))
 }
 
-/// A running `oma-control-plane`.
-pub struct ControlPlane {
-    pub proc: Proc,
-    pub addr: SocketAddr,
-    pub admin_token: String,
-    pub database: TestDatabase,
-}
-
-impl ControlPlane {
-    /// Starts on a fresh database and waits until it listens.
-    pub fn start(database: TestDatabase, log_dir: &Path) -> anyhow::Result<ControlPlane> {
-        let mut proc = Proc::spawn(Self::command(&database)?, "oma-control-plane", log_dir)?;
-        let admin_token = oma_integration_tests::read_token_file(
-            &proc.wait_for_line(START_DEADLINE, oma_integration_tests::bootstrap_token_path)?,
-        )?;
-        let addr = Self::wait_listening(&mut proc)?;
-        Ok(ControlPlane {
-            proc,
-            addr,
-            admin_token,
-            database,
-        })
-    }
-
-    /// The serve command on `database`, listening on a free loopback port.
-    pub fn command(database: &TestDatabase) -> anyhow::Result<Command> {
-        let mut command = Command::new(bin("oma-control-plane")?);
-        command
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(database.serve_args())
-            // The scale run pairs thousands of machines from one address.
-            .args(["--unauthenticated-rate", "off"])
-            // One tenant (the bench's admin) plays a whole fleet: the scale
-            // and team runs pair thousands of runtimes (codes first, then
-            // the exchanges), the idle run holds 1,000 sessions, the team run
-            // one watcher per session.
-            .args(["--quota-runtimes", "1000000", "--quota-connect-codes", "1000000"])
-            .args(["--quota-sessions", "1000000", "--max-watchers-per-tenant", "100000"])
-            .env("OMA_LOG", log_level());
-        Ok(command)
-    }
-
-    pub fn wait_listening(proc: &mut Proc) -> anyhow::Result<SocketAddr> {
-        proc.wait_for_line(START_DEADLINE, |line| {
-            line.strip_prefix("oma-control-plane listening on ")
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-        })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Endpoint::from_shared(self.url())?.tcp_nodelay(true).connect().await?)
-    }
-
-    /// Clients with the bootstrap admin's token, on a new connection.
-    pub async fn clients(&self) -> anyhow::Result<Clients> {
-        Ok(Clients::new(self.channel().await?, Bearer::new(&self.admin_token)))
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
+/// How the bench starts a control plane: the harness's, with limits for
+/// a fleet and its stderr in the work folder.
+pub fn control_plane_options(log_dir: &Path) -> ControlPlaneOptions {
+    let extra_args = [
+        // The scale run pairs thousands of machines from one address.
+        "--unauthenticated-rate",
+        "off",
+        // One tenant (the bench's admin) plays a whole fleet: the scale
+        // and team runs pair thousands of runtimes (codes first, then the
+        // exchanges), the idle run holds 1,000 sessions, the team run one
+        // watcher per session.
+        "--quota-runtimes",
+        "1000000",
+        "--quota-connect-codes",
+        "1000000",
+        "--quota-sessions",
+        "1000000",
+        "--max-watchers-per-tenant",
+        "100000",
+    ];
+    ControlPlaneOptions {
+        extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        stderr_log: Some(stderr_log(log_dir, "oma-control-plane")),
+        log_filter: Some(log_level()),
+        ..Default::default()
     }
 }
 
-/// A paired `oma-agent` whose agent table maps `test` to `oma-test-agent`.
-pub struct AgentDaemon {
-    pub proc: Option<Proc>,
-    pub runtime_id: String,
-    config_dir: TempDir,
-    data_dir: TempDir,
-    log_dir: PathBuf,
+/// Starts a control plane on a fresh database and waits until it listens.
+pub fn start_control_plane(database: TestDatabase, log_dir: &Path) -> anyhow::Result<ControlPlane> {
+    bin("oma-control-plane")?;
+    ControlPlane::start(database, control_plane_options(log_dir))
 }
 
-impl AgentDaemon {
-    /// Pairs with a fresh connect code and starts `oma-agent run`.
-    pub async fn start(cp: &ControlPlane, clients: &mut Clients, log_dir: &Path) -> anyhow::Result<AgentDaemon> {
-        let code = clients.connect_code().await?;
-        let config_dir = tempfile::tempdir()?;
-        let data_dir = tempfile::tempdir()?;
-        let agents_toml = format!(
-            "[[agent]]\nid = \"test\"\nname = \"Scripted test agent\"\ncommand = \"{}\"\n",
-            bin("oma-test-agent")?.display()
-        );
-        std::fs::write(config_dir.path().join("agents.toml"), agents_toml)?;
-        let output = Self::command(config_dir.path(), data_dir.path())?
-            .args([
-                "setup",
-                "--server",
-                &cp.url(),
-                "--code",
-                &code,
-                "--name",
-                "bench-machine",
-            ])
-            .env("OMA_LOG", "warn")
-            .output()?;
-        anyhow::ensure!(
-            output.status.success(),
-            "oma-agent setup failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8(output.stdout)?;
-        let runtime_id = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("paired as runtime "))
-            .and_then(|rest| rest.split_whitespace().next())
-            .context("oma-agent setup printed no runtime id")?
-            .to_owned();
-        let mut daemon = AgentDaemon {
-            proc: None,
-            runtime_id,
-            config_dir,
-            data_dir,
-            log_dir: log_dir.to_owned(),
-        };
-        daemon.run()?;
-        Ok(daemon)
-    }
-
-    /// Starts `oma-agent run` and waits until it says it runs.
-    fn run(&mut self) -> anyhow::Result<()> {
-        let mut command = Self::command(self.config_dir.path(), self.data_dir.path())?;
-        command
-            .args(["run", "--reconnect-max", "2"])
-            // The bench holds more sessions on one machine than the default
-            // allows (the idle run: 1,000); every session stays held.
-            .args(["--max-sessions", "100000"])
-            .env("OMA_LOG", log_level());
-        let mut proc = Proc::spawn(command, "oma-agent", &self.log_dir)?;
-        proc.wait_for_line(START_DEADLINE, |l| l.starts_with("oma-agent ").then_some(()))?;
-        self.proc = Some(proc);
-        Ok(())
-    }
-
-    /// Kills the daemon (SIGKILL) and starts it again: it reconnects and
-    /// resends every event the control plane has not acknowledged.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        drop(self.proc.take());
-        self.run()
-    }
-
-    fn command(config_dir: &Path, data_dir: &Path) -> anyhow::Result<Command> {
-        let mut command = Command::new(bin("oma-agent")?);
-        command
-            .arg("--config-dir")
-            .arg(config_dir)
-            .arg("--data-dir")
-            .arg(data_dir);
-        Ok(command)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.as_ref().map_or(0, Proc::pid)
-    }
+/// Pairs a machine (the harness's `AgentDaemon`: `test` is the scripted
+/// agent) with a fresh connect code and starts `oma-agent run`.
+pub async fn start_daemon(cp: &ControlPlane, clients: &mut Clients, log_dir: &Path) -> anyhow::Result<AgentDaemon> {
+    bin("oma-agent")?;
+    bin("oma-test-agent")?;
+    let code = clients.connect_code().await?;
+    let mut daemon = AgentDaemon::setup(&cp.url(), &code)?;
+    daemon.stderr_log = Some(stderr_log(log_dir, "oma-agent"));
+    daemon.log_filter = log_level();
+    // The bench holds more sessions on one machine than the default allows
+    // (the idle run: 1,000); every session stays held.
+    daemon.start(&["--max-sessions", "100000"])?;
+    Ok(daemon)
 }
 
 /// Resident memory of a process in bytes (`VmRSS`).

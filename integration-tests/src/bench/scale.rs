@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
-use oma_integration_tests::TestDatabase;
+use oma_integration_tests::{ControlPlane, TestDatabase};
 use oma_proto::pb;
 use oma_proto::pb::runtime_stream_service_client::RuntimeStreamServiceClient;
 use tokio::sync::mpsc;
@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use super::procs::{ControlPlane, cpu_time, rss_bytes};
+use super::procs::{cpu_time, rss_bytes, start_control_plane};
 
 /// Streams per HTTP/2 connection.
 const STREAMS_PER_CONNECTION: usize = 100;
@@ -365,7 +365,7 @@ pub async fn run(n: usize, idle_window: Duration, log_dir: &std::path::Path) -> 
     if limit != 0 && (connections as u64) * 2 + 256 > limit {
         bail!("the open-files limit ({limit}) is too low for {connections} connections");
     }
-    let cp = ControlPlane::start(TestDatabase::sqlite()?, log_dir)?;
+    let cp = start_control_plane(TestDatabase::sqlite()?, log_dir)?;
     let pairing_start = Instant::now();
     let pairing_retries = AtomicUsize::new(0);
     let machines = pair(&cp, n, "bench-machine", &pairing_retries).await?;

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use oma_integration_tests::one_machine::{OneMachine, gone};
+use oma_integration_tests::one_machine::{self, gone};
 
 /// The test agent's environment: it keeps running when its stdin closes.
 const IGNORES_STDIN_CLOSE: &str = "OMA_TEST_AGENT_IGNORE_EOF = \"1\"";
@@ -19,7 +19,7 @@ pub struct Shutdown {
 }
 
 pub async fn run(sessions: usize) -> anyhow::Result<Shutdown> {
-    let mut world = OneMachine::start(IGNORES_STDIN_CLOSE, &[]).await?;
+    let mut world = one_machine::start(IGNORES_STDIN_CLOSE, &[]).await?;
     let children = world.start_sessions(sessions).await?;
     let daemon = world.machine.process.as_mut().context("oma-agent is not running")?;
     let started = Instant::now();

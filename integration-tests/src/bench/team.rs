@@ -192,7 +192,7 @@ pub async fn run(sizes: &TeamSizes, log_dir: &Path) -> anyhow::Result<Team> {
     let start = Instant::now();
     let ids = env.create_idle_sessions(&agent_id, sizes.sessions).await?;
     let sessions_start = start.elapsed();
-    let agent_pid = env.daemon.pid();
+    let agent_pid = env.daemon_pid();
 
     // One watcher per session, attached before the prompt from the next
     // seq (so it misses nothing, whenever the server starts sending).

@@ -67,7 +67,7 @@ pub async fn run(env: &mut Env, sessions: usize, each: u64) -> anyhow::Result<Th
     let targets: Vec<(String, u64)> = base.iter().map(|(id, seq)| (id.clone(), seq + 1 + each)).collect();
 
     let cp_pid = env.cp.pid();
-    let agent_pid = env.daemon.pid();
+    let agent_pid = env.daemon_pid();
     let kids0: Vec<(u32, Duration)> = children(agent_pid).into_iter().map(|p| (p, cpu_time(p))).collect();
     let (cp0, agent0) = (cpu_time(cp_pid), cpu_time(agent_pid));
     let start = Instant::now();

@@ -568,7 +568,7 @@ async fn run(options: &Options, work: &Path, report: &mut Report, failures: &mut
                     report.section("footprint");
                     progress(&format!("footprint: oma-agent idle for {:?}", sizes.idle_window));
                     tokio::time::sleep(sizes.settle).await;
-                    match footprint::idle(env.daemon.pid(), sizes.idle_window).await {
+                    match footprint::idle(env.daemon_pid(), sizes.idle_window).await {
                         Ok(idle) => {
                             report.target(
                                 "oma-agent idle RSS (connected, no sessions)",
@@ -688,7 +688,7 @@ async fn run(options: &Options, work: &Path, report: &mut Report, failures: &mut
                 .await;
                 stuck_sessions += env.stuck_sessions;
                 if options.wants("footprint")
-                    && let Ok(rss) = procs::rss_bytes(env.daemon.pid())
+                    && let Ok(rss) = procs::rss_bytes(env.daemon_pid())
                 {
                     report.section("footprint");
                     report.info("oma-agent RSS after the runs (its sessions idle)", bytes(rss));

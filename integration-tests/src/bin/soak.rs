@@ -35,8 +35,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use oma_integration_tests::faults::{self, Proxy, SeqReport};
-use oma_integration_tests::{AgentDaemon, Bearer, Clients, ControlPlane, TestDatabase, text_prompt};
+use oma_integration_tests::faults::{self, SeqReport};
+use oma_integration_tests::{TestDatabase, World};
 use oma_proto::pb;
 use oma_proto::pb::session_event::Kind;
 use rand::rngs::StdRng;
@@ -137,13 +137,10 @@ impl Totals {
     }
 }
 
-/// One control plane, a proxy, one daemon; fields drop daemon first.
-struct World {
-    machine: AgentDaemon,
-    clients: Clients,
-    proxy: Proxy,
-    cp: ControlPlane,
-    agent_id: String,
+/// One control plane, a proxy, one daemon (logs in files), and the
+/// sessions of the current round.
+struct Soak {
+    world: World,
     sessions: Vec<SessionTrack>,
 }
 
@@ -155,53 +152,35 @@ struct SessionTrack {
     turns: HashMap<String, u64>,
 }
 
-async fn world(options: &Options) -> anyhow::Result<World> {
+async fn world(options: &Options) -> anyhow::Result<Soak> {
     let database = if options.postgres {
         TestDatabase::postgres("soak")?.context("--postgres needs OMA_TEST_POSTGRES_URL")?
     } else {
         TestDatabase::sqlite()?
     };
-    let cp = tokio::task::block_in_place(|| faults::start_control_plane(database, &[]))?;
-    let mut clients = Clients::new(cp.channel().await?, Bearer::new(&cp.admin_token));
-    let proxy = Proxy::start(cp.addr)?;
-    let code = clients.connect_code().await?;
-    let mut machine = tokio::task::block_in_place(|| faults::pair_agent(&proxy.url(), &code))?;
-    tokio::task::block_in_place(|| faults::start_agent(&mut machine, AGENT_ARGS))?;
-    oma_integration_tests::wait_online(&mut clients, &machine.runtime_id, Duration::from_secs(60)).await?;
-    let agent_id = clients
-        .create_agent(oma_integration_tests::test_agent_spec(
-            "soak",
-            &machine.runtime_id,
-            pb::PermissionPolicy::AllowOnce,
-        ))
+    let world = World::builder()
+        .database(database)
+        .through_proxy()
+        .logs_to_files()
+        .daemon_args_exactly(AGENT_ARGS)
+        .online_deadline(Duration::from_secs(60))
+        .agent_name("soak")
+        .system_prompt("")
+        .start()
         .await?;
-    Ok(World {
-        machine,
-        clients,
-        proxy,
-        cp,
-        agent_id,
+    Ok(Soak {
+        world,
         sessions: Vec::new(),
     })
 }
 
-impl World {
+impl Soak {
     /// Prompts a session, retrying while the runtime is away.
     async fn prompt(&self, session_id: &str, text: &str) -> anyhow::Result<String> {
         let start = Instant::now();
         loop {
-            let result = self
-                .clients
-                .sessions
-                .clone()
-                .prompt_session(pb::PromptSessionRequest {
-                    session_id: session_id.into(),
-                    turn_id: String::new(),
-                    prompt: text_prompt(text),
-                })
-                .await;
-            match result {
-                Ok(r) => return Ok(r.into_inner().turn_id),
+            match self.world.clients.prompt(session_id, text).await {
+                Ok(turn) => return Ok(turn.id),
                 Err(e) if start.elapsed() < Duration::from_secs(60) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if start.elapsed() > Duration::from_secs(50) {
@@ -215,7 +194,7 @@ impl World {
 
     async fn all_turns_ended(&self) -> bool {
         for session in &self.sessions {
-            match faults::session_status(&self.clients, &session.id).await {
+            match faults::session_status(&self.world.clients, &session.id).await {
                 Ok(pb::SessionStatus::Running) | Ok(pb::SessionStatus::Pending) | Err(_) => return false,
                 Ok(_) => {}
             }
@@ -227,46 +206,46 @@ impl World {
         let pick = rng.random_range(0..100);
         let name = match pick {
             0..40 => {
-                self.proxy.cut();
+                self.world.proxy().cut();
                 "cut"
             }
             40..55 => {
-                self.proxy.stall();
+                self.world.proxy().stall();
                 tokio::time::sleep(Duration::from_millis(rng.random_range(200..2500))).await;
-                self.proxy.resume();
+                self.world.proxy().resume();
                 "stall"
             }
             55..65 => {
-                self.proxy.delay(Duration::from_millis(rng.random_range(5..60)));
+                self.world.proxy().delay(Duration::from_millis(rng.random_range(5..60)));
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
-                self.proxy.resume();
+                self.world.proxy().resume();
                 "delay"
             }
             65..80 => {
-                let old = self.cp.addr;
+                let old = self.world.cp.addr;
                 let addr = tokio::task::block_in_place(|| {
-                    faults::kill_control_plane(&mut self.cp)?;
+                    faults::kill_control_plane(&mut self.world.cp)?;
                     std::thread::sleep(Duration::from_millis(200));
-                    faults::restart_control_plane(&mut self.cp, &[])
+                    faults::restart_control_plane(&mut self.world.cp)
                 })?;
-                self.proxy.set_target(addr);
+                self.world.proxy().set_target(addr);
                 if addr != old {
-                    self.clients = Clients::new(self.cp.channel().await?, Bearer::new(&self.cp.admin_token));
+                    self.world.clients = self.world.cp.clients().await?;
                 }
                 "control-plane kill -9"
             }
             80..90 => {
                 tokio::task::block_in_place(|| {
-                    faults::kill_agent(&mut self.machine)?;
-                    faults::start_agent(&mut self.machine, AGENT_ARGS)
+                    faults::kill_agent(&mut self.world.machine)?;
+                    faults::start_agent(&mut self.world.machine, AGENT_ARGS)
                 })?;
                 "daemon kill -9"
             }
             _ => {
                 tokio::task::block_in_place(|| {
-                    let status = faults::term_agent(&mut self.machine, Duration::from_secs(60))?;
+                    let status = faults::term_agent(&mut self.world.machine, Duration::from_secs(60))?;
                     anyhow::ensure!(status.success(), "SIGTERM: the daemon exited {status}");
-                    faults::start_agent(&mut self.machine, AGENT_ARGS)
+                    faults::start_agent(&mut self.world.machine, AGENT_ARGS)
                 })?;
                 "daemon SIGTERM"
             }
@@ -278,8 +257,8 @@ impl World {
     /// Reads what each session stored since the last check and accounts it.
     async fn verify(&mut self, totals: &mut Totals) -> anyhow::Result<()> {
         for session in &mut self.sessions {
-            let last = faults::last_seq(&self.clients, &session.id).await?;
-            let mut sessions = self.clients.sessions.clone();
+            let last = faults::last_seq(&self.world.clients, &session.id).await?;
+            let mut sessions = self.world.clients.sessions.clone();
             let mut stream = sessions
                 .watch_session(pb::WatchSessionRequest {
                     session_id: session.id.clone(),
@@ -363,25 +342,9 @@ impl World {
         until: Instant,
         sessions: usize,
     ) -> anyhow::Result<()> {
-        oma_integration_tests::wait_online(
-            &mut self.clients,
-            &self.machine.runtime_id.clone(),
-            Duration::from_secs(60),
-        )
-        .await?;
+        self.world.wait_online().await?;
         for _ in 0..sessions {
-            let id = self
-                .clients
-                .sessions
-                .create_session(pb::CreateSessionRequest {
-                    agent_id: self.agent_id.clone(),
-                    title: "soak".into(),
-                })
-                .await?
-                .into_inner()
-                .session
-                .context("no session")?
-                .id;
+            let id = self.world.clients.create_session(&self.world.agent_id, "soak").await?;
             self.sessions.push(SessionTrack {
                 id,
                 verified: 0,
@@ -404,7 +367,7 @@ impl World {
             }
             self.inject(rng, totals).await?;
         }
-        self.proxy.resume();
+        self.world.proxy().resume();
         let settle = Instant::now();
         while !self.all_turns_ended().await {
             if settle.elapsed() > ROUND_DEADLINE {
@@ -418,7 +381,8 @@ impl World {
         }
         self.verify(totals).await?;
         for session in std::mem::take(&mut self.sessions) {
-            self.clients
+            self.world
+                .clients
                 .sessions
                 .delete_session(pb::DeleteSessionRequest { session_id: session.id })
                 .await?;
@@ -433,12 +397,12 @@ async fn soak(options: &Options, totals: &mut Totals) -> anyhow::Result<()> {
     let mut worlds = 0;
     while Instant::now() < until {
         // A fresh world every few minutes: new database, daemon, sessions.
-        let mut world = world(options).await?;
+        let mut run = world(options).await?;
         worlds += 1;
         let world_until = (Instant::now() + Duration::from_secs(180)).min(until);
         let mut rounds = 0;
         while Instant::now() < world_until {
-            world.round(&mut rng, totals, until, options.sessions).await?;
+            run.round(&mut rng, totals, until, options.sessions).await?;
             rounds += 1;
             eprintln!(
                 "soak: world {worlds} round {rounds}: {} turns ({} interrupted), faults {:?}; {}",
@@ -448,8 +412,8 @@ async fn soak(options: &Options, totals: &mut Totals) -> anyhow::Result<()> {
                 totals.line()
             );
         }
-        let panics = faults::panics_in(&faults::control_plane_log(&world.cp));
-        let panics_agent = faults::panics_in(&faults::agent_log(&world.machine));
+        let panics = faults::panics_in(&faults::control_plane_log(&run.world.cp));
+        let panics_agent = faults::panics_in(&faults::agent_log(&run.world.machine));
         for panic in panics.into_iter().chain(panics_agent) {
             totals.problem(format!("panic: {panic}"));
         }
