@@ -11,7 +11,7 @@ use super::auth::caller;
 use super::convert;
 use super::status::invalid;
 use crate::service::Service;
-use crate::service::live::turns::{PermissionChoice, PromptRequest};
+use crate::service::sessions::turns::{PermissionChoice, PromptRequest};
 
 pub struct SessionGrpc {
     pub service: Arc<Service>,

@@ -24,6 +24,7 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::hub::Hub;
+use super::permissions::{Offered, PolicyDecision, decide};
 use crate::service::ServiceError;
 use crate::service::sessions::{STATUS_FAILED, STATUS_IDLE, STATUS_PENDING, STATUS_RUNNING};
 use crate::store::rows::{self, EventRow, PermissionRow, SESSION_TOMBSTONE};
@@ -437,24 +438,15 @@ fn apply_effects(
             }
         }
         Some(Kind::PermissionRequested(request)) => {
-            let option_ids: Vec<&str> = request.options.iter().map(|o| o.option_id.as_str()).collect();
-            let find = |kind: pb::PermissionOptionKind| {
-                request
-                    .options
-                    .iter()
-                    .find(|o| o.kind == kind as i32)
-                    .map(|o| o.option_id.clone())
-            };
-            let reject =
-                find(pb::PermissionOptionKind::RejectOnce).or_else(|| find(pb::PermissionOptionKind::RejectAlways));
+            let offered = Offered::of(request);
             rows::insert_permission(
                 conn,
                 &PermissionRow {
                     session_id: session_id.to_owned(),
                     request_id: request.request_id.clone(),
                     tenant_id: String::new(),
-                    option_ids: serde_json::to_string(&option_ids).unwrap_or_else(|_| "[]".into()),
-                    reject_option_id: reject.clone(),
+                    option_ids: serde_json::to_string(&offered.option_ids).unwrap_or_else(|_| "[]".into()),
+                    reject_option_id: offered.reject.clone(),
                     created_at: now,
                     decided_at: None,
                     decided_by: None,
@@ -466,16 +458,9 @@ fn apply_effects(
                     .map(|s| s.permission_policy)
                     .unwrap_or_default()
             });
-            // allow_once, never allow_always: Gemini refuses the latter in an
-            // untrusted folder, and "always" would outlive this request.
-            let decision = match policy {
-                PermissionPolicy::Ask => None,
-                PermissionPolicy::AllowOnce => Some(find(pb::PermissionOptionKind::AllowOnce)),
-                PermissionPolicy::Reject => Some(reject),
-            };
-            match decision {
-                None => appended.awaiting_person.push(request.request_id.clone()),
-                Some(option_id) => {
+            match decide(policy, &offered) {
+                PolicyDecision::AskPerson => appended.awaiting_person.push(request.request_id.clone()),
+                PolicyDecision::Answer(option_id) => {
                     if rows::decide_permission(
                         conn,
                         session_id,

@@ -1,4 +1,6 @@
 //! The live path: runtime streams, the session event log, and watchers.
+//! (The session operations that use it — prompt, cancel, answer, watch —
+//! are in [`crate::service::sessions`].)
 //!
 //! - [`registry`]: which runtime has which live stream (one per runtime,
 //!   fenced by a connection epoch).
@@ -8,20 +10,18 @@
 //! - [`hub`]: fan-out of committed events to watchers.
 //! - [`message`]: what a machine says on its stream, checked at the gRPC
 //!   boundary.
+//! - [`permissions`]: what an agent's permission policy decides.
 //! - [`stream`]: one runtime stream from Hello to its end.
 //! - [`start`]: the StartSession frame a machine gets for a session.
-//! - [`turns`]: prompts, cancels, permission answers and disposes.
-//! - [`watch`]: one session watch, from the log to live, bounded in bytes.
 //! - [`watchers`]: the live watches (revocation, the per-tenant cap).
 
 pub mod event_log;
 pub mod hub;
 pub mod message;
+pub mod permissions;
 pub mod registry;
 pub mod start;
 pub mod stream;
-pub mod turns;
-pub mod watch;
 pub mod watchers;
 
 use std::time::Duration;

@@ -7,12 +7,12 @@ use oma_proto::validate::ValidationError;
 use prost::Message as _;
 use serde_json::json;
 
-use super::start::start_session_frame;
-use super::stream::frame;
+use super::{STATUS_FAILED, STATUS_RUNNING};
 use crate::service::audit::record;
+use crate::service::live::start::start_session_frame;
+use crate::service::live::stream::frame;
 use crate::service::quotas::{self, Quota};
 use crate::service::rights;
-use crate::service::sessions::{STATUS_FAILED, STATUS_RUNNING};
 use crate::service::{Caller, Service, ServiceError, ServiceResult};
 use crate::store::now_ms;
 use crate::store::rows::{self, SessionRow};
@@ -64,7 +64,7 @@ impl Service {
     async fn send_to_runtime(&self, runtime_id: &str, control: pb::ControlFrame) -> ServiceResult<()> {
         match self.live.registry.send(runtime_id, control).await {
             Ok(()) => return Ok(()),
-            Err(e @ super::registry::SendError::TimedOut { .. }) => return Err(e.into()),
+            Err(e @ crate::service::live::registry::SendError::TimedOut { .. }) => return Err(e.into()),
             Err(_) => {}
         }
         let rid = runtime_id.to_owned();

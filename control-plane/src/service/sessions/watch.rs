@@ -11,7 +11,7 @@
 //! neither the writer, nor the runtime stream, nor another watcher.
 //!
 //! A watch ends with UNAUTHENTICATED as soon as its token is revoked or
-//! expires, or its user is deleted (see [`super::watchers`]).
+//! expires, or its user is deleted (see [`crate::service::live::watchers`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -24,8 +24,8 @@ use oma_proto::ids::SessionId;
 use oma_proto::pb;
 use prost::Message as _;
 
-use super::hub::{Next, Subscription};
-use super::watchers::WatchGuard;
+use crate::service::live::hub::{Next, Subscription};
+use crate::service::live::watchers::WatchGuard;
 use crate::service::{Caller, Service, ServiceError, ServiceResult, rights};
 use crate::store::rows::{self, EventRow};
 use crate::store::{Store, now_ms};

@@ -1,5 +1,9 @@
-//! Session records. The live path (prompts, events, watchers) is routed to
-//! the runtime's stream.
+//! Sessions: their records (here), their turns (prompt, cancel, answer a
+//! permission: [`turns`], routed to the runtime's stream) and watching
+//! their events ([`watch`]).
+
+pub mod turns;
+pub mod watch;
 
 use oma_proto::ids::{AgentId, SessionId};
 use oma_proto::validate;
