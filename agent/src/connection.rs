@@ -297,6 +297,57 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Asks the control plane to forget this machine (`oma-agent uninstall`):
+/// opens the runtime stream with `hello`, waits for Welcome, sends
+/// Deregister and waits for the server to end the stream (its token is then
+/// revoked). Errors say why it could not, in one line.
+pub async fn deregister(endpoint: Endpoint, machine_token: &str, hello: pb::Hello) -> Result<(), String> {
+    const WAIT: Duration = Duration::from_secs(10);
+    let channel = tokio::time::timeout(WAIT, endpoint.connect())
+        .await
+        .map_err(|_| "the control plane did not answer within 10s".to_owned())?
+        .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
+    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {machine_token}")
+        .parse()
+        .map_err(|_| "the stored machine token is not valid ASCII".to_owned())?;
+    let mut client = RuntimeStreamServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut()
+            .insert(oma_proto::AUTHORIZATION_HEADER, token.clone());
+        Ok(req)
+    });
+    let (tx, rx) = mpsc::channel::<pb::AgentFrame>(4);
+    let frame = |f| pb::AgentFrame { frame: Some(f) };
+    let _ = tx.send(frame(pb::agent_frame::Frame::Hello(hello))).await;
+    let wait = async {
+        let mut inbound = client
+            .open_stream(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| s.message().to_owned())?
+            .into_inner();
+        match inbound.message().await {
+            Ok(Some(pb::ControlFrame {
+                frame: Some(pb::control_frame::Frame::Welcome(_)),
+            })) => {}
+            Ok(_) => return Err("the control plane did not welcome this machine".to_owned()),
+            Err(status) => return Err(status.message().to_owned()),
+        }
+        let _ = tx
+            .send(frame(pb::agent_frame::Frame::Deregister(pb::Deregister {})))
+            .await;
+        // Whatever else arrives (session starts…) is not for a machine that
+        // is going away; the server ends the stream once it has forgotten it.
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return Ok(()),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .map_err(|_| "the control plane did not confirm within 10s".to_owned())?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

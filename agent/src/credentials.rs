@@ -34,6 +34,10 @@ pub struct Credentials {
     /// A PEM file of extra CA certificates to trust for `server_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Plaintext to a non-loopback server was allowed at setup
+    /// (`--insecure`), so the daemon (and the service it runs as) allows it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
     /// The tenant the runtime belongs to, when the server reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
@@ -48,6 +52,7 @@ impl fmt::Debug for Credentials {
             .field("runtime_id", &self.runtime_id)
             .field("machine_token", &"<redacted>")
             .field("ca_file", &self.ca_file)
+            .field("insecure", &self.insecure)
             .field("tenant_id", &self.tenant_id)
             .field("paired_at", &self.paired_at)
             .finish()
@@ -303,6 +308,7 @@ mod tests {
             runtime_id: "rt_0123456789abcdef0123456789abcdef".into(),
             machine_token: "sk_machine_secret".into(),
             ca_file: Some("/etc/oma/ca.pem".into()),
+            insecure: false,
             tenant_id: None,
             paired_at: paired_at_now(),
         }
@@ -321,6 +327,13 @@ mod tests {
         assert_eq!(load(&paths).unwrap(), Some(c));
         assert_eq!(mode(&paths.credentials_file()), 0o600);
         assert_eq!(mode(&paths.config_dir), 0o700);
+        // `setup --insecure` is remembered, so the service can connect too.
+        let insecure = Credentials {
+            insecure: true,
+            ..creds("http://10.0.0.5:50051")
+        };
+        save(&paths, &insecure, true).unwrap();
+        assert!(load(&paths).unwrap().unwrap().insecure);
     }
 
     #[test]

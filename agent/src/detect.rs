@@ -94,6 +94,50 @@ impl Quirks {
     }
 }
 
+/// Whether and how the daemon makes an agent ask before it acts (so that
+/// the session's permission policy decides, not the agent's own default).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AskSupport {
+    /// It sends `session/request_permission` on its own (`ask = "native"`).
+    Native,
+    /// Every session is switched to this ACP mode (`ask = "mode:<id>"`).
+    Mode(String),
+    /// It cannot be made to ask (`ask = "none"`).
+    None,
+}
+
+impl TryFrom<String> for AskSupport {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "native" => Ok(AskSupport::Native),
+            "none" => Ok(AskSupport::None),
+            other => match other.strip_prefix("mode:") {
+                Some(mode) if !mode.is_empty() && mode.len() <= 128 && !mode.chars().any(char::is_control) => {
+                    Ok(AskSupport::Mode(mode.to_owned()))
+                }
+                _ => Err(format!(
+                    "ask must be \"native\", \"none\" or \"mode:<ACP mode id>\", not {other:?}"
+                )),
+            },
+        }
+    }
+}
+
+impl AskSupport {
+    /// The manifest's words for it.
+    pub fn to_manifest(&self) -> (oma_proto::pb::AskSupport, String) {
+        use oma_proto::pb::AskSupport as Pb;
+        match self {
+            AskSupport::Native => (Pb::Native, String::new()),
+            AskSupport::Mode(mode) => (Pb::AcpMode, mode.clone()),
+            AskSupport::None => (Pb::None, String::new()),
+        }
+    }
+}
+
 /// Where a table entry came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntrySource {
@@ -118,6 +162,8 @@ pub struct AcpAgentEntry {
     pub env: BTreeMap<String, String>,
     /// How the daemon must treat it.
     pub quirks: Quirks,
+    /// How it is made to ask before acting.
+    pub ask: AskSupport,
     /// Built-in or from the user's config.
     pub source: EntrySource,
 }
@@ -219,6 +265,30 @@ struct BuiltIn {
     candidates: &'static [&'static str],
     args: &'static [&'static str],
     quirks: fn() -> Quirks,
+    /// `None` here: `AskSupport::Mode` of this id; see [`BuiltIn::ask`].
+    ask: BuiltInAsk,
+}
+
+/// How a built-in agent is made to ask (checked against the real agents,
+/// ACP-NOTES.md): Claude's adapter starts in its `auto` mode and asks only
+/// in `default`; Gemini asks on its own; Codex (approval policy) and
+/// opencode (permission config) would need their own config files, which
+/// the daemon does not write yet.
+#[derive(Clone, Copy)]
+enum BuiltInAsk {
+    Native,
+    Mode(&'static str),
+    None,
+}
+
+impl BuiltInAsk {
+    fn support(self) -> AskSupport {
+        match self {
+            BuiltInAsk::Native => AskSupport::Native,
+            BuiltInAsk::Mode(mode) => AskSupport::Mode(mode.to_owned()),
+            BuiltInAsk::None => AskSupport::None,
+        }
+    }
 }
 
 fn gemini_quirks() -> Quirks {
@@ -235,6 +305,7 @@ const BUILT_INS: &[BuiltIn] = &[
         candidates: &["claude-agent-acp", "claude-code-acp"],
         args: &[],
         quirks: Quirks::claude,
+        ask: BuiltInAsk::Mode("default"),
     },
     BuiltIn {
         id: "codex",
@@ -242,6 +313,7 @@ const BUILT_INS: &[BuiltIn] = &[
         candidates: &["codex-acp"],
         args: &[],
         quirks: Quirks::default,
+        ask: BuiltInAsk::None,
     },
     BuiltIn {
         id: "gemini",
@@ -249,6 +321,7 @@ const BUILT_INS: &[BuiltIn] = &[
         candidates: &["gemini"],
         args: &["--experimental-acp"],
         quirks: gemini_quirks,
+        ask: BuiltInAsk::Native,
     },
     BuiltIn {
         id: "opencode",
@@ -256,6 +329,7 @@ const BUILT_INS: &[BuiltIn] = &[
         candidates: &["opencode"],
         args: &["acp"],
         quirks: Quirks::default,
+        ask: BuiltInAsk::None,
     },
 ];
 
@@ -286,6 +360,7 @@ struct UserAgent {
     advertise_write_text_file: Option<bool>,
     system_prompt_in_meta: Option<bool>,
     skills_layout: Option<SkillsLayout>,
+    ask: Option<AskSupport>,
 }
 
 /// Builds the agent table: the built-in entries merged with `config_file`
@@ -325,6 +400,7 @@ pub fn detect(config_file: &Path, path_env: Option<&OsStr>) -> Result<DetectRepo
                     args: b.args.iter().map(|&a| a.to_owned()).collect(),
                     env: BTreeMap::new(),
                     quirks: (b.quirks)(),
+                    ask: b.ask.support(),
                     source: EntrySource::BuiltIn,
                 },
                 b.candidates.iter().map(|&c| c.to_owned()).collect::<Vec<_>>(),
@@ -337,6 +413,9 @@ pub fn detect(config_file: &Path, path_env: Option<&OsStr>) -> Result<DetectRepo
                     args: Vec::new(),
                     env: BTreeMap::new(),
                     quirks: Quirks::default(),
+                    // An agent the owner added: ACP's own way (it asks
+                    // through session/request_permission) unless it says.
+                    ask: AskSupport::Native,
                     source: EntrySource::UserConfig,
                 },
                 Vec::new(),
@@ -397,6 +476,12 @@ fn apply_user(entry: &mut AcpAgentEntry, user: &UserAgent) {
     if let Some(env) = &user.env {
         entry.env = env.clone();
     }
+    match (&user.ask, user.claude) {
+        (Some(ask), _) => entry.ask = ask.clone(),
+        // A Claude Code adapter the owner added: asks in its `default` mode.
+        (None, Some(true)) => entry.ask = AskSupport::Mode("default".into()),
+        _ => {}
+    }
     let quirks = &mut entry.quirks;
     if let Some(claude) = user.claude {
         quirks.set_claude(claude);
@@ -416,9 +501,9 @@ fn apply_user(entry: &mut AcpAgentEntry, user: &UserAgent) {
 }
 
 fn read_user_config(path: &Path) -> Result<Vec<UserAgent>, DetectError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+    let text = match crate::config_file::read_optional(path) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(Vec::new()),
         Err(source) => {
             return Err(DetectError::Read {
                 path: path.to_path_buf(),
@@ -427,13 +512,7 @@ fn read_user_config(path: &Path) -> Result<Vec<UserAgent>, DetectError> {
         }
     };
     let config: UserConfig = toml::from_str(&text).map_err(|err| {
-        let (line, column) = match err.span() {
-            Some(span) => {
-                let (line, column) = line_column(&text, span.start);
-                (Some(line), Some(column))
-            }
-            None => (None, None),
-        };
+        let (line, column) = crate::config_file::error_location(&text, &err);
         DetectError::Parse {
             path: path.to_path_buf(),
             line,
@@ -600,6 +679,37 @@ mod tests {
         fn detect(&self) -> Result<DetectReport, DetectError> {
             detect(&self.config_path(), Some(&self.path_env()))
         }
+    }
+
+    #[test]
+    fn how_each_agent_is_made_to_ask() {
+        let fx = Fixture::new();
+        for name in ["claude-agent-acp", "codex-acp", "gemini", "opencode", "mine", "adapter"] {
+            fx.exe("bin1", name);
+        }
+        fx.config(
+            "[[agent]]\nid = \"mine\"\ncommand = \"mine\"\n\n\
+             [[agent]]\nid = \"wrapped\"\ncommand = \"adapter\"\nclaude = true\n\n\
+             [[agent]]\nid = \"opencode\"\nask = \"mode:build\"\n\n\
+             [[agent]]\nid = \"codex\"\nask = \"native\"\n",
+        );
+        let report = fx.detect().unwrap();
+        let ask = |id: &str| report.agents.iter().find(|a| a.id == id).unwrap().ask.clone();
+        assert_eq!(ask("claude"), AskSupport::Mode("default".into()));
+        assert_eq!(ask("gemini"), AskSupport::Native);
+        assert_eq!(ask("mine"), AskSupport::Native);
+        assert_eq!(ask("wrapped"), AskSupport::Mode("default".into()));
+        assert_eq!(ask("opencode"), AskSupport::Mode("build".into()));
+        assert_eq!(ask("codex"), AskSupport::Native);
+        fx.config("");
+        let report = fx.detect().unwrap();
+        let builtin = |id: &str| report.agents.iter().find(|a| a.id == id).unwrap().ask.clone();
+        assert_eq!(builtin("codex"), AskSupport::None);
+        assert_eq!(builtin("opencode"), AskSupport::None);
+
+        fx.config("[[agent]]\nid = \"mine\"\ncommand = \"mine\"\nask = \"sometimes\"\n");
+        let e = fx.detect().unwrap_err().to_string();
+        assert!(e.contains("agents.toml:4") && e.contains("ask must be"), "{e}");
     }
 
     #[test]

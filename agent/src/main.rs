@@ -1,5 +1,6 @@
 //! The `oma-agent` binary.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,8 +13,9 @@ use oma_agent::fsutil;
 use oma_agent::paths::Paths;
 use oma_agent::policy::Policy;
 use oma_agent::service_unit::{self, ServiceManager, UnitSpec};
-use oma_agent::session::manager::{Manager, ManagerConfig};
+use oma_agent::session::manager::{Manager, ManagerConfig, ReportedAgent};
 use oma_agent::skills::{self, SkillSource};
+use oma_agent::workspaces::Workspaces;
 use oma_proto::pb;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -57,8 +59,14 @@ enum Command {
     },
     /// Run the daemon (what the service unit starts).
     Run(RunArgs),
-    /// Show whether this machine is paired and connected, and its agents.
-    Status,
+    /// Show whether this machine is paired and connected, and its agents
+    /// (exit 0 only when paired and running).
+    Status {
+        /// One JSON object: version, paired, runtime, server, daemon
+        /// (running, pid, connected, status, since), sessions, agents.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the ACP agents found on this machine and how each is launched.
     Agents,
     /// Show this machine's local policy (policy.toml): its MCP servers, the
@@ -97,11 +105,14 @@ struct RunArgs {
 
 #[derive(Subcommand, Debug)]
 enum ServiceCommand {
-    /// Write the unit and start it (restart on failure, logs to journald or ~/Library/Logs).
+    /// Write the unit and start it (restart on failure, logs to journald or
+    /// ~/Library/Logs). The `run` options given here are what the service runs with.
     Install {
         /// Print what would be done without doing it.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Stop the service and remove its unit.
     Uninstall {
@@ -110,6 +121,28 @@ enum ServiceCommand {
     },
     /// Show the service manager's view of the service.
     Status,
+}
+
+impl RunArgs {
+    /// The same options as `run` arguments, every one spelled out (the
+    /// service must not depend on the installing shell's environment).
+    fn to_args(&self) -> Vec<String> {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let mut args = vec![
+            "--idle-timeout".to_owned(),
+            ms(self.idle_timeout),
+            "--startup-timeout".to_owned(),
+            ms(self.startup_timeout),
+            "--reconnect-max".to_owned(),
+            ms(self.reconnect_max),
+            "--max-sessions".to_owned(),
+            self.max_sessions.to_string(),
+        ];
+        if self.insecure {
+            args.push("--insecure".to_owned());
+        }
+        args
+    }
 }
 
 /// Seconds, or a number with s/m/h.
@@ -179,10 +212,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             insecure,
         } => runtime.block_on(setup(&paths, server, code, name, ca_file, force, insecure)),
         Command::Run(args) => runtime.block_on(daemon(&paths, args)),
-        Command::Status => status(&paths),
+        Command::Status { json } => status(&paths, json),
         Command::Agents => agents(&paths),
         Command::Policy => show_policy(&paths),
-        Command::Uninstall => uninstall(&paths),
+        Command::Uninstall => runtime.block_on(uninstall(&paths)),
         Command::Service { command } => service(&paths, command),
     }
 }
@@ -234,6 +267,7 @@ async fn setup(
         runtime_id: runtime.id.clone(),
         machine_token: response.machine_token,
         ca_file,
+        insecure,
         tenant_id: Some(runtime.tenant_id.clone()),
         paired_at: credentials::paired_at_now(),
     };
@@ -261,7 +295,13 @@ fn skill_source() -> Option<SkillSource> {
 /// local skills, and from the owner's policy the local MCP servers (ids and
 /// names only) and the MCP URL allow-list. Also returns a fingerprint of the
 /// skills to detect changes.
-fn manifest(report: &DetectReport, source: Option<&SkillSource>, policy: &Policy) -> (pb::Manifest, u64) {
+fn manifest(
+    report: &DetectReport,
+    source: Option<&SkillSource>,
+    policy: &Policy,
+    workspaces: Vec<pb::Workspace>,
+    reported: &BTreeMap<String, ReportedAgent>,
+) -> (pb::Manifest, u64) {
     let found = source.map(skills::scan).unwrap_or_default();
     let local = skills::to_manifest(&found);
     let (local_mcp_servers, mcp_url_allow_list) = policy.manifest_parts();
@@ -269,15 +309,24 @@ fn manifest(report: &DetectReport, source: Option<&SkillSource>, policy: &Policy
         acp_agents: report
             .agents
             .iter()
-            .map(|a| pb::AcpAgentInfo {
-                id: a.id.clone(),
-                name: a.name.clone(),
-                local_skills: if a.quirks.is_claude { local.clone() } else { Vec::new() },
-                ..Default::default()
+            .map(|a| {
+                let (ask_support, ask_mode_id) = a.ask.to_manifest();
+                // Version and capabilities once a session has started it.
+                let own = reported.get(&a.id).cloned().unwrap_or_default();
+                pb::AcpAgentInfo {
+                    id: a.id.clone(),
+                    name: a.name.clone(),
+                    version: own.version,
+                    capabilities_json: own.capabilities_json,
+                    local_skills: if a.quirks.is_claude { local.clone() } else { Vec::new() },
+                    ask_support: ask_support as i32,
+                    ask_mode_id,
+                }
             })
             .collect(),
         local_mcp_servers,
         mcp_url_allow_list,
+        workspaces,
     };
     (manifest, skills::fingerprint(&found))
 }
@@ -290,6 +339,14 @@ struct ManifestState {
     policy: Policy,
     /// The last policy error logged (logged again only when it changes).
     policy_error: Option<String>,
+    /// The workspaces as last reported (a broken file keeps them).
+    workspaces: Vec<pb::Workspace>,
+    workspaces_error: Option<String>,
+    /// What the ACP agents said of themselves, as last reported.
+    reported: BTreeMap<String, ReportedAgent>,
+    /// The agent table as last detected, and the last error reading it.
+    agents: DetectReport,
+    agents_error: Option<String>,
 }
 
 async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
@@ -317,8 +374,22 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
         mcp_urls = policy.mcp_url_allow_list.len(),
         "local policy"
     );
+    // A broken workspaces file stops the daemon here too, with `file:line: why`.
+    let workspaces = Workspaces::load(&paths.workspaces_file())?;
+    tracing::info!(
+        file = %workspaces.file.display(),
+        workspaces = ?workspaces.list.iter().map(|w| &w.id).collect::<Vec<_>>(),
+        "local workspaces"
+    );
+    let reported_workspaces = workspaces.manifest();
     let source = skill_source();
-    let (initial_manifest, fingerprint) = manifest(&report, source.as_ref(), &policy);
+    let (initial_manifest, fingerprint) = manifest(
+        &report,
+        source.as_ref(),
+        &policy,
+        reported_workspaces.clone(),
+        &Default::default(),
+    );
     let hello = pb::Hello {
         machine_id,
         instance_id: uuid::Uuid::new_v4().simple().to_string(),
@@ -328,13 +399,29 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
         manifest: Some(initial_manifest),
         sessions: Vec::new(),
     };
-    let refresh_report = report.clone();
     let refresh_source = source.clone();
+    let refresh_paths = paths.clone();
+    let manager = Manager::load(ManagerConfig {
+        paths: paths.clone(),
+        agents: report.clone(),
+        skill_source: source.clone(),
+        idle_timeout: args.idle_timeout,
+        startup_timeout: args.startup_timeout,
+        shutdown_grace: Duration::from_secs(5),
+        max_sessions: args.max_sessions as usize,
+    });
+    let refresh_agents = manager.clone();
     let policy_file = paths.policy_file();
+    let workspaces_file = paths.workspaces_file();
     let last = std::sync::Mutex::new(ManifestState {
         skills: fingerprint,
         policy,
         policy_error: None,
+        workspaces: reported_workspaces,
+        workspaces_error: None,
+        reported: Default::default(),
+        agents: report,
+        agents_error: None,
     });
     let refresh_manifest: oma_agent::connection::ManifestSource = std::sync::Arc::new(move || {
         let mut last = last.lock().expect("manifest state lock");
@@ -352,23 +439,58 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
                 last.policy.clone()
             }
         };
-        let (manifest, fingerprint) = manifest(&refresh_report, refresh_source.as_ref(), &policy);
-        let changed = last.skills != fingerprint || last.policy.manifest_parts() != policy.manifest_parts();
+        let workspaces = match Workspaces::load(&workspaces_file) {
+            Ok(workspaces) => {
+                last.workspaces_error = None;
+                workspaces.manifest()
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if last.workspaces_error.as_ref() != Some(&message) {
+                    tracing::warn!("the workspaces file is broken (the last good one is reported): {message}");
+                    last.workspaces_error = Some(message);
+                }
+                last.workspaces.clone()
+            }
+        };
+        // PATH and agents.toml again: a newly installed agent, or one the
+        // owner added, is offered without a restart.
+        let report = match detect_agents(&refresh_paths) {
+            Ok(report) => {
+                last.agents_error = None;
+                report
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if last.agents_error.as_ref() != Some(&message) {
+                    tracing::warn!("agents.toml is broken (the last good agent table stays): {message}");
+                    last.agents_error = Some(message);
+                }
+                last.agents.clone()
+            }
+        };
+        if report != last.agents {
+            tracing::info!(agents = ?report.agents.iter().map(|a| &a.id).collect::<Vec<_>>(), "the ACP agents changed");
+            refresh_agents.set_agents(report.clone());
+        }
+        let reported = refresh_agents.reported_agents();
+        let (manifest, fingerprint) =
+            manifest(&report, refresh_source.as_ref(), &policy, workspaces.clone(), &reported);
+        let changed = last.skills != fingerprint
+            || last.policy.manifest_parts() != policy.manifest_parts()
+            || last.workspaces != workspaces
+            || last.reported != reported
+            || last.agents != report;
+        last.agents = report;
         last.skills = fingerprint;
         last.policy = policy;
+        last.workspaces = workspaces;
+        last.reported = reported;
         changed.then_some(manifest)
     });
-    let manager = Manager::load(ManagerConfig {
-        paths: paths.clone(),
-        agents: report,
-        skill_source: source,
-        idle_timeout: args.idle_timeout,
-        startup_timeout: args.startup_timeout,
-        shutdown_grace: Duration::from_secs(5),
-        max_sessions: args.max_sessions as usize,
-    });
     let state_file = paths.state_file();
-    let endpoint = endpoint(&creds.server_url, creds.ca_file.as_deref(), args.insecure).map_err(anyhow::Error::msg)?;
+    let insecure = args.insecure || creds.insecure;
+    let endpoint = endpoint(&creds.server_url, creds.ca_file.as_deref(), insecure).map_err(anyhow::Error::msg)?;
     let daemon = Daemon {
         endpoint,
         machine_token: creds.machine_token.clone(),
@@ -436,32 +558,75 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
                  `oma-agent setup --server {} --code CODE --force` (a code comes from `omactl runtimes connect`)",
                 creds.server_url
             );
-            3
+            refused_exit_code(std::env::var("XPC_SERVICE_NAME").ok().as_deref())
         }
     })
+}
+
+/// The exit code when the control plane refuses the credentials: 3, which
+/// the systemd unit does not restart (`RestartPreventExitStatus=3`). launchd
+/// cannot spare one exit code from `KeepAlive`, so under its job (whose
+/// label it passes as `XPC_SERVICE_NAME`) the daemon exits 0 instead:
+/// restarting every few seconds cannot help until the machine is paired again.
+fn refused_exit_code(launchd_job: Option<&str>) -> i32 {
+    match launchd_job {
+        Some(label) if label == oma_agent::service_unit::launchd::LABEL => 0,
+        _ => 3,
+    }
 }
 
 fn pid_alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
 
-fn status(paths: &Paths) -> anyhow::Result<i32> {
-    match credentials::load(paths)? {
-        None => println!("paired:    no (run `oma-agent setup --server URL --code CODE`)"),
-        Some(c) => {
-            println!("paired:    yes, runtime {} at {}", c.runtime_id, c.server_url);
-        }
-    }
+/// Prints whether this machine is paired and its daemon runs (as text, or
+/// one JSON object); exits 0 only when both hold (1 otherwise), so scripts
+/// and health checks can rely on it.
+fn status(paths: &Paths, json: bool) -> anyhow::Result<i32> {
+    let creds = credentials::load(paths)?;
     let state: Option<DaemonState> = std::fs::read(paths.state_file())
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .filter(|s: &DaemonState| pid_alive(s.pid));
-    match state {
+    // Sessions the machine holds: one state file each, beside the outboxes.
+    let sessions = std::fs::read_dir(paths.outbox_dir())
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".state.json"))
+                .count()
+        })
+        .unwrap_or(0);
+    let report = detect_agents(paths)?;
+    let ids: Vec<&str> = report.agents.iter().map(|a| a.id.as_str()).collect();
+    let ok = creds.is_some() && state.is_some();
+    if json {
+        let value = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "paired": creds.is_some(),
+            "runtime_id": creds.as_ref().map(|c| c.runtime_id.clone()),
+            "server": creds.as_ref().map(|c| c.server_url.clone()),
+            "daemon": {
+                "running": state.is_some(),
+                "pid": state.as_ref().map(|s| s.pid),
+                "connected": state.as_ref().is_some_and(|s| s.connected),
+                "status": state.as_ref().map(|s| s.status.clone()),
+                "since_unix": state.as_ref().map(|s| s.since_unix),
+            },
+            "sessions": sessions,
+            "agents": ids,
+        });
+        println!("{value}");
+        return Ok(if ok { 0 } else { 1 });
+    }
+    match &creds {
+        None => println!("paired:    no (run `oma-agent setup --server URL --code CODE`)"),
+        Some(c) => println!("paired:    yes, runtime {} at {}", c.runtime_id, c.server_url),
+    }
+    match &state {
         Some(s) => println!("daemon:    running (pid {}), {}", s.pid, s.status),
         None => println!("daemon:    not running"),
     }
-    let report = detect_agents(paths)?;
-    let ids: Vec<&str> = report.agents.iter().map(|a| a.id.as_str()).collect();
+    println!("sessions:  {sessions}");
     println!(
         "agents:    {}",
         if ids.is_empty() {
@@ -470,7 +635,7 @@ fn status(paths: &Paths) -> anyhow::Result<i32> {
             ids.join(", ")
         }
     );
-    Ok(0)
+    Ok(if ok { 0 } else { 1 })
 }
 
 fn agents(paths: &Paths) -> anyhow::Result<i32> {
@@ -547,7 +712,10 @@ fn show_policy(paths: &Paths) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn uninstall(paths: &Paths) -> anyhow::Result<i32> {
+/// Removes the service, tells the control plane to forget this machine
+/// (when it can be reached: its runtime and token are deleted there), and
+/// removes the credentials and the data dir.
+async fn uninstall(paths: &Paths) -> anyhow::Result<i32> {
     if let Ok(manager) = ServiceManager::current() {
         match service_unit::uninstall(manager, false) {
             Ok(report) => {
@@ -556,6 +724,32 @@ fn uninstall(paths: &Paths) -> anyhow::Result<i32> {
                 }
             }
             Err(e) => println!("note: {e}"),
+        }
+    }
+    if let Some(creds) = credentials::load(paths)? {
+        let hello = pb::Hello {
+            machine_id: credentials::machine_id(paths)?,
+            instance_id: uuid::Uuid::new_v4().simple().to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            manifest: None,
+            sessions: Vec::new(),
+        };
+        let deregistered = match endpoint(&creds.server_url, creds.ca_file.as_deref(), creds.insecure) {
+            Ok(endpoint) => oma_agent::connection::deregister(endpoint, &creds.machine_token, hello).await,
+            Err(e) => Err(e),
+        };
+        match deregistered {
+            Ok(()) => println!(
+                "the control plane at {} forgot runtime {} (its token no longer works)",
+                creds.server_url, creds.runtime_id
+            ),
+            Err(why) => println!(
+                "note: could not reach the control plane to remove runtime {} ({why}); delete it there with \
+                 `omactl runtimes delete {}`",
+                creds.runtime_id, creds.runtime_id
+            ),
         }
     }
     if credentials::remove(paths)? {
@@ -576,10 +770,11 @@ fn uninstall(paths: &Paths) -> anyhow::Result<i32> {
 fn service(paths: &Paths, command: ServiceCommand) -> anyhow::Result<i32> {
     let manager = ServiceManager::current()?;
     match command {
-        ServiceCommand::Install { dry_run } => {
+        ServiceCommand::Install { dry_run, run } => {
             let mut args = vec!["run".to_owned()];
             args.extend(["--config-dir".to_owned(), paths.config_dir.display().to_string()]);
             args.extend(["--data-dir".to_owned(), paths.data_dir.display().to_string()]);
+            args.extend(run.to_args());
             let spec = UnitSpec::for_current_exe(args)?;
             let report = service_unit::install(&spec, manager, dry_run)?;
             println!("{} unit: {}", report.manager, report.unit_path.display());
@@ -616,6 +811,14 @@ fn service(paths: &Paths, command: ServiceCommand) -> anyhow::Result<i32> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn refused_credentials_stop_the_service_under_both_managers() {
+        assert_eq!(refused_exit_code(None), 3);
+        assert_eq!(refused_exit_code(Some("com.apple.Terminal")), 3);
+        assert_eq!(refused_exit_code(Some("dev.oma.agent")), 0);
+    }
+
     use super::*;
 
     #[test]

@@ -98,6 +98,19 @@ impl Paths {
         self.config_dir.join("policy.toml")
     }
 
+    /// `<config dir>/workspaces.toml`: the folders the owner offers for
+    /// sessions.
+    pub fn workspaces_file(&self) -> PathBuf {
+        self.config_dir.join("workspaces.toml")
+    }
+
+    /// `<data dir>/worktrees/<session_id>`: a worktree session's git
+    /// worktree (the session id checked as for [`Paths::session_dir`]).
+    pub fn worktree_dir(&self, session_id: &str) -> Result<PathBuf, PathsError> {
+        validate_session_id(session_id)?;
+        Ok(self.data_dir.join("worktrees").join(session_id))
+    }
+
     /// `<data dir>/sessions`: one directory per session.
     pub fn sessions_dir(&self) -> PathBuf {
         self.data_dir.join("sessions")

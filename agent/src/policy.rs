@@ -35,7 +35,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -149,9 +148,9 @@ impl Policy {
     /// Reads `file` (absent means [`Policy::empty`]); bare MCP server
     /// commands are looked up in the absolute directories of `path_env`.
     pub fn load(file: &Path, path_env: Option<&OsStr>) -> Result<Policy, PolicyError> {
-        let text = match fs::read_to_string(file) {
-            Ok(text) => text,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Policy::empty(file)),
+        let text = match crate::config_file::read_optional(file) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(Policy::empty(file)),
             Err(source) => {
                 return Err(PolicyError::Read {
                     path: file.to_path_buf(),
@@ -192,13 +191,7 @@ impl Policy {
 
 fn parse(file: &Path, text: &str, path_env: Option<&OsStr>) -> Result<Policy, PolicyError> {
     let raw: PolicyFile = toml::from_str(text).map_err(|err| {
-        let (line, column) = match err.span() {
-            Some(span) => {
-                let (line, column) = detect::line_column(text, span.start);
-                (Some(line), Some(column))
-            }
-            None => (None, None),
-        };
+        let (line, column) = crate::config_file::error_location(text, &err);
         PolicyError::Parse {
             path: file.to_path_buf(),
             line,
@@ -326,6 +319,7 @@ fn parse(file: &Path, text: &str, path_env: Option<&OsStr>) -> Result<Policy, Po
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;

@@ -207,7 +207,9 @@ pub fn build_config_dir(source: &SkillSource, session_dir: &Path, blocklist: &[S
     fsutil::remove_stale(&session_dir, &[TMP_PREFIX, OLD_PREFIX]);
     let target = session_dir.join(CONFIG_DIR_NAME);
     let tmp = fsutil::temp_dir(&session_dir, TMP_PREFIX)?;
-    let built = populate(&root, &tmp, &target, blocklist).and_then(|()| fsutil::replace(&tmp, &target, OLD_PREFIX));
+    let built = populate(&root, &tmp, &target, blocklist)
+        .and_then(|()| keep_what_the_agent_wrote(&target, &tmp))
+        .and_then(|()| fsutil::replace(&tmp, &target, OLD_PREFIX));
     if let Err(e) = built {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
@@ -563,6 +565,36 @@ fn populate(root: &Path, dest: &Path, final_dest: &Path, blocklist: &[String]) -
         } else {
             symlink(&src, &dst)?;
         }
+    }
+    Ok(())
+}
+
+/// Moves into the new build what Claude itself wrote into the previous one
+/// (its transcripts under `projects/`, `.claude.json`, todos…): the real
+/// files and folders of `old` that the new build does not have. Without
+/// this, every child start would lose the sessions `session/load` needs
+/// on a machine whose own config has no `projects/`. Symlinks are never
+/// carried over (a child could have planted one), and nothing is written
+/// through anything: entries are renamed whole, within the session folder.
+fn keep_what_the_agent_wrote(old: &Path, new: &Path) -> io::Result<()> {
+    let entries = match fs::symlink_metadata(old) {
+        Ok(meta) if meta.is_dir() => fs::read_dir(old)?,
+        _ => return Ok(()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_symlink() {
+            continue;
+        }
+        let name = entry.file_name();
+        if name == "skills" || name == "plugins" {
+            continue; // views this build makes (with the current blocklist), never the agent's
+        }
+        let target = new.join(&name);
+        if fs::symlink_metadata(&target).is_ok() {
+            continue; // the new build's own (a link to the user's, or the skills view)
+        }
+        fs::rename(entry.path(), target)?;
     }
     Ok(())
 }
@@ -1044,6 +1076,29 @@ mod tests {
         let third = build_config_dir(&source(&h), &session, &[]).unwrap();
         assert_eq!(names(&third.join("skills")), ["alpha", "beta", "delta", "gamma"]);
         assert_eq!(names(&session), [".claude-config", "AGENTS.md"]);
+    }
+
+    #[test]
+    fn what_claude_wrote_survives_a_rebuild_and_planted_links_do_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A user whose own config has no projects/ yet.
+        let src = SkillSource::from_env(&tmp.path().join("nobody"), None);
+        let session = tmp.path().join("session");
+        let first = build_config_dir(&src, &session, &[]).unwrap();
+        fs::create_dir_all(first.join("projects/-work-x")).unwrap();
+        fs::write(first.join("projects/-work-x/abc.jsonl"), "{}\n").unwrap();
+        fs::write(first.join(".claude.json"), "{}").unwrap();
+        symlink(tmp.path(), first.join("planted")).unwrap();
+        let second = build_config_dir(&src, &session, &[]).unwrap();
+        assert_eq!(
+            fs::read_to_string(second.join("projects/-work-x/abc.jsonl")).unwrap(),
+            "{}\n"
+        );
+        assert!(second.join(".claude.json").is_file());
+        assert!(
+            fs::symlink_metadata(second.join("planted")).is_err(),
+            "a planted link is dropped"
+        );
     }
 
     #[test]

@@ -34,10 +34,22 @@ impl Machine {
 fn status_and_run_explain_how_to_pair() {
     let machine = Machine::new();
     let status = machine.run(&["status"]);
-    assert!(status.status.success());
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "unpaired and not running is not a success"
+    );
     let stdout = String::from_utf8_lossy(&status.stdout);
     assert!(stdout.contains("paired:    no"), "{stdout}");
     assert!(stdout.contains("daemon:    not running"), "{stdout}");
+
+    let json = machine.run(&["status", "--json"]);
+    assert_eq!(json.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["paired"], false, "{value}");
+    assert_eq!(value["daemon"]["running"], false, "{value}");
+    assert_eq!(value["sessions"], 0, "{value}");
+    assert_eq!(value["version"], env!("CARGO_PKG_VERSION"), "{value}");
 
     let run = machine.run(&["run"]);
     assert!(!run.status.success());
@@ -103,4 +115,50 @@ fn service_install_dry_run_prints_the_unit() {
         "{stdout}"
     );
     assert!(stdout.contains("run"), "{stdout}");
+}
+
+#[test]
+fn service_install_keeps_the_run_options_and_the_log_filter() {
+    let machine = Machine::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_oma-agent"))
+        .arg("--config-dir")
+        .arg(machine.config.path())
+        .arg("--data-dir")
+        .arg(machine.data.path())
+        .args([
+            "service",
+            "install",
+            "--dry-run",
+            "--idle-timeout",
+            "90s",
+            "--reconnect-max",
+            "5",
+            "--max-sessions",
+            "8",
+            "--insecure",
+        ])
+        .env("OMA_LOG", "debug")
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let unit = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "--idle-timeout",
+        "90000ms",
+        "--reconnect-max",
+        "5000ms",
+        "--max-sessions",
+        "--insecure",
+        "OMA_LOG",
+    ] {
+        assert!(unit.contains(expected), "missing {expected} in\n{unit}");
+    }
+    assert!(!unit.contains("RUST_LOG"), "{unit}");
+    if cfg!(target_os = "linux") {
+        assert!(
+            unit.contains("RestartPreventExitStatus=3") && unit.contains("UMask=0077"),
+            "{unit}"
+        );
+    }
 }

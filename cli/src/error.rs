@@ -16,8 +16,9 @@ pub mod exit {
     /// Invalid argument, failed precondition, already exists or aborted.
     pub const REJECTED: u8 = 6;
     pub const UNAVAILABLE: u8 = 7;
-    /// A turn stopped early: `max_tokens`, `max_turn_requests` or `refusal`.
-    pub const STOPPED: u8 = 2;
+    /// A turn stopped early: `max_tokens`, `max_turn_requests` or `refusal`
+    /// (not 2, which is a usage error, as clap's).
+    pub const STOPPED: u8 = 8;
     /// Interrupted: a cancelled turn, or Ctrl-C (128 + SIGINT).
     pub const INTERRUPTED: u8 = 130;
 }

@@ -189,6 +189,30 @@ impl Renderer {
                     self.line(r, &format!("· {text}"));
                 }
             }
+            Some(Kind::WorkspaceChanges(c)) => {
+                if self.turns {
+                    let line = format!(
+                        "· changes: {} file{} (+{} -{})",
+                        c.files_changed,
+                        if c.files_changed == 1 { "" } else { "s" },
+                        c.insertions,
+                        c.deletions
+                    );
+                    self.line(r, &line);
+                }
+            }
+            Some(Kind::OptionsChanged(o)) => {
+                if self.turns {
+                    let mut line = "· options:".to_owned();
+                    if !o.mode_id.is_empty() {
+                        line.push_str(&format!(" mode {}", o.mode_id));
+                    }
+                    if !o.model_id.is_empty() {
+                        line.push_str(&format!(" model {}", o.model_id));
+                    }
+                    self.line(r, &line);
+                }
+            }
             Some(Kind::StatusChanged(_)) | None => {}
         }
     }
@@ -378,7 +402,7 @@ pub struct Outcome {
 }
 
 /// `end_turn` → 0; `cancelled` → 130; `max_tokens`, `max_turn_requests`,
-/// `refusal` → 2 with `turn ended: REASON`; `error` (and reasons this build
+/// `refusal` → 8 with `turn ended: REASON`; `error` (and reasons this build
 /// does not know) → 1 with `error: MESSAGE`.
 pub fn outcome(ended: &pb::TurnEnded) -> Outcome {
     use pb::StopReason as S;
@@ -746,7 +770,8 @@ mod tests {
         assert_eq!(code(S::Cancelled, "").exit, 130);
         for reason in [S::MaxTokens, S::MaxTurnRequests, S::Refusal] {
             let o = code(reason, "");
-            assert_eq!(o.exit, 2);
+            assert_eq!(o.exit, exit::STOPPED);
+            assert_ne!(o.exit, exit::USAGE, "a stopped turn is not a usage error");
             assert_eq!(
                 o.message.unwrap(),
                 format!("turn ended: {}", view::stop_reason(reason as i32))

@@ -90,6 +90,14 @@ pub struct SpecFile {
     pub permission_policy: Option<Policy>,
     #[serde(alias = "runtimeBinding", skip_serializing_if = "Option::is_none")]
     pub runtime_binding: Option<BindingEntry>,
+    /// The ACP session mode / model new sessions start in.
+    #[serde(alias = "defaultModeId", skip_serializing_if = "Option::is_none")]
+    pub default_mode_id: Option<String>,
+    #[serde(alias = "defaultModelId", skip_serializing_if = "Option::is_none")]
+    pub default_model_id: Option<String>,
+    /// Bind `ask` to an agent its machine cannot make ask.
+    #[serde(alias = "acceptUnenforcedAsk", skip_serializing_if = "Option::is_none")]
+    pub accept_unenforced_ask: Option<bool>,
 }
 
 /// An appendable prompt: `content`, or `file` to read it from.
@@ -293,6 +301,15 @@ impl Edit {
         if let Some(policy) = file.permission_policy {
             self.set_policy(policy);
         }
+        if let Some(mode) = file.default_mode_id {
+            self.set_default_mode(mode);
+        }
+        if let Some(model) = file.default_model_id {
+            self.set_default_model(model);
+        }
+        if let Some(accept) = file.accept_unenforced_ask {
+            self.set_accept_unenforced_ask(accept);
+        }
         if let Some(b) = file.runtime_binding {
             self.binding = BindingPatch {
                 runtime_id: Some(b.runtime_id),
@@ -327,6 +344,21 @@ impl Edit {
     pub fn set_policy(&mut self, policy: Policy) {
         self.spec.permission_policy = policy.to_pb();
         self.set(AgentField::PermissionPolicy);
+    }
+
+    pub fn set_default_mode(&mut self, mode: String) {
+        self.spec.default_mode_id = mode;
+        self.set(AgentField::DefaultModeId);
+    }
+
+    pub fn set_default_model(&mut self, model: String) {
+        self.spec.default_model_id = model;
+        self.set(AgentField::DefaultModelId);
+    }
+
+    pub fn set_accept_unenforced_ask(&mut self, accept: bool) {
+        self.spec.accept_unenforced_ask = accept;
+        self.set(AgentField::AcceptUnenforcedAsk);
     }
 }
 
@@ -513,6 +545,9 @@ impl From<&pb::AgentSpec> for SpecFile {
                 acp_agent_id: b.acp_agent_id.clone(),
                 local_skill_blocklist: b.local_skill_blocklist.clone(),
             }),
+            default_mode_id: (!spec.default_mode_id.is_empty()).then(|| spec.default_mode_id.clone()),
+            default_model_id: (!spec.default_model_id.is_empty()).then(|| spec.default_model_id.clone()),
+            accept_unenforced_ask: spec.accept_unenforced_ask.then_some(true),
         }
     }
 }

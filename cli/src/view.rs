@@ -125,6 +125,18 @@ pub fn runtime(r: &pb::Runtime) -> Value {
                 json!({ "id": s.id, "name": s.name, "description": s.description })
             }).collect::<Vec<_>>(),
             "mcp_url_allow_list": r.manifest.iter().flat_map(|m| &m.mcp_url_allow_list).collect::<Vec<_>>(),
+            "workspaces": r.manifest.iter().flat_map(|m| &m.workspaces).map(|w| {
+                json!({
+                    "id": w.id,
+                    "name": w.name,
+                    "is_git": w.is_git,
+                    "current_branch": w.current_branch,
+                    "default_branch": w.default_branch,
+                    "remote_url": w.remote_url,
+                    "direct_allowed": w.direct_allowed,
+                    "problem": w.problem,
+                })
+            }).collect::<Vec<_>>(),
         },
     })
 }
@@ -158,7 +170,65 @@ pub fn session(s: &pb::Session) -> Value {
         "update_time": time_value(s.update_time.as_ref()),
         "last_seq": s.last_seq,
         "agent_version": s.agent_version,
+        "options": s.options.as_ref().map(session_options),
+        "requested_mode_id": s.requested_mode_id,
+        "requested_model_id": s.requested_model_id,
+        "workspace": s.workspace.as_ref().map(|w| json!({
+            "workspace_id": w.workspace_id,
+            "mode": workspace_mode(w.mode),
+            "base_ref": w.base_ref,
+            "branch": w.branch,
+        })),
     })
+}
+
+pub fn session_options(o: &pb::SessionOptions) -> Value {
+    let choices = |list: &[pb::SessionChoice]| {
+        list.iter()
+            .map(|c| json!({ "id": c.id, "name": c.name, "description": c.description }))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "mode_id": o.mode_id,
+        "modes": choices(&o.modes),
+        "model_id": o.model_id,
+        "models": choices(&o.models),
+    })
+}
+
+/// `current (of a, b, c)`, or what was asked for before the agent said.
+pub fn session_choice(offered: Option<(&String, &Vec<pb::SessionChoice>)>, requested: &str) -> String {
+    match offered {
+        Some((current, list)) if !list.is_empty() => format!(
+            "{} (of {})",
+            if current.is_empty() { "-" } else { current },
+            list.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+        _ if !requested.is_empty() => format!("{requested} (asked)"),
+        _ => "-".into(),
+    }
+}
+
+fn workspace_mode(mode: i32) -> &'static str {
+    match pb::WorkspaceMode::try_from(mode) {
+        Ok(pb::WorkspaceMode::Worktree) => "worktree",
+        Ok(pb::WorkspaceMode::Direct) => "direct",
+        _ => "unspecified",
+    }
+}
+
+/// One line: `web (worktree, branch oma/…, from main)`, or `-`.
+pub fn session_workspace(w: Option<&pb::SessionWorkspace>) -> String {
+    let Some(w) = w else { return "-".into() };
+    match pb::WorkspaceMode::try_from(w.mode) {
+        Ok(pb::WorkspaceMode::Direct) => format!("{} (direct)", w.workspace_id),
+        _ => format!(
+            "{} (worktree, branch {}, from {})",
+            w.workspace_id,
+            w.branch,
+            if w.base_ref.is_empty() { "HEAD" } else { &w.base_ref }
+        ),
+    }
 }
 
 pub fn audit_entry(e: &pb::AuditEntry) -> Value {
@@ -325,6 +395,8 @@ pub fn event_kind(e: &pb::SessionEvent) -> &'static str {
         Some(Kind::StatusChanged(_)) => "status_changed",
         Some(Kind::Error(_)) => "error",
         Some(Kind::Log(_)) => "log",
+        Some(Kind::WorkspaceChanges(_)) => "workspace_changes",
+        Some(Kind::OptionsChanged(_)) => "options_changed",
         None => "unknown",
     }
 }
@@ -378,6 +450,21 @@ pub fn session_event(e: &pb::SessionEvent) -> Value {
             "acp_session_id": s.acp_session_id,
         }),
         Some(Kind::Error(err)) => json!({ "code": err.code, "message": err.message }),
+        Some(Kind::OptionsChanged(o)) => session_options(o),
+        Some(Kind::WorkspaceChanges(c)) => json!({
+            "base_commit": c.base_commit,
+            "files_changed": c.files_changed,
+            "insertions": c.insertions,
+            "deletions": c.deletions,
+            "files": c.files.iter().map(|f| json!({
+                "path": f.path,
+                "status": f.status,
+                "insertions": f.insertions,
+                "deletions": f.deletions,
+                "binary": f.binary,
+            })).collect::<Vec<_>>(),
+            "truncated": c.truncated,
+        }),
         Some(Kind::Log(l)) => json!({ "message": l.message }),
         None => Value::Null,
     };

@@ -263,6 +263,10 @@ struct Fake {
     live: Arc<Mutex<Live>>,
 }
 
+/// How long an idle watch of the fake lasts before it is cut (past
+/// omactl's one second of "stable").
+const IDLE_CUT: Duration = Duration::from_millis(1100);
+
 /// The one session of the fake: its log, and what was asked of it.
 #[derive(Default)]
 struct Live {
@@ -273,6 +277,9 @@ struct Live {
     cancels: usize,
     /// The next watch breaks (UNAVAILABLE) after this many events.
     break_after: Option<usize>,
+    /// The next this-many plain watches are cut (UNAVAILABLE) after
+    /// [`IDLE_CUT`] without events, as a proxy cuts an idle stream.
+    idle_cuts: usize,
     deleted: bool,
 }
 
@@ -637,6 +644,7 @@ impl RuntimeService for Fake {
                             skill("pdf", pb::local_skill::Source::Global, ""),
                             skill("review", pb::local_skill::Source::Plugin, "superpowers"),
                         ],
+                        ..Default::default()
                     }],
                     local_mcp_servers: vec![pb::LocalMcpServer {
                         id: "fs".into(),
@@ -644,6 +652,7 @@ impl RuntimeService for Fake {
                         description: "read-only ~/src".into(),
                     }],
                     mcp_url_allow_list: vec!["https://mcp.example/tools".into()],
+                    workspaces: Vec::new(),
                 }),
                 last_seen_time: now(),
                 ..Default::default()
@@ -777,6 +786,21 @@ impl SessionService for Fake {
     }
 
     type WatchSessionStream = EventStream;
+    type GetSessionDiffStream = Pin<Box<dyn Stream<Item = Result<pb::GetSessionDiffResponse, Status>> + Send>>;
+
+    async fn set_session_options(
+        &self,
+        _request: Request<pb::SetSessionOptionsRequest>,
+    ) -> Result<Response<pb::SetSessionOptionsResponse>, Status> {
+        Err(Status::unimplemented("not used by these tests"))
+    }
+
+    async fn get_session_diff(
+        &self,
+        _request: Request<pb::GetSessionDiffRequest>,
+    ) -> Result<Response<Self::GetSessionDiffStream>, Status> {
+        Err(Status::unimplemented("not used by these tests"))
+    }
 
     /// The log from `from_seq` (up to the first TurnEnded with
     /// `until_turn_end`); without it, the stream then stays open until the
@@ -808,7 +832,18 @@ impl SessionService for Fake {
         if r.until_turn_end {
             return Ok(Response::new(Box::pin(tokio_stream::iter(events))));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(events.len().max(1));
+        let (tx, rx) = tokio::sync::mpsc::channel(events.len().max(1) + 1);
+        if live.idle_cuts > 0 {
+            live.idle_cuts -= 1;
+            tokio::spawn(async move {
+                for event in events {
+                    let _ = tx.send(event).await;
+                }
+                tokio::time::sleep(IDLE_CUT).await;
+                let _ = tx.send(Err(Status::unavailable("idle stream cut by a proxy"))).await;
+            });
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         let fake = self.live.clone();
         tokio::spawn(async move {
             for event in events {
@@ -1084,9 +1119,10 @@ fn prompts_follow_the_turn_to_its_end() {
         assert_eq!((watch.from_seq, watch.until_turn_end), (1, true));
     }
 
-    // Tool calls, the plan, the permission request; max_tokens exits 2.
+    // Tool calls, the plan, the permission request; max_tokens exits 8
+    // (2 is a usage error).
     let work = run(&["sessions", "prompt", SESSION, "work"]);
-    assert_eq!(work.code, 2, "{}", work.stderr);
+    assert_eq!(work.code, 8, "{}", work.stderr);
     assert_eq!(
         work.stdout,
         format!(
@@ -1211,7 +1247,10 @@ fn prompts_follow_the_turn_to_its_end() {
     );
     assert_eq!((chat.code, chat.stdout.as_str()), (0, "only\n"), "{}", chat.stderr);
 
-    // A plain watch runs until the session is deleted.
+    // A plain watch runs until the session is deleted, through more idle
+    // cuts than it has retries (each cut comes after a stream that worked).
+    let watches_before = fake.live.lock().unwrap().watches.len();
+    fake.live.lock().unwrap().idle_cuts = 7;
     let watch = Command::new(env!("CARGO_BIN_EXE_omactl"))
         .env_remove("OMA_OUTPUT")
         .env("OMACTL_CONFIG", &config)
@@ -1222,15 +1261,14 @@ fn prompts_follow_the_turn_to_its_end() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while fake
-        .live
-        .lock()
-        .unwrap()
-        .watches
-        .last()
-        .is_none_or(|w| w.until_turn_end)
-    {
-        assert!(started.elapsed() < Duration::from_secs(10), "the watch never started");
+    while {
+        let live = fake.live.lock().unwrap();
+        live.idle_cuts > 0 || live.watches.len() < watches_before + 8
+    } {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the watch did not outlive its idle cuts"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(run(&["sessions", "delete", SESSION]).code, 0);

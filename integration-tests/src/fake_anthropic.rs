@@ -403,7 +403,10 @@ async fn respond(
             let model = body["model"].as_str().unwrap_or("claude-fake").to_owned();
             let input_tokens = request.body.len() / 4;
             if body["stream"] == true {
-                stream_reply(stream, &user, &model, input_tokens, state).await?;
+                match write_request(&body) {
+                    Some(input) => stream_tool_use(stream, "Write", input, &model, input_tokens, state).await?,
+                    None => stream_reply(stream, &user, &model, input_tokens, state).await?,
+                }
                 Ok(false)
             } else {
                 let text = format!("{REPLY_PREFIX}{user}");
@@ -430,6 +433,66 @@ async fn respond(
             Ok(true)
         }
     }
+}
+
+/// `write ABSOLUTE_PATH TEXT` as the last user text of a request that offers
+/// the `Write` tool (and is not already the tool's result): the fake asks
+/// for that file to be written, as a model would.
+fn write_request(body: &Value) -> Option<Value> {
+    let offers_write = body["tools"]
+        .as_array()
+        .is_some_and(|tools| tools.iter().any(|t| t["name"] == "Write"));
+    let user = last_user_text(body);
+    let (path, text) = user.strip_prefix("write ")?.split_once(' ')?;
+    (offers_write && path.starts_with('/')).then(|| json!({"file_path": path, "content": format!("{text}\n")}))
+}
+
+/// Streams one `tool_use` block (the model asking for `name` with `input`).
+async fn stream_tool_use(
+    stream: &mut TcpStream,
+    name: &str,
+    input: Value,
+    model: &str,
+    input_tokens: usize,
+    state: &State,
+) -> std::io::Result<()> {
+    let result = async {
+        stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n",
+            )
+            .await?;
+        let id = format!("toolu_fake_{}", state.completed_streams.load(Ordering::SeqCst));
+        let events = [
+            json!({"type": "message_start", "message": {
+                "id": "msg_fake_tool", "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+            }}),
+            json!({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "input_json_delta", "partial_json": input.to_string()}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                   "usage": {"output_tokens": 10}}),
+            json!({"type": "message_stop"}),
+        ];
+        for event in events {
+            let kind = event["type"].as_str().unwrap_or_default().to_owned();
+            stream
+                .write_all(format!("event: {kind}\ndata: {event}\n\n").as_bytes())
+                .await?;
+            stream.flush().await?;
+        }
+        stream.shutdown().await
+    }
+    .await;
+    match &result {
+        Ok(()) => state.completed_streams.fetch_add(1, Ordering::SeqCst),
+        Err(_) => state.aborted_streams.fetch_add(1, Ordering::SeqCst),
+    };
+    result
 }
 
 /// Streams a reply as server-sent events; the body ends when the connection

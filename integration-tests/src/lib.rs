@@ -54,6 +54,36 @@ pub fn bin(name: &str) -> PathBuf {
     })
 }
 
+/// Runs git in `dir` with a fixed test identity; its stdout (trimmed at the
+/// end). Panics with git's complaint when it fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+}
+
+/// A git repository at `dir` (created) with one commit of `README.md` on `main`.
+pub fn git_repo(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("create the repository folder");
+    git(dir, &["init", "--quiet", "--initial-branch", "main"]);
+    std::fs::write(dir.join("README.md"), "web\n").expect("write README.md");
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "--quiet", "-m", "first"]);
+}
+
 /// The path of a workspace binary, or an error saying it is not built.
 pub fn try_bin(name: &str) -> anyhow::Result<PathBuf> {
     let path = bin_dir().join(name);
@@ -440,12 +470,24 @@ impl Clients {
     /// Creates a session of `agent_id` (its start is not waited for);
     /// returns its id.
     pub async fn create_session(&self, agent_id: &str, title: &str) -> anyhow::Result<String> {
+        self.create_session_in(agent_id, title, None).await
+    }
+
+    /// [`Self::create_session`] in a workspace of the runtime.
+    pub async fn create_session_in(
+        &self,
+        agent_id: &str,
+        title: &str,
+        workspace: Option<oma_proto::pb::SessionWorkspace>,
+    ) -> anyhow::Result<String> {
         let session = self
             .sessions
             .clone()
             .create_session(oma_proto::pb::CreateSessionRequest {
                 agent_id: agent_id.to_owned(),
                 title: title.to_owned(),
+                workspace,
+                ..Default::default()
             })
             .await?
             .into_inner()
@@ -474,6 +516,46 @@ impl Clients {
     }
 
     /// A session as the control plane has it now.
+    pub async fn get_runtime(&self, runtime_id: &str) -> anyhow::Result<oma_proto::pb::Runtime> {
+        self.runtimes
+            .clone()
+            .get_runtime(oma_proto::pb::GetRuntimeRequest {
+                runtime_id: runtime_id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .runtime
+            .ok_or_else(|| anyhow::anyhow!("GetRuntime answered without a runtime"))
+    }
+
+    /// A new user of this caller's tenant and an API token for it (no expiry).
+    pub async fn new_user(
+        &mut self,
+        name: &str,
+        role: oma_proto::pb::Role,
+    ) -> anyhow::Result<(oma_proto::pb::User, oma_proto::pb::CreateTokenResponse)> {
+        let user = self
+            .identity
+            .create_user(oma_proto::pb::CreateUserRequest {
+                name: name.to_owned(),
+                role: role as i32,
+            })
+            .await?
+            .into_inner()
+            .user
+            .ok_or_else(|| anyhow::anyhow!("CreateUser answered without a user"))?;
+        let token = self
+            .identity
+            .create_token(oma_proto::pb::CreateTokenRequest {
+                user_id: user.id.clone(),
+                name: format!("{name}-{:08x}", rand::random::<u32>()),
+                ttl_seconds: 0,
+            })
+            .await?
+            .into_inner();
+        Ok((user, token))
+    }
+
     pub async fn get_session(&self, session_id: &str) -> anyhow::Result<oma_proto::pb::Session> {
         self.sessions
             .clone()

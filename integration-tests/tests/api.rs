@@ -80,6 +80,9 @@ fn full_spec(name: &str, runtime_id: &str) -> pb::AgentSpec {
             acp_agent_id: "claude".into(),
             local_skill_blocklist: vec!["alpha".into(), "beta".into()],
         }),
+        default_mode_id: "default".into(),
+        default_model_id: "small".into(),
+        accept_unenforced_ask: false,
     }
 }
 
@@ -270,7 +273,8 @@ async fn tenant_isolation(w: &mut World) {
         NotFound,
         b.sessions.create_session(pb::CreateSessionRequest {
             agent_id: w.agent_id.clone(),
-            title: String::new()
+            title: String::new(),
+            ..Default::default()
         })
     );
     expect_code!(
@@ -289,7 +293,8 @@ async fn tenant_isolation(w: &mut World) {
     expect_code!(
         NotFound,
         b.sessions.delete_session(pb::DeleteSessionRequest {
-            session_id: w.session_id.clone()
+            session_id: w.session_id.clone(),
+            ..Default::default()
         })
     );
     expect_code!(
@@ -454,7 +459,8 @@ async fn member_permissions(w: &mut World) {
         PermissionDenied,
         m.sessions.create_session(pb::CreateSessionRequest {
             agent_id: w.agent_id.clone(),
-            title: String::new()
+            title: String::new(),
+            ..Default::default()
         })
     );
 
@@ -566,6 +572,7 @@ async fn token_life(cp: &ControlPlane, w: &mut World) {
         .create_session(pb::CreateSessionRequest {
             agent_id: w.agent_id.clone(),
             title: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -732,13 +739,15 @@ async fn hostile_member(w: &mut World) {
     }
     expect_denied!(m.sessions.create_session(pb::CreateSessionRequest {
         agent_id: w.agent_id.clone(),
-        title: String::new()
+        title: String::new(),
+        ..Default::default()
     }));
     expect_code!(
         Code::FailedPrecondition,
         m.sessions.create_session(pb::CreateSessionRequest {
             agent_id: loose.id.clone(),
-            title: String::new()
+            title: String::new(),
+            ..Default::default()
         })
     );
 
@@ -765,7 +774,8 @@ async fn hostile_member(w: &mut World) {
         answer: Some(pb::answer_permission_request::Answer::OptionId("allow".into())),
     }));
     expect_denied!(m.sessions.delete_session(pb::DeleteSessionRequest {
-        session_id: sid.clone()
+        session_id: sid.clone(),
+        ..Default::default()
     }));
     assert!(!list_all_sessions(m, "").await.contains(sid));
 
@@ -848,7 +858,10 @@ async fn member_rights_on_their_own(w: &mut World) {
         .unwrap();
     w.a_member
         .sessions
-        .delete_session(pb::DeleteSessionRequest { session_id: on_mine })
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: on_mine,
+            ..Default::default()
+        })
         .await
         .unwrap();
 
@@ -875,6 +888,7 @@ async fn member_rights_on_their_own(w: &mut World) {
         .sessions
         .delete_session(pb::DeleteSessionRequest {
             session_id: own[0].clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -1319,6 +1333,9 @@ async fn agent_round_trip(w: &mut World) {
             acp_agent_id: "codex".into(),
             local_skill_blocklist: vec!["gamma".into()],
         }),
+        default_mode_id: "plan".into(),
+        default_model_id: "large".into(),
+        accept_unenforced_ask: true,
     };
     let paths = [
         "name",
@@ -1329,6 +1346,9 @@ async fn agent_round_trip(w: &mut World) {
         "mcp_servers",
         "permission_policy",
         "runtime_binding",
+        "default_mode_id",
+        "default_model_id",
+        "accept_unenforced_ask",
     ];
     let mut expected = stored.spec.clone().unwrap();
     let mut version = stored.version;
@@ -1359,6 +1379,9 @@ async fn agent_round_trip(w: &mut World) {
             "mcp_servers" => expected.mcp_servers = replacement.mcp_servers.clone(),
             "permission_policy" => expected.permission_policy = replacement.permission_policy,
             "runtime_binding" => expected.runtime_binding = replacement.runtime_binding.clone(),
+            "default_mode_id" => expected.default_mode_id = replacement.default_mode_id.clone(),
+            "default_model_id" => expected.default_model_id = replacement.default_model_id.clone(),
+            "accept_unenforced_ask" => expected.accept_unenforced_ask = replacement.accept_unenforced_ask,
             _ => unreachable!(),
         }
         assert_eq!(updated.spec.clone().unwrap(), expected, "after updating {path}");

@@ -1022,6 +1022,7 @@ async fn a_deleted_session_answers_not_found() {
         .sessions
         .delete_session(pb::DeleteSessionRequest {
             session_id: session.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -13,9 +13,104 @@
 use oma_integration_tests::hostile_cp::{
     AGENTS_MD, Attack, CLAUDISH, DEADLINE, Lab, Outbound, PLAIN, session_id, swapped_for_symlinks,
 };
-use oma_integration_tests::wait_until;
+use oma_integration_tests::{git_repo, wait_until};
 use oma_proto::pb;
 use oma_proto::pb::control_frame::Frame;
+
+/// A workspace the owner declared, a git repository with one commit on
+/// `main`; every hostile start below names it (or not) and must leave it as
+/// it was: no branch, no worktree, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_names_from_the_server_never_reach_git_or_the_disk() {
+    let repo_root = tempfile::tempdir().unwrap();
+    let repo = repo_root.path().join("web");
+    git_repo(&repo);
+    let git = |args: &[&str]| oma_integration_tests::git(&repo, args);
+    let workspaces = format!("[[workspace]]\nid = \"web\"\npath = \"{}\"\n", repo.display());
+    let lab = Lab::start_with_config(64, None, Some(&workspaces)).await.unwrap();
+    let canary = lab.canary.token.clone();
+    let cases: Vec<(&str, pb::SessionWorkspace, &str, &str)> = vec![
+        (
+            "a path as the id",
+            ws("../../etc", "", ""),
+            "workspace_unknown",
+            "not a valid workspace id",
+        ),
+        (
+            "an undeclared id",
+            ws("undeclared", "", ""),
+            "workspace_unknown",
+            "no workspace \"undeclared\"",
+        ),
+        (
+            "an option as the branch",
+            ws("web", &format!("--output=/tmp/{canary}"), ""),
+            "workspace_branch_invalid",
+            "starts with '-'",
+        ),
+        (
+            "a branch climbing out",
+            ws("web", "a/../../b", ""),
+            "workspace_branch_invalid",
+            "'..'",
+        ),
+        (
+            "an option as the base",
+            ws("web", "", &format!("--upload-pack=touch /tmp/{canary}")),
+            "workspace_base_invalid",
+            "starts with '-'",
+        ),
+        (
+            "a base that names nothing",
+            ws("web", "", "nowhere"),
+            "workspace_base_not_found",
+            "\"nowhere\"",
+        ),
+        (
+            "an existing branch",
+            ws("web", "main", ""),
+            "workspace_branch_exists",
+            "\"main\" already exists",
+        ),
+        (
+            "direct mode the owner did not allow",
+            pb::SessionWorkspace {
+                mode: pb::WorkspaceMode::Direct as i32,
+                ..ws("web", "", "")
+            },
+            "workspace_direct_not_allowed",
+            "allow_direct",
+        ),
+    ];
+    for (case, workspace, code, says) in cases {
+        let id = session_id();
+        let mut start = lab.bundle(PLAIN, &id);
+        start.workspace = Some(workspace);
+        lab.run(
+            Attack::new(format!("workspace: {case}"))
+                .start(start)
+                .failed(&id, code, says),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(git(&["status", "--porcelain", "--untracked-files=all"]), "");
+    assert_eq!(git(&["branch", "--list", "--format=%(refname:short)"]).trim(), "main");
+    assert_eq!(
+        git(&["worktree", "list", "--porcelain"]).matches("worktree ").count(),
+        1
+    );
+    assert!(!lab.daemon.data_dir.path().join("worktrees").exists());
+}
+
+fn ws(id: &str, branch: &str, base_ref: &str) -> pb::SessionWorkspace {
+    pb::SessionWorkspace {
+        workspace_id: id.into(),
+        mode: pb::WorkspaceMode::Unspecified as i32,
+        branch: branch.into(),
+        base_ref: base_ref.into(),
+    }
+}
 
 /// What a refused skill name or path error names: the value itself, or the
 /// rule when the value is empty or too long to quote.
@@ -154,12 +249,16 @@ async fn ids_and_blocklists_with_path_characters_or_commands_go_nowhere() {
                 request_id: format!("g1.../../{t}"),
                 option_id: "allow\0".into(),
                 cancelled: false,
+                decided_by: "user:\0".into(),
             }))
             .send(Frame::EventAck(pb::EventAck {
                 session_id: id.clone(),
                 seq: u64::MAX,
             }))
-            .send(Frame::DisposeSession(pb::DisposeSession { session_id: id.clone() }));
+            .send(Frame::DisposeSession(pb::DisposeSession {
+                session_id: id.clone(),
+                delete_branch: false,
+            }));
     }
     // Hostile request ids and options for the normal session itself.
     attack = attack.send(Frame::PermissionAnswer(pb::PermissionAnswer {
@@ -167,6 +266,7 @@ async fn ids_and_blocklists_with_path_characters_or_commands_go_nowhere() {
         request_id: format!("../../{t}"),
         option_id: format!("../../{t}"),
         cancelled: false,
+        decided_by: format!("../../{t}"),
     }));
     for id in targets.iter().filter(|id| names_a_new_place(id)) {
         attack = attack.absent(id);

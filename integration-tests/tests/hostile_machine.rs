@@ -54,6 +54,7 @@ async fn world(database: TestDatabase) -> World {
         .sessions
         .delete_session(pb::DeleteSessionRequest {
             session_id: bad_deleted.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

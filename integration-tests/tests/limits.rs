@@ -309,6 +309,7 @@ async fn tenant_quotas_on_agents_and_sessions() -> anyhow::Result<()> {
     let create = || pb::CreateSessionRequest {
         agent_id: agent.id.clone(),
         title: String::new(),
+        ..Default::default()
     };
     let session = admin
         .sessions
@@ -323,7 +324,10 @@ async fn tenant_quotas_on_agents_and_sessions() -> anyhow::Result<()> {
     // A deleted session no longer counts.
     admin
         .sessions
-        .delete_session(pb::DeleteSessionRequest { session_id: session.id })
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: session.id,
+            ..Default::default()
+        })
         .await?;
     admin.sessions.create_session(create()).await?;
     Ok(())

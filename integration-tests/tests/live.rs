@@ -79,6 +79,7 @@ async fn prompt_streams_every_update_kind_and_ends_the_turn() {
         .clone()
         .delete_session(pb::DeleteSessionRequest {
             session_id: session_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -408,7 +409,10 @@ async fn a_tenant_over_its_stored_bytes_quota_starts_no_new_turn() {
     w.clients
         .sessions
         .clone()
-        .delete_session(pb::DeleteSessionRequest { session_id })
+        .delete_session(pb::DeleteSessionRequest {
+            session_id,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let next = w.session().await;

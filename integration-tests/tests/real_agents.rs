@@ -26,8 +26,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oma_integration_tests::fake_anthropic::{self, FakeAnthropic};
-use oma_integration_tests::world::{World, agent_text, turn_end, update_kinds};
-use oma_integration_tests::{Process, bin_dir, wait_until};
+use oma_integration_tests::world::{World, agent_text, option, reject, turn_end, update_kinds};
+use oma_integration_tests::{Process, bin_dir, git, git_repo, wait_until};
 use oma_proto::pb;
 
 const TURN: Duration = Duration::from_secs(120);
@@ -224,21 +224,14 @@ async fn agentclientprotocol_claude_agent_acp_against_a_fake_model() {
     }
 }
 
-/// Control plane + oma-agent + the real adapter on the fake model: two turns
-/// with context, a cancel mid-stream, and a turn after the cancel.
-async fn scenario(flavor: &Flavor) {
-    let label = flavor.package;
-    let start = Instant::now();
-    let (command, args) = claude_agent_command(flavor).unwrap();
-    log(label, start, &format!("ready: {command} {args:?}"));
-
-    let fake = FakeAnthropic::start().await.unwrap();
-    let home = tempfile::tempdir().unwrap();
+/// The `agents.toml` entry `claude`: the adapter pointed at the fake, with
+/// `home` as its HOME.
+fn claude_agents_toml(flavor: &Flavor, command: &str, args: &[String], fake: &FakeAnthropic, home: &Path) -> String {
     let env = [
         ("ANTHROPIC_BASE_URL", fake.base_url()),
         ("ANTHROPIC_API_KEY", "sk-ant-fake".to_owned()),
         // Claude Code writes ~/.claude.json and ~/.claude/: keep the user's own away.
-        ("HOME", home.path().to_string_lossy().into_owned()),
+        ("HOME", home.to_string_lossy().into_owned()),
         ("DISABLE_AUTOUPDATER", "1".to_owned()),
         ("DISABLE_TELEMETRY", "1".to_owned()),
         ("DISABLE_ERROR_REPORTING", "1".to_owned()),
@@ -250,13 +243,26 @@ async fn scenario(flavor: &Flavor) {
         ("IS_SANDBOX", "1".to_owned()),
     ];
     let env_toml: Vec<String> = env.iter().map(|(k, v)| format!("{k} = {}", toml_str(v))).collect();
-    let agents_toml = format!(
+    format!(
         "[[agent]]\nid = \"claude\"\nname = {}\ncommand = {}\nargs = [{}]\nenv = {{ {} }}\n",
         toml_str(&format!("Claude Code ({}, fake model)", flavor.package)),
-        toml_str(&command),
+        toml_str(command),
         args.iter().map(|a| toml_str(a)).collect::<Vec<_>>().join(", "),
         env_toml.join(", "),
-    );
+    )
+}
+
+/// Control plane + oma-agent + the real adapter on the fake model: two turns
+/// with context, a cancel mid-stream, and a turn after the cancel.
+async fn scenario(flavor: &Flavor) {
+    let label = flavor.package;
+    let start = Instant::now();
+    let (command, args) = claude_agent_command(flavor).unwrap();
+    log(label, start, &format!("ready: {command} {args:?}"));
+
+    let fake = FakeAnthropic::start().await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let agents_toml = claude_agents_toml(flavor, &command, &args, &fake, home.path());
 
     let mut world = World::builder()
         .agents_toml(agents_toml)
@@ -420,4 +426,227 @@ async fn scenario(flavor: &Flavor) {
         panic!("unexpected answer after the cancel: {text:?}");
     }
     log(label, start, &format!("done; the fake received:\n{}", fake.summary()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agentclientprotocol_claude_in_a_worktree_resumes_after_a_daemon_restart() {
+    if enabled() {
+        worktree_scenario(&AGENTCLIENTPROTOCOL).await;
+    }
+}
+
+/// Claude on a worktree of a repository made here, on a machine whose home
+/// has no `~/.claude` (so the private `CLAUDE_CONFIG_DIR` is all Claude
+/// has): the instructions reach the model, nothing of the product's shows
+/// in the worktree, and after a daemon restart (the private config dir is
+/// rebuilt) `session/load` resumes and the model sees the first turn.
+async fn worktree_scenario(flavor: &Flavor) {
+    let label = "claude on a worktree";
+    let start = Instant::now();
+    let (command, args) = claude_agent_command(flavor).unwrap();
+    let fake = FakeAnthropic::start().await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let repo_root = tempfile::tempdir().unwrap();
+    let repo = repo_root.path().join("web");
+    git_repo(&repo);
+    let workspaces = format!(
+        "[[workspace]]\nid = \"web\"\npath = {}\n",
+        toml_str(&repo.to_string_lossy())
+    );
+    let daemon_home = home.path().to_string_lossy().into_owned();
+    let mut world = World::builder()
+        .agents_toml(claude_agents_toml(flavor, &command, &args, &fake, home.path()))
+        .acp_agent("claude")
+        .agent_name("real-claude-worktree")
+        .system_prompt(SYSTEM_PROMPT)
+        .policy(pb::PermissionPolicy::Ask)
+        .turn_deadline(TURN)
+        .prepare(move |machine| {
+            machine.env_remove = std::env::vars_os()
+                .map(|(name, _)| name.to_string_lossy().into_owned())
+                .filter(|name| leaks_routing(name))
+                .collect();
+            machine.env.push(("HOME".into(), daemon_home));
+            std::fs::write(machine.config_dir.path().join("workspaces.toml"), workspaces).unwrap();
+        })
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n--- the fake Anthropic endpoint received:\n{}", fake.summary()));
+    let _diagnostics = Diagnostics {
+        fake: &fake,
+        logs: world.machine.data_dir.path().join("logs"),
+    };
+    let workspace = pb::SessionWorkspace {
+        workspace_id: "web".into(),
+        ..Default::default()
+    };
+    let session = world
+        .clients
+        .create_session_in(&world.agent_id, "", Some(workspace))
+        .await
+        .unwrap();
+    let worktree = world.machine.data_dir.path().join("worktrees").join(&session);
+
+    let events = world.run_turn(&session, "hello").await;
+    log(label, start, "turn 1 done");
+    assert!(
+        agent_text(&events).contains("fake-claude says: hello"),
+        "{}",
+        agent_text(&events)
+    );
+    let first = fake
+        .messages_requests()
+        .into_iter()
+        .rfind(|r| fake_anthropic::last_user_text(r) == "hello")
+        .unwrap_or_else(|| panic!("no Messages call carried hello:\n{}", fake.summary()));
+    let user = fake_anthropic::message_texts(&first, "user").join("\n");
+    assert!(
+        user.contains(oma_proto::workspace::INSTRUCTIONS_HEADER) && user.contains(SYSTEM_PROMPT),
+        "the instructions are not in the first prompt: {user}"
+    );
+    // What Claude offers is recorded, and the daemon switched it from its
+    // `auto` to `default`, the mode in which it asks before edits (the
+    // manifest says so), because the agent's policy is `ask`.
+    let options = world.get_session(&session).await.options.expect("options recorded");
+    log(label, start, &format!("Claude offers {options:?}"));
+    assert!(options.modes.iter().any(|m| m.id == "auto"), "{options:?}");
+    assert_eq!(options.mode_id, "default", "{options:?}");
+    let claude = world.runtime.as_ref().unwrap().manifest.as_ref().unwrap().acp_agents[0].clone();
+    assert_eq!(
+        (claude.ask_support, claude.ask_mode_id.as_str()),
+        (pb::AskSupport::AcpMode as i32, "default")
+    );
+    // A switch on the live session reaches Claude and is recorded; then back.
+    for mode in ["plan", "default"] {
+        world
+            .clients
+            .sessions
+            .clone()
+            .set_session_options(pb::SetSessionOptionsRequest {
+                session_id: session.clone(),
+                mode_id: mode.into(),
+                model_id: String::new(),
+            })
+            .await
+            .unwrap();
+        wait_until(&format!("mode {mode} to be recorded"), TURN, || async {
+            let options = world.clients.get_session(&session).await.ok()?.options?;
+            (options.mode_id == mode).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    assert!(worktree.is_dir());
+    assert_eq!(git(&worktree, &["status", "--porcelain", "--untracked-files=all"]), "");
+    assert_eq!(git(&repo, &["status", "--porcelain", "--untracked-files=all"]), "");
+
+    // The fake model asks Claude to write a file: Claude asks, nothing is
+    // written until a person approves; then it lands in the worktree only,
+    // and the turn's changes and the diff show it.
+    let target = worktree.canonicalize().unwrap().join("hello.txt");
+    let turn = world
+        .prompt(&session, &format!("write {} hello from claude", target.display()))
+        .await;
+    let request = world.next_permission(&turn).await;
+    assert!(!target.exists(), "written before anyone approved");
+    let allow = request
+        .options
+        .iter()
+        .find(|o| o.kind == pb::PermissionOptionKind::AllowOnce as i32)
+        .expect("an allow_once option")
+        .option_id
+        .clone();
+    world
+        .answer(&session, &request.request_id, option(&allow))
+        .await
+        .unwrap();
+    let events = world.collect(&turn).await;
+    log(label, start, "the approved write turn done");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "hello from claude\n");
+    assert!(!repo.join("hello.txt").exists());
+    let changes = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(pb::session_event::Kind::WorkspaceChanges(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("the turn's changes");
+    assert_eq!(
+        changes.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+        ["hello.txt"]
+    );
+    let mut diff = world
+        .clients
+        .sessions
+        .clone()
+        .get_session_diff(pb::GetSessionDiffRequest {
+            session_id: session.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut patch = Vec::new();
+    while let Some(piece) = diff.message().await.unwrap() {
+        patch.extend(piece.chunk);
+    }
+    let patch = String::from_utf8(patch).unwrap();
+    assert!(patch.contains("+hello from claude"), "{patch}");
+    assert_eq!(
+        git(&worktree, &["status", "--porcelain", "--untracked-files=all"]),
+        "?? hello.txt"
+    );
+
+    // A denied write leaves no file.
+    let denied = worktree.canonicalize().unwrap().join("denied.txt");
+    let turn = world
+        .prompt(&session, &format!("write {} should never exist", denied.display()))
+        .await;
+    let request = world.next_permission(&turn).await;
+    world.answer(&session, &request.request_id, reject()).await.unwrap();
+    let events = world.collect(&turn).await;
+    log(
+        label,
+        start,
+        &format!("the denied write turn done: {:?}", update_kinds(&events)),
+    );
+    assert!(!denied.exists(), "a denied write happened");
+
+    // The daemon restarts: the next child gets a rebuilt private config dir
+    // and must still find its transcript for session/load.
+    world.machine.restart().unwrap();
+    world.wait_online().await.unwrap();
+    let _daemon = StopGracefully(world.machine.process.take().expect("the daemon runs"));
+    let events = world.run_turn(&session, "what did I say?").await;
+    log(label, start, "turn 2 (after the restart) done");
+    let log_lines: Vec<String> = world
+        .read_log(&session, TURN)
+        .await
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::session_event::Kind::Log(l)) => Some(l.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !log_lines.iter().any(|l| l.contains("session/load failed")),
+        "the resume failed: {log_lines:?}"
+    );
+    assert!(agent_text(&events).contains("fake-claude says: what did I say?"));
+    let second = fake
+        .messages_requests()
+        .into_iter()
+        .rfind(|r| fake_anthropic::last_user_text(r) == "what did I say?")
+        .unwrap();
+    assert!(
+        fake_anthropic::message_texts(&second, "user")
+            .iter()
+            .any(|t| t.contains("hello")),
+        "the model does not see the first turn after the restart: {}",
+        fake.summary()
+    );
+    assert_eq!(
+        git(&worktree, &["status", "--porcelain", "--untracked-files=all"]),
+        "?? hello.txt"
+    );
+    log(label, start, "done");
 }

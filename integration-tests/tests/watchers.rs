@@ -42,18 +42,7 @@ async fn start(test: &str, database: Option<TestDatabase>, extra_args: &[&str]) 
 async fn member(cp: &ControlPlane, name: &str) -> Member {
     let channel = cp.channel().await.unwrap();
     let mut admin = Clients::new(channel.clone(), Bearer::new(&cp.admin_token));
-    let user = admin
-        .identity
-        .create_user(pb::CreateUserRequest {
-            name: name.into(),
-            role: pb::Role::Member as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
-    let token = new_token(&mut admin, &user.id, 0).await;
+    let (user, token) = admin.new_user(name, pb::Role::Member).await.unwrap();
     let mut clients = Clients::new(channel.clone(), Bearer::new(&token.secret));
     let machine = RawMachine::pair(&mut clients, &format!("{name}-laptop")).await.unwrap();
     let session_id = session_on(&mut clients, &machine.runtime_id, name).await;

@@ -5,7 +5,9 @@
 pub mod ids;
 pub mod mcp_url;
 pub mod model;
+pub mod session_options;
 pub mod validate;
+pub mod workspace;
 
 /// The generated protobuf messages, clients and servers of package `oma.v1`.
 #[allow(clippy::all, missing_docs)]

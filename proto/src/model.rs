@@ -118,6 +118,15 @@ pub struct AgentSpec {
     pub permission_policy: PermissionPolicy,
     #[serde(default)]
     pub runtime_binding: Option<RuntimeBinding>,
+    /// The ACP session mode / model new sessions start in (empty: the
+    /// agent's own default).
+    #[serde(default)]
+    pub default_mode_id: String,
+    #[serde(default)]
+    pub default_model_id: String,
+    /// Bind `ask` to an agent that cannot be made to ask.
+    #[serde(default)]
+    pub accept_unenforced_ask: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,10 +292,13 @@ pub enum AgentField {
     McpServers,
     PermissionPolicy,
     RuntimeBinding,
+    DefaultModeId,
+    DefaultModelId,
+    AcceptUnenforcedAsk,
 }
 
 impl AgentField {
-    pub const ALL: [AgentField; 8] = [
+    pub const ALL: [AgentField; 11] = [
         AgentField::Name,
         AgentField::Description,
         AgentField::SystemPrompt,
@@ -295,6 +307,9 @@ impl AgentField {
         AgentField::McpServers,
         AgentField::PermissionPolicy,
         AgentField::RuntimeBinding,
+        AgentField::DefaultModeId,
+        AgentField::DefaultModelId,
+        AgentField::AcceptUnenforcedAsk,
     ];
 
     pub fn path(self) -> &'static str {
@@ -307,6 +322,9 @@ impl AgentField {
             AgentField::McpServers => "mcp_servers",
             AgentField::PermissionPolicy => "permission_policy",
             AgentField::RuntimeBinding => "runtime_binding",
+            AgentField::DefaultModeId => "default_mode_id",
+            AgentField::DefaultModelId => "default_model_id",
+            AgentField::AcceptUnenforcedAsk => "accept_unenforced_ask",
         }
     }
 
@@ -356,6 +374,9 @@ pub fn merge_update(stored: &AgentSpec, request: pb::AgentSpec, fields: &[AgentF
         mcp_servers,
         permission_policy,
         runtime_binding,
+        default_mode_id,
+        default_model_id,
+        accept_unenforced_ask,
     } = request;
     // Destructuring (not `..`) makes adding a proto field a compile error
     // here until the update path handles it.
@@ -373,6 +394,9 @@ pub fn merge_update(stored: &AgentSpec, request: pb::AgentSpec, fields: &[AgentF
             AgentField::McpServers => merged.mcp_servers = mcp_servers.take().unwrap_or_default(),
             AgentField::PermissionPolicy => merged.permission_policy = permission_policy,
             AgentField::RuntimeBinding => merged.runtime_binding = runtime_binding.take().flatten(),
+            AgentField::DefaultModeId => merged.default_mode_id = default_mode_id.clone(),
+            AgentField::DefaultModelId => merged.default_model_id = default_model_id.clone(),
+            AgentField::AcceptUnenforcedAsk => merged.accept_unenforced_ask = accept_unenforced_ask,
         }
     }
     AgentSpec::try_from(merged)
@@ -504,6 +528,8 @@ impl TryFrom<pb::AgentSpec> for AgentSpec {
 
         let permission_policy = PermissionPolicy::from_wire("spec.permission_policy", spec.permission_policy)?;
         let runtime_binding = spec.runtime_binding.map(RuntimeBinding::try_from).transpose()?;
+        validate::opaque_id("spec.default_mode_id", &spec.default_mode_id, false)?;
+        validate::opaque_id("spec.default_model_id", &spec.default_model_id, false)?;
 
         Ok(AgentSpec {
             name,
@@ -514,6 +540,9 @@ impl TryFrom<pb::AgentSpec> for AgentSpec {
             mcp_servers,
             permission_policy,
             runtime_binding,
+            default_mode_id: spec.default_mode_id,
+            default_model_id: spec.default_model_id,
+            accept_unenforced_ask: spec.accept_unenforced_ask,
         })
     }
 }
@@ -629,6 +658,9 @@ impl From<AgentSpec> for pb::AgentSpec {
                 acp_agent_id: b.acp_agent_id,
                 local_skill_blocklist: b.local_skill_blocklist,
             }),
+            default_mode_id: s.default_mode_id,
+            default_model_id: s.default_model_id,
+            accept_unenforced_ask: s.accept_unenforced_ask,
         }
     }
 }
@@ -691,6 +723,9 @@ mod tests {
                 acp_agent_id: "claude".into(),
                 local_skill_blocklist: vec!["a".into(), "b".into()],
             }),
+            default_mode_id: "default".into(),
+            default_model_id: "sonnet".into(),
+            accept_unenforced_ask: true,
         }
     }
 

@@ -270,6 +270,12 @@ pub fn agent_frame(frame: &pb::AgentFrame) -> Validated<()> {
             Some(m) => manifest(m).map_err(|e| e.within("manifest_update.manifest")),
             None => Ok(()),
         },
+        Some(Frame::Deregister(_)) => Ok(()),
+        Some(Frame::DiffChunk(chunk)) => {
+            opaque_id("diff_chunk.request_id", &chunk.request_id, true)?;
+            text("diff_chunk.error", &chunk.error, 1024, false)?;
+            Ok(())
+        }
     }
 }
 
@@ -363,6 +369,21 @@ pub fn manifest(manifest: &pb::Manifest) -> Validated<()> {
     for (i, entry) in manifest.mcp_url_allow_list.iter().enumerate() {
         label(&format!("mcp_url_allow_list[{i}]"), entry, MAX_ALLOWED_URL_CHARS, true)?;
     }
+    if manifest.workspaces.len() > crate::workspace::MAX_WORKSPACES {
+        return Err(ValidationError::new(
+            "workspaces",
+            format!("more than {} workspaces", crate::workspace::MAX_WORKSPACES),
+        ));
+    }
+    for (i, workspace) in manifest.workspaces.iter().enumerate() {
+        crate::workspace::reported(workspace).map_err(|e| e.within(&format!("workspaces[{i}]")))?;
+        if manifest.workspaces[..i].iter().any(|w| w.id == workspace.id) {
+            return Err(ValidationError::new(
+                format!("workspaces[{i}].id"),
+                "repeats an earlier workspace's id; ids must be unique",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -384,6 +405,12 @@ pub fn session_event(event: &pb::SessionEvent) -> Validated<()> {
             opaque_id("permission_decided.decided_by", &decided.decided_by, false)
         }
         Some(Kind::StatusChanged(change)) => opaque_id("status_changed.acp_session_id", &change.acp_session_id, false),
+        Some(Kind::OptionsChanged(options)) => {
+            crate::session_options::reported(options).map_err(|e| e.within("options_changed"))
+        }
+        Some(Kind::WorkspaceChanges(changes)) => {
+            crate::workspace::changes(changes).map_err(|e| e.within("workspace_changes"))
+        }
         _ => Ok(()),
     }
 }
@@ -686,6 +713,8 @@ mod tests {
                         source: 1,
                         plugin_name: String::new(),
                     }],
+                    ask_support: pb::AskSupport::AcpMode as i32,
+                    ask_mode_id: "default".into(),
                 }],
                 local_mcp_servers: vec![pb::LocalMcpServer {
                     id: "fs".into(),
@@ -693,6 +722,16 @@ mod tests {
                     description: "Reads files.".into(),
                 }],
                 mcp_url_allow_list: vec!["https://mcp.example.com/".into()],
+                workspaces: vec![pb::Workspace {
+                    id: "web".into(),
+                    name: "Web app".into(),
+                    is_git: true,
+                    current_branch: "main".into(),
+                    default_branch: "main".into(),
+                    remote_url: "https://github.com/acme/web.git".into(),
+                    direct_allowed: false,
+                    problem: String::new(),
+                }],
             }),
             sessions: vec![pb::HeldSession {
                 session_id: "ses_x".into(),

@@ -55,7 +55,11 @@ pub fn render(spec: &UnitSpec, log_file: &Path) -> String {
     out.push_str("\t<key>ThrottleInterval</key>\n\t<integer>5</integer>\n");
     // Time between SIGTERM and SIGKILL on stop, like TimeoutStopSec=30.
     out.push_str("\t<key>ExitTimeOut</key>\n\t<integer>30</integer>\n");
-    key_string(&mut out, "ProcessType", "Background");
+    // `Standard`, not `Background`: the coding agents it starts are real work
+    // a person waits for, and Background throttles their CPU and I/O.
+    key_string(&mut out, "ProcessType", "Standard");
+    // Session folders, outboxes and logs are the owner's alone (0077).
+    out.push_str("\t<key>Umask</key>\n\t<integer>63</integer>\n");
     let log = log_file.to_string_lossy();
     key_string(&mut out, "StandardOutPath", &log);
     key_string(&mut out, "StandardErrorPath", &log);
@@ -116,7 +120,7 @@ mod tests {
                 "100% \"q\" 'a'".into(),
             ],
             env: vec![
-                ("RUST_LOG".into(), "info".into()),
+                ("OMA_LOG".into(), "info".into()),
                 ("PATH".into(), "/opt/homebrew/bin:/usr/bin:/bin".into()),
             ],
         }
@@ -205,7 +209,7 @@ mod tests {
         assert!(plist.contains("<key>RunAtLoad</key>\n\t<true/>"), "{plist}");
         assert!(plist.contains("<key>SuccessfulExit</key>\n\t\t<false/>"), "{plist}");
         assert!(
-            plist.contains("<key>ProcessType</key>\n\t<string>Background</string>"),
+            plist.contains("<key>ProcessType</key>\n\t<string>Standard</string>"),
             "{plist}"
         );
         assert!(
@@ -222,7 +226,7 @@ mod tests {
         let env_at = texts.iter().position(|t| t == "EnvironmentVariables").unwrap();
         assert_eq!(
             texts[env_at + 1..env_at + 5],
-            ["RUST_LOG", "info", "PATH", "/opt/homebrew/bin:/usr/bin:/bin"]
+            ["OMA_LOG", "info", "PATH", "/opt/homebrew/bin:/usr/bin:/bin"]
         );
     }
 

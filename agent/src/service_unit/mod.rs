@@ -28,13 +28,13 @@ pub struct UnitSpec {
     /// Its arguments, e.g. `["run"]` plus `--config-dir`/`--data-dir` when
     /// they are not the defaults.
     pub args: Vec<String>,
-    /// Environment variables for the daemon, e.g. `RUST_LOG` and `PATH`.
+    /// Environment variables for the daemon, e.g. `OMA_LOG` and `PATH`.
     pub env: Vec<(String, String)>,
 }
 
 impl UnitSpec {
     /// The running executable with `args`, and the current `PATH` and
-    /// `RUST_LOG` (when set). `PATH` matters: service managers start jobs
+    /// `OMA_LOG` (the daemon's log filter; when set). `PATH` matters: service managers start jobs
     /// with a minimal one, on which ACP agents installed with npm or Homebrew
     /// would not be found.
     pub fn for_current_exe(args: Vec<String>) -> Result<Self, ServiceError> {
@@ -43,7 +43,7 @@ impl UnitSpec {
             path: PathBuf::from("the running oma-agent executable"),
             source,
         })?;
-        let env = ["PATH", "RUST_LOG"]
+        let env = ["PATH", "OMA_LOG"]
             .into_iter()
             .filter_map(|name| std::env::var(name).ok().map(|value| (name.to_owned(), value)))
             .collect();
@@ -736,7 +736,7 @@ mod tests {
         UnitSpec {
             exe: "/usr/local/bin/oma-agent".into(),
             args: vec!["run".into()],
-            env: vec![("RUST_LOG".into(), "info".into())],
+            env: vec![("OMA_LOG".into(), "info".into())],
         }
     }
 
@@ -762,7 +762,7 @@ mod tests {
         let s = UnitSpec::for_current_exe(vec!["run".into()]).unwrap();
         assert!(s.exe.is_absolute());
         assert_eq!(s.args, ["run"]);
-        assert!(s.env.iter().all(|(k, _)| k == "PATH" || k == "RUST_LOG"));
+        assert!(s.env.iter().all(|(k, _)| k == "PATH" || k == "OMA_LOG"));
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub fn render(spec: &UnitSpec) -> String {
     }
     out.push_str("Restart=on-failure\n");
     out.push_str("RestartSec=5\n");
+    // Exit 3: the control plane refused the machine's credentials (revoked
+    // or deleted runtime); restarting cannot help until it is paired again.
+    out.push_str("RestartPreventExitStatus=3\n");
+    // Session folders, outboxes and logs are the owner's alone.
+    out.push_str("UMask=0077\n");
     // SIGTERM goes to the daemon alone, which stops its ACP children (each in
     // its own process group) itself; whatever is left after the timeout is
     // SIGKILLed as a group.
@@ -126,7 +131,7 @@ mod tests {
             exe: exe.into(),
             args: args.iter().map(|&a| a.to_owned()).collect(),
             env: vec![
-                ("RUST_LOG".into(), "info,oma_agent=debug".into()),
+                ("OMA_LOG".into(), "info,oma_agent=debug".into()),
                 ("ODD".into(), "a \"b\" 100% $HOME \\x".into()),
             ],
         }
@@ -154,7 +159,7 @@ mod tests {
             "{unit}"
         );
         assert!(
-            unit.contains("Environment=\"RUST_LOG=info,oma_agent=debug\"\n"),
+            unit.contains("Environment=\"OMA_LOG=info,oma_agent=debug\"\n"),
             "{unit}"
         );
         assert!(
@@ -169,6 +174,8 @@ mod tests {
             "Type=simple",
             "Restart=on-failure",
             "RestartSec=5",
+            "RestartPreventExitStatus=3",
+            "UMask=0077",
             "KillMode=mixed",
             "TimeoutStopSec=30",
             "StandardOutput=journal",

@@ -12,18 +12,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use oma_proto::pb;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::acp::{AcpLaunch, AcpOutput, AcpSession};
+use super::checkout;
 use super::frames::{FRAME_EVENTS, fit_in_a_frame, frames_of};
 use super::launch;
 use super::manager::{Command, Manager, Sender};
+use super::private_dir;
 use super::state::{ChildRecord, SessionState, state_path};
 use super::translate;
-use super::workspace;
 use crate::outbox::SessionOutbox;
 use crate::policy::Policy;
 use crate::process::ChildSpec;
+
+mod options;
+mod workspace;
 
 /// Turn ids remembered per session, so a resent Prompt runs once.
 const SEEN_TURNS: usize = 1000;
@@ -45,6 +49,17 @@ pub(super) struct Actor {
     running_turn: Option<String>,
     /// Stored in the outbox, not yet sent (see [`Actor::save_state`]).
     stored_unsent: Vec<pb::SessionEvent>,
+    /// A turn's end held back while its workspace changes are counted (the
+    /// changes are part of the turn, so they come before its end).
+    pending_end: Option<(String, pb::TurnEnded)>,
+    changes: Option<oneshot::Receiver<Option<Result<pb::WorkspaceChanges, String>>>>,
+    /// What the current child's session offers and has selected, and the
+    /// config option holding its model.
+    options: pb::SessionOptions,
+    model_config_id: Option<String>,
+    /// The ACP mode that makes this session's agent ask before it acts (its
+    /// table entry's `ask`), the mode a session starts in unless one was chosen.
+    ask_mode: Option<String>,
 }
 
 impl Actor {
@@ -64,6 +79,10 @@ impl Actor {
             .paths
             .session_dir(&start.session_id)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        // A direct session held its folder before the daemon restarted.
+        if let Some(c) = state.checkout.as_ref().filter(|c| c.direct) {
+            let _ = manager.direct.acquire(&c.workspace_id, &start.session_id);
+        }
         Ok(Actor {
             acked,
             manager,
@@ -76,6 +95,11 @@ impl Actor {
             outputs: None,
             running_turn: None,
             stored_unsent: Vec::new(),
+            pending_end: None,
+            changes: None,
+            options: pb::SessionOptions::default(),
+            model_config_id: None,
+            ask_mode: None,
         })
     }
 
@@ -121,10 +145,12 @@ impl Actor {
                         Command::Ack => self.apply_ack(),
 
                         Command::Describe(reply) => { let _ = reply.send(self.outbox.last_seq()); }
-                        Command::Dispose => {
-                            self.dispose().await;
+                        Command::Dispose(delete_branch) => {
+                            self.dispose(delete_branch).await;
                             return;
                         }
+                        Command::Diff(request) => self.diff(request),
+                        Command::SetOptions { mode_id, model_id } => self.set_options(mode_id, model_id).await,
                         Command::Shutdown(done) => {
                             if let Some(acp) = self.acp.take() {
                                 acp.shutdown(self.manager.config.shutdown_grace).await;
@@ -136,6 +162,7 @@ impl Actor {
                         }
                     }
                 }
+                counted = recv_changes(&mut self.changes) => self.end_turn_with(counted),
                 output = recv(&mut self.outputs), if reading => match output {
                     Some(output) => {
                         self.output(output);
@@ -270,7 +297,7 @@ impl Actor {
     /// Prepares the directory and starts (or restarts) the ACP child.
     async fn start_child(&mut self) -> bool {
         let config = self.manager.config.clone();
-        let Some(entry) = config.agents.find(&self.start.acp_agent_id).cloned() else {
+        let Some(entry) = self.manager.agent(&self.start.acp_agent_id) else {
             let message = format!(
                 "this machine has no ACP agent {:?}; `oma-agent agents` lists the ones it has",
                 self.start.acp_agent_id
@@ -319,12 +346,27 @@ impl Actor {
             };
             self.emit(pb::session_event::Kind::Error(error), "");
         }
-        if let Err(e) = workspace::prepare(&self.dir, &self.start, entry.quirks.skills_layout) {
+        let Some(cwd) = self.open_checkout().await else {
+            return false;
+        };
+        // A workspace session gets its instructions with its first prompt
+        // (see [`Self::prompt`]): its skills' files wait in the private
+        // folder, nothing is written into the workspace.
+        let in_workspace = self.state.checkout.is_some();
+        let layout = match in_workspace {
+            true => crate::detect::SkillsLayout::InlineAgentsMd,
+            false => entry.quirks.skills_layout,
+        };
+        if let Err(e) = private_dir::prepare(&self.dir, &self.start, layout) {
             self.fail("start_failed", &format!("cannot prepare the session directory: {e}"))
                 .await;
             return false;
         }
         let mut env = launch.env;
+        self.ask_mode = match &entry.ask {
+            crate::detect::AskSupport::Mode(mode) => Some(mode.clone()),
+            _ => None,
+        };
         let blocklist = self.start.local_skill_blocklist.clone();
         if entry.quirks.is_claude {
             // A private CLAUDE_CONFIG_DIR of symlinks to the user's own, with
@@ -357,7 +399,7 @@ impl Actor {
             child: ChildSpec {
                 command: entry.command.clone(),
                 args: entry.args.clone(),
-                cwd: self.dir.clone(),
+                cwd,
                 env,
             },
             stderr_log_file: Some(
@@ -368,8 +410,10 @@ impl Actor {
             ),
             advertise_read_text_file: entry.quirks.advertise_read_text_file,
             advertise_write_text_file: entry.quirks.advertise_write_text_file,
-            system_prompt_meta: (entry.quirks.system_prompt_in_meta && !self.start.system_prompt.is_empty())
-                .then(|| self.start.system_prompt.clone()),
+            system_prompt_meta: (entry.quirks.system_prompt_in_meta
+                && !in_workspace
+                && !self.start.system_prompt.is_empty())
+            .then(|| self.start.system_prompt.clone()),
             mcp_servers: launch.mcp_servers,
             resume_acp_session_id: self.state.acp_session_id.clone(),
             startup_timeout: config.startup_timeout,
@@ -397,6 +441,13 @@ impl Actor {
         };
         match started {
             Ok((acp, started)) => {
+                self.manager.note_agent(
+                    &entry.id,
+                    super::manager::ReportedAgent {
+                        version: started.agent_version.clone(),
+                        capabilities_json: started.capabilities_json.clone(),
+                    },
+                );
                 self.state.acp_session_id = Some(started.acp_session_id.clone());
                 self.state.child = Some(ChildRecord {
                     pgid: acp.pid(),
@@ -442,6 +493,9 @@ impl Actor {
                     resumed: started.resumed,
                 }))
                 .await;
+                self.options = started.options;
+                self.model_config_id = started.model_config_id;
+                self.apply_wanted_options().await;
                 true
             }
             Err(e) => {
@@ -495,6 +549,12 @@ impl Actor {
             self.emit(turn_ended_error("turn_running", &message), &turn_id);
             return;
         }
+        // The folder can vanish under a live session (deleted, unmounted):
+        // the turn says so rather than letting the agent fail on it.
+        if let Some(gone) = self.state.checkout.as_ref().and_then(checkout::missing) {
+            self.emit(turn_ended_error("workspace_missing", &gone), &turn_id);
+            return;
+        }
         if self.acp.as_ref().is_none_or(|a| !a.is_alive()) {
             self.acp = None;
             self.outputs = None;
@@ -506,7 +566,11 @@ impl Actor {
                 return;
             }
         }
-        let blocks: Vec<serde_json::Value> = prompt.prompt.iter().map(translate::content_block_to_acp).collect();
+        let mut blocks: Vec<serde_json::Value> = prompt.prompt.iter().map(translate::content_block_to_acp).collect();
+        let instructions = self.instructions_due();
+        if let Some(text) = &instructions {
+            blocks.insert(0, serde_json::json!({"type": "text", "text": text}));
+        }
         let result = match &self.acp {
             Some(acp) => acp.prompt(turn_id.clone(), blocks),
             None => Err(super::acp::AcpError::Exited),
@@ -515,6 +579,9 @@ impl Actor {
             Ok(()) => {
                 self.running_turn = Some(turn_id.clone());
                 self.state.running_turn = Some(turn_id);
+                if instructions.is_some() {
+                    self.state.instructions_sent_to = self.state.acp_session_id.clone();
+                }
                 self.save_state();
             }
             Err(e) => self.emit(turn_ended_error("acp_error", &e.to_string()), &turn_id),
@@ -542,7 +609,11 @@ impl Actor {
                         request_id: answer.request_id,
                         option_id: answer.option_id,
                         cancelled: answer.cancelled,
-                        decided_by: "control-plane".into(),
+                        // The control plane's word on who decided, when it
+                        // is a usable id (an older one sends none).
+                        decided_by: Some(answer.decided_by)
+                            .filter(|by| oma_proto::validate::opaque_id("decided_by", by, true).is_ok())
+                            .unwrap_or_else(|| "control-plane".into()),
                     }),
                     &turn,
                 );
@@ -561,7 +632,15 @@ impl Actor {
                     raw_json: raw_update,
                     typed: None,
                 });
+                let changes_options = matches!(update.kind.as_str(), "current_mode_update" | "config_option_update");
+                let raw = changes_options.then(|| update.raw_json.clone());
                 self.emit(pb::session_event::Kind::Update(update), &turn);
+                if let Some(raw) = raw
+                    && let Ok(value) = serde_json::from_str::<serde_json::Value>(&raw)
+                    && oma_proto::session_options::apply_update(&mut self.options, &value)
+                {
+                    self.emit(pb::session_event::Kind::OptionsChanged(self.options.clone()), &turn);
+                }
             }
             AcpOutput::PermissionRequest { request_id, raw_params } => {
                 let in_session = format!("g{}.{request_id}", self.state.generation);
@@ -590,17 +669,26 @@ impl Actor {
                 let error = error
                     .map(|(code, message)| format!("{code}: {message}"))
                     .unwrap_or_default();
-                self.emit(
-                    pb::session_event::Kind::TurnEnded(pb::TurnEnded {
-                        stop_reason: stop_reason as i32,
-                        error,
-                        usage_json: usage_json.unwrap_or_default(),
-                    }),
-                    &turn_id,
-                );
-                self.running_turn = None;
-                self.state.running_turn = None;
-                self.save_state();
+                let ended = pb::TurnEnded {
+                    stop_reason: stop_reason as i32,
+                    error,
+                    usage_json: usage_json.unwrap_or_default(),
+                };
+                match self.state.checkout.clone().filter(|c| c.base_commit.is_some()) {
+                    // Counting runs git: off the runtime, and the turn ends
+                    // when it is done (see [`Self::end_turn_with`]).
+                    Some(opened) => {
+                        let dir = self.dir.clone();
+                        let (tx, rx) = oneshot::channel();
+                        tokio::task::spawn_blocking(move || {
+                            let counted = checkout::changes(&opened, &dir).map(|r| r.map_err(|e| e.to_string()));
+                            let _ = tx.send(counted);
+                        });
+                        self.pending_end = Some((turn_id, ended));
+                        self.changes = Some(rx);
+                    }
+                    None => self.finish_turn(&turn_id, ended),
+                }
             }
             AcpOutput::Log(message) => self.emit(pb::session_event::Kind::Log(pb::SessionLog { message }), &turn),
             AcpOutput::Exited {
@@ -620,12 +708,30 @@ impl Actor {
         }
     }
 
-    async fn dispose(mut self) {
+    fn finish_turn(&mut self, turn_id: &str, ended: pb::TurnEnded) {
+        self.emit(pb::session_event::Kind::TurnEnded(ended), turn_id);
+        self.running_turn = None;
+        self.state.running_turn = None;
+        self.save_state();
+    }
+
+    async fn dispose(mut self, delete_branch: bool) {
         if let Some(acp) = self.acp.take() {
             acp.shutdown(self.manager.config.shutdown_grace).await;
         }
         let session_id = self.start.session_id.clone();
-        if let Err(e) = workspace::remove(&self.dir) {
+        if let Some(opened) = self.state.checkout.clone() {
+            if opened.direct {
+                self.manager.direct.release(&opened.workspace_id, &session_id);
+            }
+            let closed = tokio::task::spawn_blocking(move || checkout::close(&opened, delete_branch)).await;
+            match closed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(session_id, error = %e, "cannot remove the session's worktree"),
+                Err(e) => tracing::error!(session_id, error = %e, "cannot remove the session's worktree"),
+            }
+        }
+        if let Err(e) = private_dir::remove(&self.dir) {
             tracing::error!(session_id, error = %e, "cannot remove the session directory");
         }
         let _ = std::fs::remove_file(state_path(&self.manager.config.paths, &session_id));
@@ -648,6 +754,13 @@ impl Actor {
             let _ = conn.send(pb::AgentFrame { frame: Some(frame) }).await;
         }
         tracing::info!(session_id, "session disposed");
+    }
+}
+
+async fn recv_changes<T>(rx: &mut Option<oneshot::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.await.ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -786,6 +899,11 @@ mod tests {
             outputs: Some(outputs),
             running_turn: None,
             stored_unsent: Vec::new(),
+            pending_end: None,
+            changes: None,
+            options: pb::SessionOptions::default(),
+            model_config_id: None,
+            ask_mode: None,
         }
     }
 

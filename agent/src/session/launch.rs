@@ -345,6 +345,7 @@ mod tests {
             args: vec![],
             env: BTreeMap::from([("OWNER_SET".to_owned(), "mine".to_owned())]),
             quirks: Quirks::default(),
+            ask: crate::detect::AskSupport::Native,
             source: EntrySource::UserConfig,
         }
     }

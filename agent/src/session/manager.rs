@@ -2,7 +2,7 @@
 //! per session (`actor.rs`), which owns that session's ACP child, its
 //! outbox and its state file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use oma_proto::pb;
 use tokio::sync::{mpsc, oneshot};
 
 use super::actor::{Actor, now};
+use super::checkout::DirectLocks;
 use super::orphans::reap_orphan;
 use super::state::{self, SessionState};
 use crate::detect::DetectReport;
@@ -18,6 +19,7 @@ use crate::paths::Paths;
 /// What the manager needs to run sessions.
 pub struct ManagerConfig {
     pub paths: Paths,
+    /// The agent table at start (rescans replace it: [`Manager::set_agents`]).
     pub agents: DetectReport,
     /// The user's Claude config (skills source); `None` when there is no home.
     pub skill_source: Option<crate::skills::SkillSource>,
@@ -41,7 +43,15 @@ pub(super) enum Command {
     /// Apply the recorded ack (see [`Handle::acked`]).
     Ack,
     Describe(oneshot::Sender<u64>),
-    Dispose,
+    /// Dispose of the session; `true`: delete a worktree session's branch too.
+    Dispose(bool),
+    /// Send the session's diff against its base as DiffChunk frames.
+    Diff(pb::DiffRequest),
+    /// Switch the session's mode and/or model (empty: unchanged).
+    SetOptions {
+        mode_id: String,
+        model_id: String,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -58,16 +68,35 @@ pub struct Manager {
     pub(super) config: Arc<ManagerConfig>,
     sessions: Mutex<HashMap<String, Handle>>,
     current: Mutex<Option<Sender>>,
+    /// Which session holds each workspace in direct mode.
+    pub(super) direct: DirectLocks,
+    /// What each ACP agent said of itself in its last `initialize`.
+    reported: Mutex<BTreeMap<String, ReportedAgent>>,
+    /// The agent table, as last detected (PATH and agents.toml are rescanned
+    /// with the manifest, so a newly installed agent needs no restart).
+    agents: std::sync::RwLock<DetectReport>,
+}
+
+/// An ACP agent's own words from `initialize`, for the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportedAgent {
+    pub version: String,
+    /// `agentCapabilities` as JSON.
+    pub capabilities_json: String,
 }
 
 impl Manager {
     /// Loads the sessions a previous run left (their state files), ready to
     /// resume on the next Welcome. Children start lazily, on the next prompt.
     pub fn load(config: ManagerConfig) -> Arc<Manager> {
+        let agents = std::sync::RwLock::new(config.agents.clone());
         let manager = Arc::new(Manager {
             config: Arc::new(config),
             sessions: Mutex::new(HashMap::new()),
             current: Mutex::new(None),
+            direct: DirectLocks::default(),
+            reported: Mutex::new(BTreeMap::new()),
+            agents,
         });
         for (session_id, state) in state::saved(&manager.config.paths) {
             let Some(start) = state.start_session() else {
@@ -112,7 +141,7 @@ impl Manager {
             .map(|c| (c.session_id.as_str(), c.last_stored_seq))
             .collect();
         for id in &welcome.unknown_session_ids {
-            self.send(id, Command::Dispose).await;
+            self.send(id, Command::Dispose(false)).await;
         }
         let handles = self.senders();
         for (id, handle) in handles {
@@ -231,7 +260,10 @@ impl Manager {
                 self.send(&session_id, Command::Answer(answer)).await;
             }
             Frame::DisposeSession(dispose) => {
-                if !self.send(&dispose.session_id, Command::Dispose).await {
+                if !self
+                    .send(&dispose.session_id, Command::Dispose(dispose.delete_branch))
+                    .await
+                {
                     self.send_frame(pb::agent_frame::Frame::SessionDisposed(pb::SessionDisposed {
                         session_id: dispose.session_id,
                     }))
@@ -251,6 +283,29 @@ impl Manager {
                     // ack on its next turn.
                     let _ = tx.try_send(Command::Ack);
                 }
+            }
+            Frame::DiffRequest(request) => {
+                if oma_proto::validate::opaque_id("request_id", &request.request_id, true).is_err() {
+                    tracing::warn!("refusing a diff request with an unusable id");
+                    return;
+                }
+                let (session_id, request_id) = (request.session_id.clone(), request.request_id.clone());
+                if !self.send(&session_id, Command::Diff(request)).await {
+                    self.send_frame(pb::agent_frame::Frame::DiffChunk(pb::DiffChunk {
+                        request_id,
+                        last: true,
+                        error: "this machine does not hold the session".into(),
+                        ..Default::default()
+                    }))
+                    .await;
+                }
+            }
+            Frame::ApplyOptions(apply) => {
+                let command = Command::SetOptions {
+                    mode_id: apply.mode_id,
+                    model_id: apply.model_id,
+                };
+                self.send(&apply.session_id, command).await;
             }
             Frame::Welcome(_) | Frame::Superseded(_) | Frame::Heartbeat(_) => {}
         }
@@ -340,6 +395,30 @@ impl Manager {
         let span = tracing::info_span!("session", session_id = %actor.id());
         tokio::spawn(tracing::Instrument::instrument(actor.run(rx, fresh), span));
         Ok(())
+    }
+
+    /// Records what an ACP agent reported when a session started it.
+    pub(super) fn note_agent(&self, acp_agent_id: &str, reported: ReportedAgent) {
+        self.reported
+            .lock()
+            .expect("reported lock")
+            .insert(acp_agent_id.to_owned(), reported);
+    }
+
+    /// What each ACP agent reported of itself, by id (those started since
+    /// the daemon started).
+    pub fn reported_agents(&self) -> BTreeMap<String, ReportedAgent> {
+        self.reported.lock().expect("reported lock").clone()
+    }
+
+    /// The runnable ACP agent with this id, as of the last scan.
+    pub(super) fn agent(&self, id: &str) -> Option<crate::detect::AcpAgentEntry> {
+        self.agents.read().expect("agents lock").find(id).cloned()
+    }
+
+    /// Replaces the agent table (a rescan found changes).
+    pub fn set_agents(&self, report: DetectReport) {
+        *self.agents.write().expect("agents lock") = report;
     }
 
     pub(super) fn forget(&self, session_id: &str) {

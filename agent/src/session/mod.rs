@@ -4,10 +4,11 @@
 
 pub mod acp;
 mod actor;
+mod checkout;
 mod frames;
 pub mod launch;
 pub mod manager;
 mod orphans;
+pub mod private_dir;
 mod state;
 pub mod translate;
-pub mod workspace;

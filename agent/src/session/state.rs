@@ -36,6 +36,21 @@ pub(super) struct SessionState {
     /// (a restarted child must never reuse an id already decided).
     #[serde(default)]
     pub(super) generation: u32,
+    /// Where the session works when it has a workspace (its worktree or the
+    /// folder), once opened.
+    #[serde(default)]
+    pub(super) checkout: Option<super::checkout::Checkout>,
+    /// The ACP session that has been given the session's instructions
+    /// (workspace sessions get them with their first prompt, so nothing of
+    /// the product's is written into the workspace).
+    #[serde(default)]
+    pub(super) instructions_sent_to: Option<String>,
+    /// The mode and model the session should be in (from its start, then
+    /// every switch asked since), applied again to every new child.
+    #[serde(default)]
+    pub(super) wanted_mode: Option<String>,
+    #[serde(default)]
+    pub(super) wanted_model: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

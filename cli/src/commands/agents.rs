@@ -114,6 +114,16 @@ pub struct SpecArgs {
     /// How the ACP agent's permission requests are answered.
     #[arg(long, value_enum)]
     pub permission_policy: Option<Policy>,
+    /// The ACP session mode new sessions start in ('' for the agent's own).
+    #[arg(long, value_name = "MODE_ID")]
+    pub default_mode: Option<String>,
+    /// The model new sessions start with ('' for the agent's own).
+    #[arg(long, value_name = "MODEL_ID")]
+    pub default_model: Option<String>,
+    /// With --permission-policy ask: bind even to an ACP agent its machine
+    /// reports it cannot make ask (it may act without anyone approving).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub accept_unenforced_ask: Option<bool>,
     /// The runtime (rt_…) sessions run on. With --acp-agent and
     /// --skill-blocklist it sets the runtime binding; on update, the parts
     /// not given are kept from the stored binding.
@@ -315,6 +325,15 @@ fn build_edit(args: &SpecArgs, name: Option<String>) -> Result<Edit> {
     }
     if let Some(policy) = args.permission_policy {
         edit.set_policy(policy);
+    }
+    if let Some(mode) = &args.default_mode {
+        edit.set_default_mode(mode.clone());
+    }
+    if let Some(model) = &args.default_model {
+        edit.set_default_model(model.clone());
+    }
+    if let Some(accept) = args.accept_unenforced_ask {
+        edit.set_accept_unenforced_ask(accept);
     }
     if let Some(runtime) = &args.runtime {
         edit.binding.runtime_id = Some(RuntimeId::parse("--runtime", runtime)?.to_string());

@@ -69,6 +69,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             let request = pb::CreateSessionRequest {
                 agent_id: agent_id.unwrap_or_default(),
                 title: args.title.unwrap_or_default(),
+                ..Default::default()
             };
             let response = client.clone().create_session(request).await?.into_inner();
             required(response.session, "session")?

@@ -24,6 +24,10 @@ pub type Client = SessionServiceClient<Authed>;
 /// first pause before reopening (doubled each time).
 const RETRIES: u32 = 5;
 const BACKOFF: Duration = Duration::from_millis(250);
+/// A stream that stayed open this long before it broke counts as having
+/// worked: an idle session's watch cut now and then by a proxy or a
+/// restart must not use up the retries meant for an unreachable server.
+const STABLE: Duration = Duration::from_secs(1);
 
 /// What [`Events::next`] yields.
 pub enum Next {
@@ -40,9 +44,11 @@ pub struct Events {
     until_turn_end: bool,
     next_seq: u64,
     stream: Option<Streaming<pb::SessionEvent>>,
-    /// Failed attempts since the last event.
+    /// Failed attempts since the last event or stable stream.
     failures: u32,
     opened: bool,
+    /// When the current stream was opened.
+    opened_at: Option<tokio::time::Instant>,
 }
 
 impl Events {
@@ -55,6 +61,7 @@ impl Events {
             stream: None,
             failures: 0,
             opened: false,
+            opened_at: None,
         }
     }
 
@@ -82,6 +89,7 @@ impl Events {
                     match self.client.watch_session(request).await {
                         Ok(response) => {
                             self.opened = true;
+                            self.opened_at = Some(tokio::time::Instant::now());
                             self.stream.insert(response.into_inner())
                         }
                         Err(status) => return Ok(Next::Reconnecting(self.retry(status)?)),
@@ -99,14 +107,24 @@ impl Events {
                 }
                 Ok(None) => {
                     self.stream = None;
+                    self.forgive_if_stable();
                     // Reopened quietly: a deleted session then says NOT_FOUND.
                     self.retry(Status::unavailable("the control plane ended the event stream"))?;
                 }
                 Err(status) => {
                     self.stream = None;
+                    self.forgive_if_stable();
                     return Ok(Next::Reconnecting(self.retry(status)?));
                 }
             }
+        }
+    }
+
+    /// A stream that worked for a while before it broke starts the count
+    /// of failures afresh.
+    fn forgive_if_stable(&mut self) {
+        if self.opened_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
+            self.failures = 0;
         }
     }
 

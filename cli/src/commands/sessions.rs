@@ -41,6 +41,38 @@ pub enum Command {
         /// A label for the session.
         #[arg(long)]
         title: Option<String>,
+        /// Work in this workspace of the runtime (`omactl runtimes get`
+        /// lists them): a worktree on a new branch for a git repository.
+        #[arg(long, value_name = "WORKSPACE_ID")]
+        workspace: Option<String>,
+        /// Work in the workspace folder itself, not a worktree (one live
+        /// session per workspace; the owner must allow it for git).
+        #[arg(long, requires = "workspace", conflicts_with_all = ["base", "branch"])]
+        direct: bool,
+        /// Worktree: the branch, tag or commit the new branch starts from
+        /// (default: the workspace's current HEAD).
+        #[arg(long, value_name = "REF", requires = "workspace")]
+        base: Option<String>,
+        /// Worktree: the new branch's name (default: oma/<12 hex digits of
+        /// the session id>).
+        #[arg(long, value_name = "NAME", requires = "workspace")]
+        branch: Option<String>,
+        /// Start in this ACP session mode (else the agent's default mode).
+        #[arg(long, value_name = "MODE_ID")]
+        mode: Option<String>,
+        /// Start with this model (else the agent's default model).
+        #[arg(long, value_name = "MODEL_ID")]
+        model: Option<String>,
+    },
+    /// Switch a session's mode and/or model (`sessions get` lists what its
+    /// agent offers).
+    Set {
+        /// The session's id (ses_…).
+        id: String,
+        #[arg(long, value_name = "MODE_ID", required_unless_present = "model")]
+        mode: Option<String>,
+        #[arg(long, value_name = "MODEL_ID")]
+        model: Option<String>,
     },
     /// List sessions, newest first.
     List {
@@ -59,6 +91,16 @@ pub enum Command {
     Delete {
         /// The session's id (ses_…).
         id: String,
+        /// A worktree session: delete its branch too (by default the
+        /// worktree is removed and the branch kept).
+        #[arg(long)]
+        delete_branch: bool,
+    },
+    /// Print the session's changes in its workspace as a unified diff
+    /// (fetched from the machine).
+    Diff {
+        /// The session's id (ses_…).
+        id: String,
     },
     /// Prompt a session and print the turn until it ends.
     ///
@@ -75,7 +117,7 @@ pub enum Command {
     /// `-o yaml`, one YAML document (`---`) per event.
     ///
     /// Exit code: 0 when the turn ends with end_turn; 130 when it is
-    /// cancelled; 2 for max_tokens, max_turn_requests or refusal; 1 when it
+    /// cancelled; 8 for max_tokens, max_turn_requests or refusal; 1 when it
     /// ends in an error. Ctrl-C cancels the turn (and waits for it to end); a
     /// second Ctrl-C exits at once with 130.
     Prompt {
@@ -149,11 +191,33 @@ pub enum Command {
 
 pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
     match command {
-        Command::Create { agent, title } => {
+        Command::Create {
+            agent,
+            title,
+            workspace,
+            direct,
+            base,
+            branch,
+            mode,
+            model,
+        } => {
             let agent_id = AgentId::parse("--agent", &agent)?.to_string();
+            let workspace = workspace.map(|workspace_id| pb::SessionWorkspace {
+                workspace_id,
+                mode: match direct {
+                    true => pb::WorkspaceMode::Direct,
+                    false if base.is_some() || branch.is_some() => pb::WorkspaceMode::Worktree,
+                    false => pb::WorkspaceMode::Unspecified,
+                } as i32,
+                base_ref: base.unwrap_or_default(),
+                branch: branch.unwrap_or_default(),
+            });
             let request = pb::CreateSessionRequest {
                 agent_id,
                 title: title.unwrap_or_default(),
+                workspace,
+                mode_id: mode.unwrap_or_default(),
+                model_id: model.unwrap_or_default(),
             };
             let response = ctx.api().await?.sessions().create_session(request).await?.into_inner();
             show(ctx, &required(response.session, "session")?)
@@ -203,10 +267,44 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                 .into_inner();
             show(ctx, &required(response.session, "session")?)
         }
-        Command::Delete { id } => {
+        Command::Set { id, mode, model } => {
+            let session_id = SessionId::parse("session id", &id)?.to_string();
+            let request = pb::SetSessionOptionsRequest {
+                session_id: session_id.clone(),
+                mode_id: mode.clone().unwrap_or_default(),
+                model_id: model.clone().unwrap_or_default(),
+            };
+            ctx.api().await?.sessions().set_session_options(request).await?;
+            ctx.emit(&json!({ "session_id": session_id, "mode_id": mode, "model_id": model }), || {
+                format!("Session {session_id}: switching to the asked mode/model; watch for the options_changed event.\n")
+            })
+        }
+        Command::Diff { id } => {
+            let session_id = SessionId::parse("session id", &id)?.to_string();
+            let mut stream = ctx
+                .api()
+                .await?
+                .sessions()
+                .get_session_diff(pb::GetSessionDiffRequest { session_id })
+                .await?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            let mut truncated = false;
+            while let Some(piece) = stream.message().await? {
+                std::io::Write::write_all(&mut out, &piece.chunk)?;
+                truncated |= piece.truncated;
+            }
+            std::io::Write::flush(&mut out)?;
+            if truncated {
+                eprintln!("(the diff was cut at its size limit)");
+            }
+            Ok(())
+        }
+        Command::Delete { id, delete_branch } => {
             let session_id = SessionId::parse("session id", &id)?.to_string();
             let request = pb::DeleteSessionRequest {
                 session_id: session_id.clone(),
+                delete_branch,
             };
             ctx.api().await?.sessions().delete_session(request).await?;
             ctx.emit(&json!({ "deleted": session_id }), || {
@@ -388,6 +486,18 @@ fn show(ctx: &Ctx, s: &pb::Session) -> Result<()> {
             ("agent", format!("{} (version {})", s.agent_id, s.agent_version)),
             ("runtime", s.runtime_id.clone()),
             ("acp agent", s.acp_agent_id.clone()),
+            ("workspace", view::session_workspace(s.workspace.as_ref())),
+            (
+                "mode",
+                view::session_choice(s.options.as_ref().map(|o| (&o.mode_id, &o.modes)), &s.requested_mode_id),
+            ),
+            (
+                "model",
+                view::session_choice(
+                    s.options.as_ref().map(|o| (&o.model_id, &o.models)),
+                    &s.requested_model_id,
+                ),
+            ),
             ("created by", s.created_by_user_id.clone()),
             ("created", output::time(s.create_time.as_ref())),
             ("updated", output::time(s.update_time.as_ref())),

@@ -104,6 +104,10 @@ pub fn session(session: Session) -> pb::Session {
         update_time: Some(timestamp(session.updated_at)),
         last_seq: session.last_seq,
         agent_version: session.agent_version,
+        workspace: session.workspace.as_ref().map(pb::SessionWorkspace::from),
+        options: session.options.as_ref().map(pb::SessionOptions::from),
+        requested_mode_id: session.requested_mode_id,
+        requested_model_id: session.requested_model_id,
     }
 }
 

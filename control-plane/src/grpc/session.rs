@@ -12,6 +12,7 @@ use super::convert;
 use super::status::invalid;
 use crate::service::Service;
 use crate::service::sessions::turns::{PermissionChoice, PromptRequest};
+use crate::service::sessions::workspace::WorkspaceRequest;
 
 pub struct SessionGrpc {
     pub service: Arc<Service>,
@@ -26,7 +27,11 @@ impl SessionService for SessionGrpc {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let agent = AgentId::parse("agent_id", &req.agent_id).map_err(invalid)?;
-        let session = self.service.create_session(&caller, agent, &req.title).await?;
+        let workspace = req.workspace.map(WorkspaceRequest::from);
+        let session = self
+            .service
+            .create_session(&caller, agent, &req.title, workspace, (req.mode_id, req.model_id))
+            .await?;
         Ok(Response::new(pb::CreateSessionResponse {
             session: Some(convert::session(session)),
         }))
@@ -67,7 +72,9 @@ impl SessionService for SessionGrpc {
     ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
         let caller = caller(&request)?;
         let id = SessionId::parse("session_id", &request.get_ref().session_id).map_err(invalid)?;
-        self.service.delete_session(&caller, id).await?;
+        self.service
+            .delete_session(&caller, id, request.get_ref().delete_branch)
+            .await?;
         Ok(Response::new(pb::DeleteSessionResponse {}))
     }
 
@@ -141,6 +148,39 @@ impl SessionService for SessionGrpc {
             .watch_session(&caller, id, req.from_seq, req.until_turn_end)
             .await?;
         let stream = events.map(|item| item.map(Arc::unwrap_or_clone).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn set_session_options(
+        &self,
+        request: Request<pb::SetSessionOptionsRequest>,
+    ) -> Result<Response<pb::SetSessionOptionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let id = SessionId::parse("session_id", &req.session_id).map_err(invalid)?;
+        self.service
+            .set_session_options(&caller, id, &req.mode_id, &req.model_id)
+            .await?;
+        Ok(Response::new(pb::SetSessionOptionsResponse {}))
+    }
+
+    type GetSessionDiffStream = Pin<Box<dyn Stream<Item = Result<pb::GetSessionDiffResponse, Status>> + Send>>;
+
+    async fn get_session_diff(
+        &self,
+        request: Request<pb::GetSessionDiffRequest>,
+    ) -> Result<Response<Self::GetSessionDiffStream>, Status> {
+        let caller = caller(&request)?;
+        let id = SessionId::parse("session_id", &request.get_ref().session_id).map_err(invalid)?;
+        let pieces = self.service.session_diff(&caller, id).await?;
+        let stream = pieces.map(|piece| {
+            piece
+                .map(|p| pb::GetSessionDiffResponse {
+                    chunk: p.data,
+                    truncated: p.truncated,
+                })
+                .map_err(Status::from)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -16,6 +16,8 @@ impl From<ServiceError> for Status {
             ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
             ServiceError::Aborted(m) => Status::aborted(m),
             ServiceError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ServiceError::Unavailable(m) => Status::unavailable(m),
+            ServiceError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             ServiceError::Store(StoreError::Pool(e)) => {
                 tracing::error!(error = %e, "database unavailable");
                 Status::unavailable("the database is unavailable; retry shortly")

@@ -1,7 +1,7 @@
 //! Agent configurations.
 
 use oma_proto::ids::AgentId;
-use oma_proto::model::{self, AgentField, AgentSpec, McpServer, RuntimeBinding};
+use oma_proto::model::{self, AgentField, AgentSpec, McpServer, PermissionPolicy, RuntimeBinding};
 use oma_proto::pb;
 use oma_proto::validate::ValidationError;
 use prost::Message as _;
@@ -64,9 +64,10 @@ fn check_binding(
     conn: &mut DbConn,
     caller: &Caller,
     binding: &RuntimeBinding,
-    mcp_servers: &[McpServer],
+    spec: &AgentSpec,
     allow_unknown_skills: bool,
 ) -> ServiceResult<()> {
+    let mcp_servers: &[McpServer] = &spec.mcp_servers;
     let runtime = runtime_for_use(conn, caller, &binding.runtime_id)?;
     let manifest = if runtime.manifest.is_empty() {
         pb::Manifest::default()
@@ -89,6 +90,18 @@ fn check_binding(
         .into());
     }
     agent_mcp::check(&runtime.id, runtime.last_seen_at.is_some(), &manifest, mcp_servers)?;
+    if spec.permission_policy == PermissionPolicy::Ask
+        && !spec.accept_unenforced_ask
+        && let Some(agent) = agent
+        && agent.ask_support == pb::AskSupport::None as i32
+    {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "runtime {} reports that it cannot make ACP agent {:?} ask before it acts, so with permission policy \
+             `ask` it could edit files or run commands without anyone approving; choose allow_once or reject, \
+             or set accept_unenforced_ask to bind it anyway",
+            runtime.id, binding.acp_agent_id
+        )));
+    }
     if binding.local_skill_blocklist.is_empty() || allow_unknown_skills {
         return Ok(());
     }
@@ -140,7 +153,7 @@ impl Service {
         self.store
             .write("create_agent", move |conn| {
                 if let Some(binding) = &spec.runtime_binding {
-                    check_binding(conn, &caller, binding, &spec.mcp_servers, allow_unknown_skills)?;
+                    check_binding(conn, &caller, binding, &spec, allow_unknown_skills)?;
                 }
                 let now = now_ms();
                 quotas::check(conn, &quotas, caller.tenant_id.as_str(), Quota::Agents, now)?;
@@ -218,7 +231,7 @@ impl Service {
                     && let Some(binding) = &spec.runtime_binding
                 {
                     let allow_unknown_skills = update.allow_unknown_skills || !binding_changed;
-                    check_binding(conn, &caller, binding, &spec.mcp_servers, allow_unknown_skills)?;
+                    check_binding(conn, &caller, binding, &spec, allow_unknown_skills)?;
                 }
                 let row = AgentRow {
                     name: spec.name.clone(),

@@ -45,6 +45,11 @@ pub enum ServiceError {
     Aborted(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Something the call depends on (a machine) went away mid-call.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -143,6 +148,7 @@ pub(crate) struct LiveState {
     pub hub: Arc<live::hub::Hub>,
     pub event_log: live::event_log::EventLog,
     pub watchers: Arc<live::watchers::Watchers>,
+    pub diffs: Arc<live::diffs::Diffs>,
 }
 
 /// The service: one per process, shared by every gRPC handler.
@@ -169,6 +175,7 @@ impl Service {
                 hub,
                 event_log,
                 watchers,
+                diffs: Arc::default(),
             }),
         }
     }

@@ -170,6 +170,10 @@ mod tests {
             last_seq: 0,
             created_at: 0,
             updated_at: 0,
+            workspace: None,
+            options: None,
+            mode_id: String::new(),
+            model_id: String::new(),
         }
     }
 

@@ -307,4 +307,30 @@ impl Service {
         self.disconnect_runtime(&runtime_id);
         Ok(())
     }
+
+    /// The machine asked to be forgotten (`oma-agent uninstall`, on its
+    /// authenticated stream): its runtime is deleted as DeleteRuntime would,
+    /// token and all, and audited as the machine's act.
+    pub async fn deregister_runtime(&self, runtime_id: &str) -> ServiceResult<()> {
+        let rid = runtime_id.to_owned();
+        self.store
+            .write("deregister_runtime", move |conn| {
+                let Some(runtime) = rows::get_runtime_for_auth(conn, &rid)? else {
+                    return Ok::<_, ServiceError>(());
+                };
+                rows::delete_runtime(conn, &runtime.tenant_id, &rid)?;
+                record(
+                    conn,
+                    &runtime.tenant_id,
+                    &format!("runtime:{rid}"),
+                    "runtime.deregister",
+                    &rid,
+                    json!({"name": runtime.name, "machine_id": runtime.machine_id}),
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.disconnect_runtime(runtime_id);
+        Ok(())
+    }
 }

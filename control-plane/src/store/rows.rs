@@ -415,6 +415,13 @@ pub struct SessionRow {
     pub last_seq: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// JSON of the session's workspace (see `service::sessions::SessionWorkspace`).
+    pub workspace: Option<String>,
+    /// JSON of what the agent offers (see `service::sessions::options`).
+    pub options: Option<String>,
+    /// What the session was asked to start in (empty: the agent's own).
+    pub mode_id: String,
+    pub model_id: String,
 }
 
 pub fn insert_session(conn: &mut DbConn, row: &SessionRow) -> QueryResult<()> {
@@ -467,6 +474,42 @@ pub fn list_sessions(
         q = q.filter(sessions::id.lt(after.clone()));
     }
     Ok(q.load(conn)?)
+}
+
+/// The sessions on a runtime that work in a workspace and are not deleted
+/// or failed: (id, workspace JSON). For the one-direct-session rule and
+/// branch names.
+pub fn workspace_sessions_on_runtime(conn: &mut DbConn, runtime: &str) -> QueryResult<Vec<(String, String)>> {
+    let found: Vec<(String, Option<String>)> = sessions::table
+        .filter(sessions::runtime_id.eq(runtime))
+        .filter(sessions::workspace.is_not_null())
+        .filter(sessions::status.ne(SESSION_TOMBSTONE))
+        .filter(sessions::status.ne(crate::service::sessions::STATUS_FAILED))
+        .select((sessions::id, sessions::workspace))
+        .load(conn)?;
+    Ok(found.into_iter().filter_map(|(id, w)| Some((id, w?))).collect())
+}
+
+/// Records what a session's agent offers and has selected.
+pub fn set_session_options(conn: &mut DbConn, session_id: &str, options: &str) -> QueryResult<()> {
+    diesel::update(sessions::table.filter(sessions::id.eq(session_id)))
+        .set(sessions::options.eq(Some(options)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The options the newest session of this ACP agent on this runtime
+/// recorded, to check a new session's choice before it starts.
+pub fn latest_options(conn: &mut DbConn, runtime: &str, acp_agent: &str) -> QueryResult<Option<String>> {
+    Ok(sessions::table
+        .filter(sessions::runtime_id.eq(runtime))
+        .filter(sessions::acp_agent_id.eq(acp_agent))
+        .filter(sessions::options.is_not_null())
+        .order(sessions::id.desc())
+        .select(sessions::options)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten())
 }
 
 /// The status of a deleted session whose machine has not yet confirmed the

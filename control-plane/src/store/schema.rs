@@ -99,6 +99,10 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         stored_bytes -> BigInt,
+        workspace -> Nullable<Text>,
+        options -> Nullable<Text>,
+        mode_id -> Text,
+        model_id -> Text,
     }
 }
 

@@ -170,6 +170,7 @@ pub fn hello(machine_id: &str) -> pb::AgentFrame {
                     version: "0".into(),
                     capabilities_json: "{}".into(),
                     local_skills: vec![],
+                    ..Default::default()
                 }],
                 ..Default::default()
             }),

@@ -8,6 +8,9 @@
 //!
 //! Environment:
 //! - `OMA_TEST_AGENT_LOAD_SESSION=0`: do not offer `session/load`.
+//! - `OMA_TEST_AGENT_START_MODE=yolo`: sessions start in mode `yolo`, where
+//!   `permission` acts without asking (like Claude's `auto`).
+//! - `OMA_TEST_AGENT_STATE_DIR=PATH`: keep transcripts there, not in the cwd.
 //! - `OMA_TEST_AGENT_IGNORE_EOF=1`: keep running after stdin closes (until killed).
 //! - `OMA_TEST_AGENT_STARTUP_DELAY_MS=N`: sleep N ms before reading stdin.
 //! - `OMA_TEST_AGENT_STDERR_LINES=N`: print N lines to stderr at startup.
@@ -41,11 +44,13 @@ use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::schema::{
     AgentCapabilities, CancelNotification, Implementation, InitializeRequest, InitializeResponse, LoadSessionRequest,
     LoadSessionResponse, NewSessionRequest, NewSessionResponse, PromptCapabilities, PromptRequest, PromptResponse,
+    SessionConfigOptionValue, SetSessionConfigOptionRequest, SetSessionConfigOptionResponse, SetSessionModeRequest,
+    SetSessionModeResponse,
 };
 use agent_client_protocol::v1::{ConnectionTo, Responder};
 use agent_client_protocol::{Agent, Client, Error, Lines, UntypedMessage};
 
-use crate::agent::{TestAgent, system_prompt};
+use crate::agent::{MODELS, MODES, TestAgent, offered_config, offered_modes, system_prompt};
 use crate::io::{Markers, Out};
 use crate::session::Session;
 use crate::turn::Turn;
@@ -161,7 +166,11 @@ async fn run(config: Config) -> i32 {
                     log!("oma-test-agent: new session {id} in {}", request.cwd.display());
                     let mcp_servers = serde_json::to_value(&request.mcp_servers).unwrap_or_default();
                     agent.insert_session(Arc::new(Session::new(id.clone(), request.cwd, prompt, mcp_servers)));
-                    responder.respond(NewSessionResponse::new(id))
+                    responder.respond(
+                        NewSessionResponse::new(id)
+                            .modes(offered_modes(&agent::start_mode()))
+                            .config_options(offered_config(MODELS[0])),
+                    )
                 }
             },
             agent_client_protocol::on_receive_request!(),
@@ -199,7 +208,11 @@ async fn run(config: Config) -> i32 {
                         replayed += 1;
                     }
                     log!("oma-test-agent: load {id}: replayed {replayed} updates");
-                    responder.respond(LoadSessionResponse::new())
+                    responder.respond(
+                        LoadSessionResponse::new()
+                            .modes(offered_modes(&agent::start_mode()))
+                            .config_options(offered_config(MODELS[0])),
+                    )
                 }
             },
             agent_client_protocol::on_receive_request!(),
@@ -213,11 +226,60 @@ async fn run(config: Config) -> i32 {
                             Error::invalid_params().data(format!("unknown session {}", request.session_id)),
                         );
                     };
-                    let script = script::parse_script(&turn::prompt_text(&request.prompt));
+                    let (instructions, text) = turn::split_instructions(&request.prompt);
+                    if let Some(instructions) = instructions {
+                        *session.instructions.lock().unwrap() = Some(instructions);
+                    }
+                    let script = script::parse_script(&text);
                     // Created here, inside the dispatch loop, so a session/cancel
                     // that follows this prompt is seen by the turn.
                     let turn = Turn::new(agent.clone(), session, cx.clone());
                     cx.spawn(turn.run(script, responder))
+                }
+            },
+            agent_client_protocol::on_receive_request!(),
+        )
+        .on_receive_request(
+            {
+                let agent = agent.clone();
+                async move |request: SetSessionModeRequest,
+                            responder: Responder<SetSessionModeResponse>,
+                            _cx: ConnectionTo<Client>| {
+                    let Some(session) = agent.session(&request.session_id.to_string()) else {
+                        return responder.respond_with_error(Error::invalid_params().data("unknown session"));
+                    };
+                    let mode = request.mode_id.to_string();
+                    if !MODES.contains(&mode.as_str()) {
+                        return responder.respond_with_error(Error::invalid_params().data(format!("no mode {mode}")));
+                    }
+                    log!("oma-test-agent: session {}: mode {mode}", session.id);
+                    *session.mode.lock().unwrap() = mode;
+                    responder.respond(SetSessionModeResponse::new())
+                }
+            },
+            agent_client_protocol::on_receive_request!(),
+        )
+        .on_receive_request(
+            {
+                let agent = agent.clone();
+                async move |request: SetSessionConfigOptionRequest,
+                            responder: Responder<SetSessionConfigOptionResponse>,
+                            _cx: ConnectionTo<Client>| {
+                    let Some(session) = agent.session(&request.session_id.to_string()) else {
+                        return responder.respond_with_error(Error::invalid_params().data("unknown session"));
+                    };
+                    let model = match (&*request.config_id.0, &request.value) {
+                        ("model", SessionConfigOptionValue::ValueId { value }) if MODELS.contains(&&*value.0) => {
+                            value.0.to_string()
+                        }
+                        _ => {
+                            return responder
+                                .respond_with_error(Error::invalid_params().data("no such option or value"));
+                        }
+                    };
+                    log!("oma-test-agent: session {}: model {model}", session.id);
+                    *session.model.lock().unwrap() = model.clone();
+                    responder.respond(SetSessionConfigOptionResponse::new(offered_config(&model)))
                 }
             },
             agent_client_protocol::on_receive_request!(),

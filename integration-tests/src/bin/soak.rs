@@ -384,7 +384,10 @@ impl Soak {
             self.world
                 .clients
                 .sessions
-                .delete_session(pb::DeleteSessionRequest { session_id: session.id })
+                .delete_session(pb::DeleteSessionRequest {
+                    session_id: session.id,
+                    ..Default::default()
+                })
                 .await?;
         }
         Ok(())

@@ -218,6 +218,15 @@ impl Lab {
     /// [`Lab::start`] with the owner's `policy.toml` (written before the
     /// daemon starts; the config dir must not change after that).
     pub async fn start_with_policy(max_sessions: u32, policy_toml: Option<&str>) -> anyhow::Result<Lab> {
+        Self::start_with_config(max_sessions, policy_toml, None).await
+    }
+
+    /// [`Lab::start_with_policy`] with the owner's `workspaces.toml` too.
+    pub async fn start_with_config(
+        max_sessions: u32,
+        policy_toml: Option<&str>,
+        workspaces_toml: Option<&str>,
+    ) -> anyhow::Result<Lab> {
         let canary = Canary::new()?;
         let cp = HostileControlPlane::start()?;
         let agents_toml = format!(
@@ -229,6 +238,9 @@ impl Lab {
         daemon.env = vec![("HOME".into(), canary.home.display().to_string())];
         if let Some(policy) = policy_toml {
             daemon.set_policy(policy)?;
+        }
+        if let Some(workspaces) = workspaces_toml {
+            std::fs::write(daemon.config_dir.path().join("workspaces.toml"), workspaces)?;
         }
         daemon.start(&["--max-sessions", &max_sessions.to_string()])?;
         cp.wait_connected(0).await?;
@@ -456,6 +468,7 @@ impl Lab {
             self.cp
                 .send(Frame::DisposeSession(pb::DisposeSession {
                     session_id: session_id.clone(),
+                    delete_branch: false,
                 }))
                 .await?;
         }

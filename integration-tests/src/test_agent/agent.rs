@@ -69,6 +69,48 @@ impl Drop for RunningTurn {
     }
 }
 
+/// The modes every session offers (`default` first, its starting mode).
+pub const MODES: [&str; 3] = ["default", "plan", "yolo"];
+/// The models every session offers, as the config option `model`
+/// (`small` first, its starting model).
+pub const MODELS: [&str; 2] = ["small", "large"];
+
+/// The mode sessions start in: `OMA_TEST_AGENT_START_MODE` (one of
+/// [`MODES`]), else `default`.
+pub fn start_mode() -> String {
+    std::env::var("OMA_TEST_AGENT_START_MODE")
+        .ok()
+        .filter(|m| MODES.contains(&m.as_str()))
+        .unwrap_or_else(|| MODES[0].to_owned())
+}
+
+/// What a session offers, in a session/new or session/load answer.
+pub fn offered_modes(current: &str) -> agent_client_protocol::v1::schema::SessionModeState {
+    use agent_client_protocol::v1::schema::{SessionMode, SessionModeState};
+    SessionModeState::new(
+        current.to_owned(),
+        MODES
+            .iter()
+            .map(|m| SessionMode::new(*m, format!("{m} mode")))
+            .collect(),
+    )
+}
+
+/// The config options: the model selector.
+pub fn offered_config(model: &str) -> Vec<agent_client_protocol::v1::schema::SessionConfigOption> {
+    use agent_client_protocol::v1::schema::{
+        SessionConfigOption, SessionConfigOptionCategory, SessionConfigSelectOption,
+    };
+    let choices: Vec<SessionConfigSelectOption> = MODELS
+        .iter()
+        .map(|m| SessionConfigSelectOption::new(*m, format!("{m} model")))
+        .collect();
+    vec![
+        SessionConfigOption::select("model", "Model", model.to_owned(), choices)
+            .category(SessionConfigOptionCategory::Model),
+    ]
+}
+
 /// The system prompt a session/new or session/load carried: `_meta.systemPrompt`
 /// as a string, or the `append` field of an object there; failing that, the
 /// text of the typed `systemPrompt` field.

@@ -60,6 +60,14 @@ pub enum Directive {
     Symlink { target: String, link: String },
     /// `mcp-servers`: the `mcpServers` the session was created with, as JSON.
     McpServers,
+    /// `options`: the session's current mode and model.
+    Options,
+    /// `instructions`: the instructions block the client put before a
+    /// prompt of this session (`<none>` if none came).
+    Instructions,
+    /// `write PATH TEXT`: write TEXT and a newline to PATH (relative to the
+    /// session cwd, parents created), as an agent's own edit tool would.
+    Write { path: String, text: String },
     /// A directive name nobody knows; carries the whole piece.
     Unknown(String),
     /// A known directive with a bad argument.
@@ -118,8 +126,17 @@ pub fn parse_piece(piece: &str) -> Directive {
         "list-skills" if arg.is_empty() => Directive::ListSkills,
         "system-prompt" if arg.is_empty() => Directive::SystemPrompt,
         "mcp-servers" if arg.is_empty() => Directive::McpServers,
+        "instructions" if arg.is_empty() => Directive::Instructions,
+        "options" if arg.is_empty() => Directive::Options,
+        "write" => match arg.split_once(char::is_whitespace) {
+            Some((path, text)) if !path.is_empty() => Directive::Write {
+                path: path.to_owned(),
+                text: text.trim_start().to_owned(),
+            },
+            _ => invalid("expected `write PATH TEXT`"),
+        },
         "tool" | "plan" | "all-kinds" | "unknown-kind" | "permission" | "garbage" | "invalid-utf8" | "hang" | "cwd"
-        | "list-skills" | "system-prompt" | "mcp-servers" => invalid("takes no argument"),
+        | "list-skills" | "system-prompt" | "mcp-servers" | "instructions" | "options" => invalid("takes no argument"),
         "sleep" => match arg.parse::<u64>() {
             Ok(ms) => Directive::Sleep(ms),
             Err(_) => invalid("expected `sleep MS` with MS a whole number"),

@@ -19,6 +19,11 @@ pub struct Session {
     pub system_prompt: Option<String>,
     /// The `mcpServers` array of session/new or session/load, as JSON.
     pub mcp_servers: serde_json::Value,
+    /// The instructions block the client put before a prompt, if any.
+    pub instructions: Mutex<Option<String>>,
+    /// The current mode and model (session/set_mode, session/set_config_option).
+    pub mode: Mutex<String>,
+    pub model: Mutex<String>,
     /// Bumped by every session/cancel for this session.
     cancel: watch::Sender<u64>,
     transcript: Mutex<Transcript>,
@@ -38,6 +43,9 @@ impl Session {
             cwd,
             system_prompt,
             mcp_servers,
+            instructions: Mutex::new(None),
+            mode: Mutex::new(crate::agent::start_mode()),
+            model: Mutex::new(crate::agent::MODELS[0].to_owned()),
             cancel: watch::Sender::new(0),
             transcript: Mutex::new(Transcript {
                 path,
@@ -98,7 +106,11 @@ impl Session {
 
 /// Where the transcript of session `id` with working directory `cwd` lives.
 pub fn transcript_path(cwd: &Path, id: &str) -> PathBuf {
-    cwd.join(".oma-test-agent").join(format!("{id}.jsonl"))
+    // Like a real agent's home folder: keeps a worktree clean when set.
+    match std::env::var_os("OMA_TEST_AGENT_STATE_DIR") {
+        Some(dir) => PathBuf::from(dir).join(format!("{id}.jsonl")),
+        None => cwd.join(".oma-test-agent").join(format!("{id}.jsonl")),
+    }
 }
 
 /// Whether a client-supplied session id is safe to use as a file name.

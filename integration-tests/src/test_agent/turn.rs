@@ -181,6 +181,26 @@ impl Turn {
                 })
             }
             Directive::McpServers => self.message(format!("mcp servers: {}", self.session.mcp_servers)),
+            Directive::Options => {
+                let mode = self.session.mode.lock().unwrap().clone();
+                let model = self.session.model.lock().unwrap().clone();
+                self.message(format!("mode {mode} model {model}"))
+            }
+            Directive::Instructions => {
+                let instructions = self.session.instructions.lock().unwrap().clone();
+                self.message(format!("instructions: {}", instructions.as_deref().unwrap_or("<none>")))
+            }
+            Directive::Write { path, text } => {
+                let target = self.session.cwd.join(&path);
+                let written = target
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| std::fs::write(&target, format!("{text}\n")));
+                self.message(match written {
+                    Ok(()) => format!("wrote {path}"),
+                    Err(err) => format!("write {path}: {err}"),
+                })
+            }
             Directive::Unknown(piece) => self.message(format!("unknown directive: {piece}")),
             Directive::Invalid { piece, reason } => self.message(format!("invalid directive: {piece}: {reason}")),
         }
@@ -284,6 +304,13 @@ impl Turn {
     }
 
     async fn permission(&mut self) {
+        // Like Claude in `auto` or opencode by default: in a mode that does
+        // not ask, the agent just acts.
+        let mode = self.session.mode.lock().unwrap().clone();
+        if mode == "yolo" {
+            self.message("acted without asking (mode yolo)".to_owned());
+            return;
+        }
         let tool_call = ToolCallUpdate::new(
             format!("perm-{}", self.agent.next_id()),
             ToolCallUpdateFields::new()
@@ -385,6 +412,17 @@ impl Turn {
 }
 
 /// The text of a prompt: its text blocks joined with newlines.
+/// The instructions block a client put first (it starts with OMA's
+/// header), and the script text of the rest.
+pub fn split_instructions(prompt: &[ContentBlock]) -> (Option<String>, String) {
+    match prompt.first() {
+        Some(ContentBlock::Text(text)) if text.text.starts_with(oma_proto::workspace::INSTRUCTIONS_HEADER) => {
+            (Some(text.text.clone()), prompt_text(&prompt[1..]))
+        }
+        _ => (None, prompt_text(prompt)),
+    }
+}
+
 pub fn prompt_text(prompt: &[ContentBlock]) -> String {
     prompt
         .iter()

@@ -69,17 +69,21 @@ pub(super) async fn handshake(
     }
 
     let mut resumed = None;
+    let mut answer = Value::Null;
     if let Some(id) = &launch.resume_acp_session_id {
         if can_load {
             let mut load = params.clone();
             load.insert("sessionId".into(), json!(id));
             match request(&cx, "session/load", Value::Object(load)).await {
-                Ok(_) => resumed = Some(id.clone()),
+                Ok(loaded) => {
+                    resumed = Some(id.clone());
+                    answer = loaded;
+                }
                 Err(err) if shared.is_gone() => return Err(err),
                 Err(err) => {
                     shared
                         .emit(AcpOutput::Log(format!(
-                            "session/load failed ({err}): started a new session; earlier context was lost"
+                            "{err}: started a new session; earlier context was lost"
                         )))
                         .await;
                 }
@@ -97,7 +101,9 @@ pub(super) async fn handshake(
         Some(id) => (id, true),
         None => {
             let created = request(&cx, "session/new", Value::Object(params)).await?;
-            (crate::session::translate::session_id_from_acp(&created)?, false)
+            let id = crate::session::translate::session_id_from_acp(&created)?;
+            answer = created;
+            (id, false)
         }
     };
     Ok((
@@ -108,12 +114,16 @@ pub(super) async fn handshake(
             agent_name: info("name"),
             agent_version: info("version"),
             capabilities_json: capabilities.to_string(),
+            options: oma_proto::session_options::from_session_answer(&answer),
+            model_config_id: answer
+                .get("configOptions")
+                .and_then(oma_proto::session_options::model_config_id),
         },
     ))
 }
 
 /// Sends a request and waits for its result (never call this in a handler).
-async fn request(cx: &ConnectionTo<Agent>, method: &str, params: Value) -> Result<Value, String> {
+pub(super) async fn request(cx: &ConnectionTo<Agent>, method: &str, params: Value) -> Result<Value, String> {
     let message = UntypedMessage::new(method, params).map_err(|err| format!("{method}: {}", rpc_error_text(&err)))?;
     cx.send_request(message)
         .block_task()

@@ -60,6 +60,8 @@ pub const ERROR_CHILD_EXITED: &str = "child_exited";
 pub const ERROR_ACP: &str = "acp_error";
 /// The child printed nothing for the idle timeout; it was killed.
 pub const ERROR_IDLE_TIMEOUT: &str = "idle_timeout";
+/// How long a mode or model switch may take to be answered.
+const OPTION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to start one ACP session.
 #[derive(Debug, Clone)]
@@ -113,7 +115,7 @@ pub enum AcpOutput {
 }
 
 /// What [`AcpSession::start`] learned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AcpStarted {
     pub acp_session_id: String,
     /// Whether session/load resumed the requested session.
@@ -122,6 +124,10 @@ pub struct AcpStarted {
     pub agent_version: String,
     /// The agent's `agentCapabilities` as JSON.
     pub capabilities_json: String,
+    /// The modes and models the session offers (from session/new or
+    /// session/load), and the config option that holds the model.
+    pub options: pb::SessionOptions,
+    pub model_config_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +314,34 @@ impl AcpSession {
         let span = tracing::info_span!("turn", turn_id = %turn_id);
         tokio::spawn(turn::run_turn(self.shared.clone(), turn_id, sent, self.idle_timeout).instrument(span));
         Ok(())
+    }
+
+    /// Switches the session's mode (ACP `session/set_mode`).
+    pub async fn set_mode(&self, mode_id: &str) -> Result<(), String> {
+        let params = json!({ "sessionId": self.acp_session_id, "modeId": mode_id });
+        self.call("session/set_mode", params).await.map(drop)
+    }
+
+    /// Sets a config option (ACP `session/set_config_option`); returns the
+    /// agent's answer (its `configOptions` as they are now).
+    pub async fn set_config_option(&self, config_id: &str, value: &str) -> Result<Value, String> {
+        let params = json!({ "sessionId": self.acp_session_id, "configId": config_id, "value": value });
+        self.call("session/set_config_option", params).await
+    }
+
+    /// A request to the agent and its answer, within the startup timeout's
+    /// order of time (an agent that never answers must not hold the
+    /// session's actor).
+    async fn call(&self, method: &str, params: Value) -> Result<Value, String> {
+        if self.shared.is_gone() {
+            return Err("the agent process is gone".into());
+        }
+        match tokio::time::timeout(OPTION_CALL_TIMEOUT, client::request(&self.cx, method, params)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "{method}: the agent did not answer within {OPTION_CALL_TIMEOUT:?}"
+            )),
+        }
     }
 
     /// Cancels the running turn (ACP `session/cancel`) and answers every
@@ -844,7 +878,9 @@ mod tests {
         assert_ne!(h.started.acp_session_id, "test-00000000deadbeef");
         match next(&mut h.rx).await {
             AcpOutput::Log(line) => {
-                assert!(line.starts_with("session/load failed ("), "{line}");
+                // One "session/load failed", then the agent's own words.
+                assert!(line.starts_with("session/load failed: "), "{line}");
+                assert_eq!(line.matches("session/load failed").count(), 1, "{line}");
                 assert!(
                     line.ends_with("started a new session; earlier context was lost"),
                     "{line}"

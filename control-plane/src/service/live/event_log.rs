@@ -425,6 +425,10 @@ fn apply_effects(
     use pb::session_event::Kind;
     match &event.kind {
         Some(Kind::TurnStarted(_)) => rows::set_session_status(conn, session_id, STATUS_RUNNING, now)?,
+        Some(Kind::OptionsChanged(options)) => {
+            let stored = crate::service::sessions::options::SessionOptions::from(options).to_stored();
+            rows::set_session_options(conn, session_id, &stored)?
+        }
         Some(Kind::TurnEnded(_)) => rows::finish_turn(conn, session_id, Some(&event.turn_id), STATUS_IDLE, now)?,
         Some(Kind::StatusChanged(change)) => {
             if !change.acp_session_id.is_empty() {
@@ -474,6 +478,7 @@ fn apply_effects(
                             request_id: request.request_id.clone(),
                             cancelled: option_id.is_none(),
                             option_id: option_id.unwrap_or_default(),
+                            decided_by: "policy".into(),
                         });
                     }
                 }
@@ -643,6 +648,10 @@ mod tests {
             last_seq: 0,
             created_at: 0,
             updated_at: 0,
+            workspace: None,
+            options: None,
+            mode_id: String::new(),
+            model_id: String::new(),
         }
     }
 

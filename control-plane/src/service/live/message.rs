@@ -34,6 +34,10 @@ pub enum AgentMessage {
     ManifestUpdate { manifest: Vec<u8> },
     /// The machine received a command (informational).
     Ack,
+    /// A piece of a diff the control plane asked for.
+    DiffChunk(pb::DiffChunk),
+    /// The machine is being uninstalled: forget its runtime.
+    Deregister,
 }
 
 /// What a machine says when it connects.
@@ -102,6 +106,8 @@ impl TryFrom<pb::AgentFrame> for AgentMessage {
                 manifest: update.manifest.unwrap_or_default().encode_to_vec(),
             },
             Frame::Ack(_) => AgentMessage::Ack,
+            Frame::DiffChunk(chunk) => AgentMessage::DiffChunk(chunk),
+            Frame::Deregister(_) => AgentMessage::Deregister,
         })
     }
 }

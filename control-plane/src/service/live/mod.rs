@@ -11,14 +11,19 @@
 //! - [`message`]: what a machine says on its stream, checked at the gRPC
 //!   boundary.
 //! - [`permissions`]: what an agent's permission policy decides.
-//! - [`stream`]: one runtime stream from Hello to its end.
+//! - [`stream`]: one runtime stream, from Hello to its end; [`reader`]
+//!   reads its frames, [`acks`] answers them once durable.
 //! - [`start`]: the StartSession frame a machine gets for a session.
+//! - [`diffs`]: diffs asked of machines, awaiting their chunks.
 //! - [`watchers`]: the live watches (revocation, the per-tenant cap).
 
+pub mod acks;
+pub mod diffs;
 pub mod event_log;
 pub mod hub;
 pub mod message;
 pub mod permissions;
+pub mod reader;
 pub mod registry;
 pub mod start;
 pub mod stream;

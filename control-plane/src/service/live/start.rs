@@ -5,6 +5,7 @@ use oma_proto::model::AgentSpec;
 use oma_proto::pb;
 
 use crate::service::ServiceResult;
+use crate::service::sessions::workspace::SessionWorkspace;
 use crate::store::rows::SessionRow;
 
 /// The StartSession frame for a session, from its snapshot of the agent.
@@ -43,6 +44,12 @@ pub(crate) fn start_session_frame(session: &SessionRow) -> ServiceResult<pb::Sta
         // and reach only machines whose owner opted in).
         credentials: Default::default(),
         last_stored_seq: session.last_seq as u64,
+        workspace: SessionWorkspace::from_stored(&session.id, session.workspace.as_deref())?
+            .as_ref()
+            .map(pb::SessionWorkspace::from),
+        mode_id: session.mode_id.clone(),
+        model_id: session.model_id.clone(),
+        permission_policy: pb::PermissionPolicy::from(spec.permission_policy) as i32,
     })
 }
 
@@ -68,6 +75,10 @@ mod tests {
             last_seq: 4,
             created_at: 0,
             updated_at: 0,
+            workspace: None,
+            options: None,
+            mode_id: String::new(),
+            model_id: String::new(),
         }
     }
 

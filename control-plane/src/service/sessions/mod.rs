@@ -2,12 +2,19 @@
 //! permission: [`turns`], routed to the runtime's stream) and watching
 //! their events ([`watch`]).
 
+pub mod diff;
+pub mod options;
 pub mod turns;
 pub mod watch;
+pub mod workspace;
 
 use oma_proto::ids::{AgentId, SessionId};
+use oma_proto::pb;
 use oma_proto::validate;
+use prost::Message as _;
 use serde_json::json;
+
+use self::workspace::{SessionWorkspace, WorkspaceRequest};
 
 use super::agents::Agent;
 use super::audit::record;
@@ -44,6 +51,13 @@ pub struct Session {
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
     pub updated_at: i64,
+    /// Where it works on the machine; `None`: a private folder.
+    pub workspace: Option<SessionWorkspace>,
+    /// What its agent offers and has selected; `None` until it started.
+    pub options: Option<options::SessionOptions>,
+    /// What it was asked to start in (empty: the agent's own default).
+    pub requested_mode_id: String,
+    pub requested_model_id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +86,15 @@ impl SessionStatus {
 
 impl From<SessionRow> for Session {
     fn from(row: SessionRow) -> Session {
+        let workspace = SessionWorkspace::from_stored(&row.id, row.workspace.as_deref()).unwrap_or_else(|e| {
+            tracing::error!(session_id = row.id, error = %e, "unreadable session workspace");
+            None
+        });
         Session {
+            workspace,
+            options: options::SessionOptions::from_stored(row.options.as_deref()),
+            requested_mode_id: row.mode_id,
+            requested_model_id: row.model_id,
             status: SessionStatus::from_stored(&row.status),
             id: row.id,
             tenant_id: row.tenant_id,
@@ -90,8 +112,17 @@ impl From<SessionRow> for Session {
 }
 
 impl Service {
-    pub async fn create_session(&self, caller: &Caller, agent_id: AgentId, title: &str) -> ServiceResult<Session> {
+    pub async fn create_session(
+        &self,
+        caller: &Caller,
+        agent_id: AgentId,
+        title: &str,
+        workspace: Option<WorkspaceRequest>,
+        choice: (String, String),
+    ) -> ServiceResult<Session> {
         let title = validate::label("title", title, 200, false)?;
+        validate::opaque_id("mode_id", &choice.0, false)?;
+        validate::opaque_id("model_id", &choice.1, false)?;
         let caller = caller.clone();
         let quotas = self.config.quotas.clone();
         let session: SessionRow = self
@@ -118,8 +149,36 @@ impl Service {
                 })?;
                 let now = now_ms();
                 quotas::check(conn, &quotas, tenant, Quota::Sessions, now)?;
+                let id = SessionId::generate().to_string();
+                let workspace = match workspace.clone() {
+                    None => None,
+                    Some(request) => {
+                        let manifest = pb::Manifest::decode(runtime.manifest.as_slice()).unwrap_or_default();
+                        let others: Vec<(String, SessionWorkspace)> =
+                            rows::workspace_sessions_on_runtime(conn, &runtime.id)?
+                                .into_iter()
+                                .filter_map(|(sid, json)| {
+                                    SessionWorkspace::from_stored(&sid, Some(&json))
+                                        .ok()
+                                        .flatten()
+                                        .map(|w| (sid, w))
+                                })
+                                .collect();
+                        Some(workspace::resolve(request, &id, &runtime.id, &manifest, &others)?)
+                    }
+                };
+                // The request's choice, else the agent's defaults; checked
+                // against what this agent offered its last session here.
+                let mode_id = Some(choice.0.clone())
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or(agent.spec.default_mode_id.clone());
+                let model_id = Some(choice.1.clone())
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or(agent.spec.default_model_id.clone());
+                let known = rows::latest_options(conn, &runtime.id, &binding.acp_agent_id)?;
+                options::check_stored(known.as_deref(), &mode_id, &model_id)?;
                 let session = SessionRow {
-                    id: SessionId::generate().to_string(),
+                    id,
                     tenant_id: tenant.to_owned(),
                     agent_id: agent.row.id.clone(),
                     runtime_id: runtime.id.clone(),
@@ -135,6 +194,10 @@ impl Service {
                     last_seq: 0,
                     created_at: now,
                     updated_at: now,
+                    workspace: workspace.as_ref().map(SessionWorkspace::to_stored),
+                    options: None,
+                    mode_id,
+                    model_id,
                 };
                 rows::insert_session(conn, &session)?;
                 record(
@@ -143,7 +206,7 @@ impl Service {
                     &caller.actor(),
                     "session.create",
                     &session.id,
-                    json!({"agent_id": session.agent_id, "runtime_id": session.runtime_id}),
+                    json!({"agent_id": session.agent_id, "runtime_id": session.runtime_id, "workspace": workspace}),
                 )?;
                 Ok::<_, ServiceError>(session)
             })
@@ -192,7 +255,14 @@ impl Service {
             .map(|page: Paged<SessionRow>| page.map(Session::from))
     }
 
-    pub async fn delete_session(&self, caller: &Caller, session_id: SessionId) -> ServiceResult<()> {
+    /// Deletes a session; `delete_branch`: a worktree session's branch goes
+    /// too (when the machine is online now; else the branch stays).
+    pub async fn delete_session(
+        &self,
+        caller: &Caller,
+        session_id: SessionId,
+        delete_branch: bool,
+    ) -> ServiceResult<()> {
         let caller = caller.clone();
         let session = self
             .store
@@ -206,13 +276,14 @@ impl Service {
                     &caller.actor(),
                     "session.delete",
                     session_id.as_str(),
-                    json!({"agent_id": session.agent_id}),
+                    json!({"agent_id": session.agent_id, "delete_branch": delete_branch}),
                 )?;
                 Ok::<_, ServiceError>(session)
             })
             .await?;
         // If the machine is offline it gets the dispose in its next Welcome.
-        self.offer_dispose(&session.id, &session.runtime_id).await;
+        self.offer_dispose(&session.id, &session.runtime_id, delete_branch)
+            .await;
         Ok(())
     }
 }

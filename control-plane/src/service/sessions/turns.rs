@@ -61,7 +61,7 @@ fn check_prompt(prompt: &[pb::ContentBlock]) -> ServiceResult<()> {
 impl Service {
     /// Sends a frame to a runtime's live stream, or explains since when it is
     /// offline.
-    async fn send_to_runtime(&self, runtime_id: &str, control: pb::ControlFrame) -> ServiceResult<()> {
+    pub(crate) async fn send_to_runtime(&self, runtime_id: &str, control: pb::ControlFrame) -> ServiceResult<()> {
         match self.live.registry.send(runtime_id, control).await {
             Ok(()) => return Ok(()),
             Err(e @ crate::service::live::registry::SendError::TimedOut { .. }) => return Err(e.into()),
@@ -93,10 +93,11 @@ impl Service {
     }
 
     /// Tells the runtime to dispose of a deleted session, if it is online.
-    pub(crate) async fn offer_dispose(&self, session_id: &str, runtime_id: &str) {
+    pub(crate) async fn offer_dispose(&self, session_id: &str, runtime_id: &str, delete_branch: bool) {
         self.live.hub.close(session_id);
         let dispose = pb::DisposeSession {
             session_id: session_id.to_owned(),
+            delete_branch,
         };
         let _ = self
             .live
@@ -287,6 +288,7 @@ impl Service {
                     request_id: rid.clone(),
                     cancelled: option_id.is_none(),
                     option_id: option_id.unwrap_or_default(),
+                    decided_by: actor.clone(),
                 })
             })
             .await?;
@@ -332,6 +334,7 @@ impl Service {
                     request_id,
                     cancelled: option.is_none(),
                     option_id: option.unwrap_or_default(),
+                    decided_by: "timeout".into(),
                 };
                 let _ = service
                     .send_to_runtime(&runtime_id, frame(pb::control_frame::Frame::PermissionAnswer(answer)))

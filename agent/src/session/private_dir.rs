@@ -25,6 +25,10 @@ use crate::fsutil::{self, Durability, PRIVATE_FILE_MODE};
 const SKILLS_TMP_PREFIX: &str = ".oma-skills.tmp-";
 const SKILLS_OLD_PREFIX: &str = ".oma-skills.old-";
 
+/// Where skills go for agents without a skills folder of their own (and
+/// for every workspace session), inside the session's private folder.
+pub const INLINE_SKILLS_DIR: &str = ".skills";
+
 /// Writes AGENTS.md and the skills into `dir` (created if missing).
 pub fn prepare(dir: &Path, start: &pb::StartSession, layout: SkillsLayout) -> io::Result<()> {
     let skills = validated_skills(start)?;
@@ -33,14 +37,14 @@ pub fn prepare(dir: &Path, start: &pb::StartSession, layout: SkillsLayout) -> io
     if !skills.is_empty() {
         let (parent, folder) = match layout {
             SkillsLayout::ClaudeSkillsDir => (dir.join(".claude"), "skills"),
-            SkillsLayout::InlineAgentsMd => (dir.to_path_buf(), ".skills"),
+            SkillsLayout::InlineAgentsMd => (dir.to_path_buf(), INLINE_SKILLS_DIR),
         };
         fsutil::real_dir(&parent)?;
         write_skills(&parent, folder, &skills)?;
     }
     if layout == SkillsLayout::InlineAgentsMd {
         for skill in &start.skills {
-            agents_md.push_str(&inline_skill(&skill.name, skill));
+            agents_md.push_str(&inline_skill(&skill.name, skill, Path::new(INLINE_SKILLS_DIR)));
         }
     }
     fsutil::write_atomic(
@@ -98,16 +102,35 @@ fn write_skills(parent: &Path, folder: &str, skills: &[SkillFiles<'_>]) -> io::R
     built
 }
 
+/// A workspace session's instructions, given with its first prompt rather
+/// than written into the workspace: AGENTS.md's text (system prompt and
+/// appended prompts), then each skill inline with where its files are
+/// (`skills_dir`, in the session's private folder).
+pub fn instructions(start: &pb::StartSession, skills_dir: &Path) -> String {
+    if start.agents_md.trim().is_empty() && start.skills.is_empty() {
+        return String::new();
+    }
+    let mut text = format!("{}\n\n{}", oma_proto::workspace::INSTRUCTIONS_HEADER, start.agents_md);
+    for skill in &start.skills {
+        text.push_str(&inline_skill(&skill.name, skill, skills_dir));
+    }
+    text
+}
+
 /// The AGENTS.md section describing a skill for agents without a skills
 /// folder: its SKILL.md inline, and where its other files are.
-fn inline_skill(name: &str, skill: &pb::SkillBundle) -> String {
+fn inline_skill(name: &str, skill: &pb::SkillBundle, skills_dir: &Path) -> String {
     let skill_md = skill
         .files
         .iter()
         .find(|f| f.path == "SKILL.md")
         .map(|f| String::from_utf8_lossy(&f.content).into_owned())
         .unwrap_or_default();
-    let mut out = format!("\n\n## Skill: {name}\n\nFiles of this skill are in `.skills/{name}/`.\n\n{skill_md}");
+    let location = skills_dir.join(name);
+    let mut out = format!(
+        "\n\n## Skill: {name}\n\nFiles of this skill are in `{}/`.\n\n{skill_md}",
+        location.display()
+    );
     if !out.ends_with('\n') {
         out.push('\n');
     }
