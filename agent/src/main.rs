@@ -84,13 +84,14 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// A turn ends with an error after the agent printed nothing this long.
-    #[arg(long, env = "OMA_AGENT_IDLE_TIMEOUT", default_value = "600", value_parser = parse_secs)]
+    #[arg(long, env = "OMA_AGENT_IDLE_TIMEOUT", default_value = "600", value_parser = oma_proto::duration::parse)]
     idle_timeout: Duration,
     /// An agent must answer initialize and session/new within this.
-    #[arg(long, env = "OMA_AGENT_STARTUP_TIMEOUT", default_value = "60", value_parser = parse_secs)]
+    #[arg(long, env = "OMA_AGENT_STARTUP_TIMEOUT", default_value = "60", value_parser = oma_proto::duration::parse)]
     startup_timeout: Duration,
-    /// The longest wait between reconnect attempts (seconds).
-    #[arg(long, env = "OMA_AGENT_RECONNECT_MAX", default_value = "30", value_parser = parse_secs)]
+    /// The longest wait between reconnect attempts (e.g. 30s, 2m; a bare
+    /// number is seconds).
+    #[arg(long, env = "OMA_AGENT_RECONNECT_MAX", default_value = "30", value_parser = oma_proto::duration::parse)]
     reconnect_max: Duration,
     /// Allow plaintext to a non-loopback server.
     #[arg(long, env = "OMA_AGENT_INSECURE")]
@@ -143,26 +144,6 @@ impl RunArgs {
         }
         args
     }
-}
-
-/// Seconds, or a number with s/m/h.
-fn parse_secs(value: &str) -> Result<Duration, String> {
-    let (digits, mult) = match value.chars().last() {
-        Some('s') => (&value[..value.len() - 1], 1),
-        Some('m') => (&value[..value.len() - 1], 60),
-        Some('h') => (&value[..value.len() - 1], 3600),
-        _ => (value, 1),
-    };
-    if let Some(ms) = value.strip_suffix("ms") {
-        return ms
-            .parse::<u64>()
-            .map(Duration::from_millis)
-            .map_err(|_| format!("{value:?} is not a duration"));
-    }
-    digits
-        .parse::<u64>()
-        .map(|n| Duration::from_secs(n * mult))
-        .map_err(|_| format!("{value:?} is not a duration: use e.g. 90, 90s, 5m, 1h"))
 }
 
 /// What the running daemon writes for `oma-agent status`.
@@ -820,14 +801,6 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_secs("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_secs("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_secs("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_secs("x").is_err());
-    }
 
     #[test]
     fn max_sessions_defaults_and_refuses_zero() {

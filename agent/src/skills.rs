@@ -477,8 +477,8 @@ impl FrontMatter {
         if !closed {
             return FrontMatter::default();
         }
-        let (name, description) = match serde_yaml::from_str::<serde_yaml::Value>(&yaml) {
-            Ok(serde_yaml::Value::Mapping(map)) => {
+        let (name, description) = match serde_norway::from_str::<serde_norway::Value>(&yaml) {
+            Ok(serde_norway::Value::Mapping(map)) => {
                 let field = |key: &str| map.get(key).and_then(scalar);
                 (field("name"), field("description"))
             }
@@ -494,11 +494,11 @@ impl FrontMatter {
     }
 }
 
-fn scalar(value: &serde_yaml::Value) -> Option<String> {
+fn scalar(value: &serde_norway::Value) -> Option<String> {
     match value {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Number(n) => Some(n.to_string()),
+        serde_norway::Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
 }

@@ -1,24 +1,14 @@
-//! Durations on the command line: `30d`, `12h`, `90m`, `3600s` or bare
-//! seconds.
+//! Durations on the command line: parsed as every OMA binary parses them
+//! ([`oma_proto::duration`]), in whole seconds for the API.
 
-/// Parses a duration into whole seconds.
+/// Parses a duration (`30d`, `12h`, `90m`, `1h30m`, bare seconds) into
+/// whole seconds.
 pub fn parse_seconds(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let invalid =
-        || format!("{text:?} is not a duration: use a whole number with s, m, h or d, e.g. 30d, 12h, 90m, 3600s");
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits.parse().map_err(|_| invalid())?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(invalid()),
-    };
-    value
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too long a duration"))
+    let duration = oma_proto::duration::parse(text)?;
+    if duration.subsec_nanos() != 0 {
+        return Err(format!("{:?} is not a whole number of seconds", text.trim()));
+    }
+    Ok(duration.as_secs())
 }
 
 /// Seconds as a short human duration, e.g. `10m`, `2h30m`, `30d`.
@@ -50,10 +40,11 @@ mod tests {
     }
 
     #[test]
-    fn rejects_garbage() {
-        for bad in ["", "d", "10x", "1.5h", "-3s", "1h30m", "99999999999999999999d"] {
+    fn rejects_garbage_and_fractions_of_a_second() {
+        for bad in ["", "d", "10x", "-3s", "99999999999999999999d", "1500ms"] {
             assert!(parse_seconds(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_seconds("1h30m"), Ok(5400));
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub struct GlobalArgs {
     /// API token (oma_…), sent as `authorization: Bearer <token>`.
     #[arg(long, global = true, env = "OMA_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the API token from the first line of stdin instead (it never
+    /// lands in the shell's history or the process list).
+    #[arg(long, global = true, conflicts_with = "token")]
+    pub token_stdin: bool,
     /// PEM file of the CA to trust for https:// instead of the system roots.
     #[arg(long, global = true, env = "OMA_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
@@ -60,6 +64,15 @@ pub enum Command {
     /// Manage contexts: named servers and tokens in the config file.
     #[command(subcommand)]
     Context(commands::context::Command),
+    /// Save a context for a control plane and a token, after checking the
+    /// token there; it becomes the current context.
+    ///
+    /// The token is asked for without echo on a terminal, else read from
+    /// the first line of stdin (or --token-stdin / --token / OMA_TOKEN).
+    #[command(
+        after_help = "Examples:\n  omactl login --server https://oma.example.com\n  pass show oma/ci | omactl login ci --server https://oma.example.com --token-stdin"
+    )]
+    Login(commands::login::Args),
     /// Show the tenant, user and token the token belongs to.
     Whoami,
     /// Manage the users of the tenant.
@@ -96,6 +109,21 @@ pub enum Command {
     /// on stderr. Exit code: 0 at the end of stdin (or /quit), 1 if a turn
     /// ended in an error; a refused prompt exits at once with its error.
     Chat(commands::chat::Args),
+    /// Print the completion script of a shell.
+    #[command(
+        after_help = "Examples:\n  omactl completion bash > ~/.local/share/bash-completion/completions/omactl\n  omactl completion zsh > \"${fpath[1]}/_omactl\"\n  omactl completion fish > ~/.config/fish/completions/omactl.fish"
+    )]
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (omactl.1 and one page per subcommand) into a folder.
+    #[command(after_help = "Example: omactl man ~/.local/share/man/man1 && man omactl-sessions-create")]
+    Man {
+        /// The folder (created if missing).
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {

@@ -25,7 +25,7 @@ pub fn emit(format: Format, data: &Value, table: impl FnOnce() -> String) -> Res
     let text = match format {
         Format::Table => table(),
         Format::Json => serde_json::to_string_pretty(data).context("cannot encode JSON")? + "\n",
-        Format::Yaml => serde_yaml::to_string(data).context("cannot encode YAML")?,
+        Format::Yaml => serde_norway::to_string(data).context("cannot encode YAML")?,
     };
     print(&text)
 }

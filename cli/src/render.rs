@@ -122,7 +122,7 @@ impl Renderer {
             Format::Yaml => {
                 r.out = format!(
                     "---\n{}",
-                    serde_yaml::to_string(&view::session_event(e)).unwrap_or_default()
+                    serde_norway::to_string(&view::session_event(e)).unwrap_or_default()
                 );
             }
             Format::Table => self.text(e, &mut r),

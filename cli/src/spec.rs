@@ -149,7 +149,7 @@ pub struct McpEntry {
     /// Removed (a command line the control plane would send to machines);
     /// read only to say what replaces it.
     #[serde(default, skip_serializing)]
-    pub stdio: Option<serde_yaml::Value>,
+    pub stdio: Option<serde_norway::Value>,
 }
 
 /// An MCP server the runtime's machine defines (policy.toml), by its id.
@@ -378,7 +378,7 @@ pub fn load_file(path: &Path) -> Result<SpecFile> {
     if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(|e| invalid(&e).into())
     } else {
-        serde_yaml::from_str(&text).map_err(|e| invalid(&e).into())
+        serde_norway::from_str(&text).map_err(|e| invalid(&e).into())
     }
 }
 
@@ -645,7 +645,7 @@ mcp_servers:
     http: { url: "https://mcp.example" }
 runtime_binding: { runtime_id: rt_0123456789abcdef0123456789abcdef, acp_agent_id: claude }
 "##;
-        let file: SpecFile = serde_yaml::from_str(yaml).unwrap();
+        let file: SpecFile = serde_norway::from_str(yaml).unwrap();
         let mut edit = Edit::default();
         edit.apply_file(file, Path::new(".")).unwrap();
         assert_eq!(
@@ -675,7 +675,7 @@ runtime_binding: { runtime_id: rt_0123456789abcdef0123456789abcdef, acp_agent_id
     #[test]
     fn a_stdio_mcp_server_says_what_replaces_it() {
         let yaml = "mcp_servers:\n  - name: fs\n    stdio: { command: mcp-fs }\n";
-        let file: SpecFile = serde_yaml::from_str(yaml).unwrap();
+        let file: SpecFile = serde_norway::from_str(yaml).unwrap();
         let err = Edit::default()
             .apply_file(file, Path::new("."))
             .unwrap_err()
@@ -687,7 +687,7 @@ runtime_binding: { runtime_id: rt_0123456789abcdef0123456789abcdef, acp_agent_id
 
     #[test]
     fn unknown_fields_are_refused() {
-        assert!(serde_yaml::from_str::<SpecFile>("name: a\nsystem_promt: x\n").is_err());
+        assert!(serde_norway::from_str::<SpecFile>("name: a\nsystem_promt: x\n").is_err());
     }
 
     #[test]

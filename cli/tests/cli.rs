@@ -86,6 +86,45 @@ fn config_in(dir: &tempfile::TempDir) -> PathBuf {
 }
 
 #[test]
+fn completions_cover_every_shell_and_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = omactl(&config_in(&dir), &["completion", shell]);
+        assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
+        for word in ["omactl", "sessions", "workspace", "delete-branch", "completion"] {
+            assert!(out.stdout.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = omactl(&config_in(&dir), &["completion", "tcsh"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(!config_in(&dir).exists(), "generating touched the config");
+}
+
+#[test]
+fn man_pages_are_written_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("man1");
+    let out = omactl(&config_in(&dir), &["man", pages.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for page in [
+        "omactl.1",
+        "omactl-sessions.1",
+        "omactl-sessions-create.1",
+        "omactl-agents-update.1",
+    ] {
+        let text = std::fs::read_to_string(pages.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page} is no man page:\n{text}"
+        );
+        assert!(out.stdout.contains(page), "{page} not listed: {}", out.stdout);
+    }
+    let create = std::fs::read_to_string(pages.join("omactl-sessions-create.1")).unwrap();
+    assert!(create.contains("workspace"), "{create}");
+    assert!(!pages.join("omactl-help.1").exists());
+}
+
+#[test]
 fn help_lists_the_commands() {
     let dir = tempfile::tempdir().unwrap();
     let out = omactl(&config_in(&dir), &["--help"]);
@@ -1285,4 +1324,127 @@ fn prompts_follow_the_turn_to_its_end() {
         stdout.contains("· turn ended: error: the agent exited with status 3\n"),
         "{stdout}"
     );
+}
+
+/// `omactl args…` on a pseudo-terminal (util-linux `script`), `input` typed
+/// into it; its output (stdout and stderr, as the terminal shows them).
+fn omactl_on_a_terminal(config: &Path, args: &[&str], input: &str) -> Option<(i32, String)> {
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("SKIPPED: util-linux `script` is not installed, so there is no pseudo-terminal to test on");
+        return None;
+    }
+    let mut line = String::from(env!("CARGO_BIN_EXE_omactl"));
+    for arg in args {
+        line.push_str(&format!(" '{arg}'"));
+    }
+    let mut child = Command::new("script")
+        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .env("OMACTL_CONFIG", config)
+        .env_remove("OMA_OUTPUT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    Some((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+#[test]
+fn deletes_ask_first_on_a_terminal_unless_yes() {
+    let fake = Fake::default();
+    let (_runtime, url) = serve(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(&dir);
+    assert_eq!(
+        omactl(&config, &["context", "set", "fake", "--server", &url, "--token", TOKEN]).code,
+        0
+    );
+    let deleted = || fake.live.lock().unwrap().deleted;
+
+    let Some((code, shown)) = omactl_on_a_terminal(&config, &["sessions", "delete", SESSION], "n\n") else {
+        return;
+    };
+    assert_eq!(code, 1, "{shown}");
+    assert!(
+        shown.contains(&format!("Delete session {SESSION} and its event log? [y/N]")),
+        "{shown}"
+    );
+    assert!(shown.contains("nothing was done"), "{shown}");
+    assert!(!deleted(), "a declined delete reached the server");
+
+    let (code, shown) = omactl_on_a_terminal(&config, &["sessions", "delete", SESSION], "y\n").unwrap();
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains(&format!("Session {SESSION} deleted.")), "{shown}");
+    assert!(deleted());
+
+    fake.live.lock().unwrap().deleted = false;
+    let (code, shown) = omactl_on_a_terminal(&config, &["sessions", "delete", "--yes", SESSION], "").unwrap();
+    assert_eq!(code, 0, "{shown}");
+    assert!(!shown.contains("[y/N]"), "--yes still asked: {shown}");
+    assert!(deleted());
+
+    // A script (no terminal) is never asked.
+    fake.live.lock().unwrap().deleted = false;
+    assert_eq!(omactl(&config, &["sessions", "delete", SESSION]).code, 0);
+    assert!(deleted());
+}
+
+#[test]
+fn login_checks_the_token_before_saving_it_and_reads_it_from_stdin() {
+    let fake = Fake::default();
+    let (_runtime, url) = serve(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(&dir);
+
+    // A token the server refuses is not saved.
+    let bad = omactl_with_stdin(
+        &config,
+        &["login", "prod", "--server", &url, "--token-stdin"],
+        "oma_0123456789abcdef0123456789abcdef.wrong\n",
+    );
+    assert_eq!(bad.code, 3, "{}", bad.stderr);
+    assert!(!config.exists() || !std::fs::read_to_string(&config).unwrap().contains("prod"));
+
+    // Piped without --token-stdin too (stdin is no terminal).
+    let good = omactl_with_stdin(&config, &["login", "prod", "--server", &url], &format!("{TOKEN}\n"));
+    assert_eq!(good.code, 0, "{}", good.stderr);
+    assert!(
+        good.stdout.contains("as user0 (admin) of tenant acme"),
+        "{}",
+        good.stdout
+    );
+    assert!(good.stdout.contains("context \"prod\" is current"), "{}", good.stdout);
+    let who = omactl(&config, &["whoami"]);
+    assert_eq!(who.code, 0, "{}", who.stderr);
+    let saved = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        saved.contains(TOKEN) && saved.contains("current_context = \"prod\""),
+        "{saved}"
+    );
+
+    // --token-stdin works for any command and never with chat.
+    let empty = tempfile::tempdir().unwrap();
+    let other = config_in(&empty);
+    let who = omactl_with_stdin(
+        &other,
+        &["whoami", "--server", &url, "--token-stdin"],
+        &format!("{TOKEN}\n"),
+    );
+    assert_eq!(who.code, 0, "{}", who.stderr);
+    let none = omactl_with_stdin(&other, &["whoami", "--server", &url, "--token-stdin"], "\n");
+    assert_eq!(none.code, 2, "{}", none.stderr);
+    assert!(none.stderr.contains("stdin held no token"), "{}", none.stderr);
+    let chat = omactl_with_stdin(
+        &other,
+        &["chat", "--server", &url, "--token-stdin", "--session", SESSION],
+        "x\n",
+    );
+    assert_eq!(chat.code, 2, "{}", chat.stderr);
+    let both = omactl(&other, &["whoami", "--token", TOKEN, "--token-stdin"]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
 }

@@ -60,6 +60,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no
+    /// token: bind it where only your scraper reaches it). Off by default.
+    #[arg(long, env = "OMA_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// PEM certificate chain to serve TLS with.
     #[arg(long, env = "OMA_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -81,12 +86,12 @@ pub struct ServeArgs {
 
     /// How often runtimes must heartbeat; a stream silent for three intervals
     /// is declared dead and its runtime offline.
-    #[arg(long, env = "OMA_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "OMA_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = oma_proto::duration::parse)]
     pub heartbeat_interval: Duration,
 
     /// How long a permission request under the `ask` policy waits for a
     /// person before it is rejected.
-    #[arg(long, env = "OMA_PERMISSION_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "OMA_PERMISSION_TIMEOUT", default_value = "10m", value_parser = oma_proto::duration::parse)]
     pub permission_timeout: Duration,
 
     /// Requests handled at once across all connections; more are refused
@@ -99,7 +104,7 @@ pub struct ServeArgs {
     pub max_requests_per_connection: usize,
 
     /// How long a call may take to answer (a stream only until it starts).
-    #[arg(long, env = "OMA_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "OMA_REQUEST_TIMEOUT", default_value = "60s", value_parser = oma_proto::duration::parse)]
     pub request_timeout: Duration,
 
     /// Connect-code exchanges and failed authentications allowed per client
@@ -136,11 +141,11 @@ pub struct ServeArgs {
     /// How long a frame to a runtime may wait for room in its queue (bounded
     /// by count and bytes); a runtime that reads nothing for that long has
     /// its stream ended.
-    #[arg(long, env = "OMA_RUNTIME_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "OMA_RUNTIME_SEND_TIMEOUT", default_value = "10s", value_parser = oma_proto::duration::parse)]
     pub runtime_send_timeout: Duration,
 
     /// How long in-flight calls get to finish after SIGTERM/SIGINT.
-    #[arg(long, env = "OMA_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "OMA_SHUTDOWN_GRACE", default_value = "10s", value_parser = oma_proto::duration::parse)]
     pub shutdown_grace: Duration,
 }
 
@@ -206,36 +211,9 @@ fn parse_bytes(value: &str) -> Result<u64, String> {
         .map_err(|_| format!("{value:?} is not a size: use e.g. 10GiB, 500MiB or a number of bytes"))
 }
 
-/// Parses `90s`, `5m`, `2h`, `1d` or plain seconds.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let (digits, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration: use e.g. 30s, 5m, 2h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => return Ok(Duration::from_millis(n)),
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{value:?} has unknown unit {unit:?}: use ms, s, m, h or d")),
-    };
-    Ok(Duration::from_secs(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("m").is_err());
-    }
 
     #[test]
     fn sizes() {

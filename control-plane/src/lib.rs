@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod service;
 pub mod store;
 
@@ -23,6 +24,9 @@ pub struct RunConfig {
     pub live: LiveConfig,
     pub tls: Option<ServerTlsConfig>,
     pub limits: grpc::limits::LimitsConfig,
+    /// The Prometheus recorder's handle and the listener to serve
+    /// `/metrics` on (`--metrics-listen`).
+    pub metrics: Option<(metrics_exporter_prometheus::PrometheusHandle, TcpListener)>,
 }
 
 /// Serves the API on an already-bound listener until `shutdown` fires.
@@ -34,6 +38,14 @@ pub async fn run(
     let service = Arc::new(Service::new(config.store, config.service, config.live));
     if let Err(e) = service.mark_runtimes_offline().await {
         tracing::error!(error = %e, "could not reset runtime statuses");
+    }
+    if let Some((handle, metrics_listener)) = config.metrics {
+        let (service, shutdown) = (service.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(handle, metrics_listener, service, shutdown).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
     }
     grpc::serve(service, listener, config.tls, config.limits, shutdown).await
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use oma_control_plane::config::{DatabaseArgs, ServeArgs, parse_duration};
+use oma_control_plane::config::{DatabaseArgs, ServeArgs};
 use oma_control_plane::service::ServiceError;
 use oma_control_plane::service::identity::offline;
 use oma_control_plane::store::Store;
@@ -26,6 +26,17 @@ struct Cli {
 
     #[command(flatten)]
     serve: ServeArgs,
+
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object a line, with the span fields) for a log collector.
+    #[arg(long, global = true, env = "OMA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,7 +79,7 @@ enum AdminCommand {
         #[arg(long, default_value = "admin-cli")]
         name: String,
         /// Lifetime, e.g. 30d; default: never expires.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = oma_proto::duration::parse)]
         ttl: Option<Duration>,
     },
     /// Create the database and apply migrations, then exit.
@@ -77,13 +88,7 @@ enum AdminCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OMA_LOG").unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(cli.log_format);
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
@@ -92,6 +97,22 @@ fn main() -> anyhow::Result<()> {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Admin { database, command }) => admin(&database, command),
+    }
+}
+
+/// Logs to stderr, filtered by `OMA_LOG` (`info` by default; the request
+/// log is target `oma::request`).
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("OMA_LOG").unwrap_or_else(|_| "info,h2=warn,tower=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
     }
 }
 
@@ -132,6 +153,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         std::io::stdout().flush()?;
         tracing::info!(%local, tls = tls.is_some(), "serving");
+        let metrics = match args.metrics_listen {
+            Some(addr) => {
+                let handle = oma_control_plane::metrics::install()?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
+                let local = listener.local_addr()?;
+                println!("oma-control-plane metrics on http://{local}/metrics");
+                std::io::stdout().flush()?;
+                Some((handle, listener))
+            }
+            None => None,
+        };
 
         let shutdown = CancellationToken::new();
         let mut server = tokio::spawn(run(
@@ -141,6 +175,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 live: args.live_config(),
                 limits: args.limits_config(),
                 tls,
+                metrics,
             },
             listener,
             shutdown.clone(),

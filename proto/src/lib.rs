@@ -2,6 +2,7 @@
 //! the validated domain types ([`model`]) the three binaries share, so ids,
 //! validation rules and limits are defined once.
 
+pub mod duration;
 pub mod ids;
 pub mod mcp_url;
 pub mod model;

@@ -11,7 +11,7 @@ use oma_proto::{
 };
 use serde_json::{Value, json};
 
-use super::{Ctx, ListArgs, required};
+use super::{ConfirmArgs, Ctx, ListArgs, required};
 use crate::{
     connection::collect_pages,
     error::Failure,
@@ -39,6 +39,8 @@ pub enum Command {
     Delete {
         /// The agent's id (agt_…).
         id: String,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
     },
 }
 
@@ -242,8 +244,9 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                 table.render()
             })
         }
-        Command::Delete { id } => {
+        Command::Delete { id, confirm } => {
             let agent_id = AgentId::parse("agent id", &id)?.to_string();
+            super::confirm(&confirm, &format!("Delete agent {agent_id}?"))?;
             let request = pb::DeleteAgentRequest {
                 agent_id: agent_id.clone(),
             };

@@ -62,7 +62,7 @@ pub fn run(command: Command, ctx: &Ctx, matches: &ArgMatches) -> Result<()> {
             };
             let context = Context {
                 server,
-                token: global.token.clone().filter(|_| given("token")),
+                token: global.token.clone().filter(|_| given("token") || global.token_stdin),
                 ca_file,
                 insecure: global.insecure && given("insecure"),
             };
@@ -154,7 +154,7 @@ pub fn run(command: Command, ctx: &Ctx, matches: &ArgMatches) -> Result<()> {
 
 /// Whether a global option was typed on the command line (not taken from its
 /// environment variable, which must not leak into the file).
-fn given_on_command_line(matches: &ArgMatches, id: &str) -> bool {
+pub fn given_on_command_line(matches: &ArgMatches, id: &str) -> bool {
     let mut level = matches;
     loop {
         if level.value_source(id) == Some(ValueSource::CommandLine) {

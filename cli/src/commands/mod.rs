@@ -4,7 +4,9 @@ pub mod agents;
 pub mod audit;
 pub mod chat;
 pub mod context;
+pub mod generate;
 mod live;
+pub mod login;
 pub mod runtimes;
 pub mod sessions;
 pub mod tokens;
@@ -72,6 +74,38 @@ pub struct ListArgs {
     pub limit: Option<u32>,
 }
 
+/// `--yes` of the commands that delete or revoke.
+#[derive(Debug, Args)]
+pub struct ConfirmArgs {
+    /// Do not ask first (on a terminal the command asks; a script is never
+    /// asked).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+/// On a terminal, without `--yes`: asks `question [y/N]` and goes on only
+/// on `y` or `yes`; anything else stops the command with exit code 1 and
+/// nothing done. Without a terminal (scripts, pipes) it does not ask.
+pub fn confirm(args: &ConfirmArgs, question: &str) -> Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if args.yes || !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(());
+    }
+    let mut stderr = std::io::stderr();
+    write!(stderr, "{question} [y/N] ")?;
+    stderr.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err(Failure::new(
+            crate::error::exit::GENERIC,
+            "nothing was done (answer y to go on, or pass --yes)",
+        )
+        .into()),
+    }
+}
+
 /// A field the server must send, or an error saying it did not.
 pub fn required<T>(value: Option<T>, what: &str) -> Result<T> {
     value.ok_or_else(|| anyhow!("the control plane answered without the {what}"))
@@ -80,13 +114,23 @@ pub fn required<T>(value: Option<T>, what: &str) -> Result<T> {
 /// Runs the parsed command line.
 pub async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), Failure> {
     let config_path = config::path(cli.global.config.as_deref()).map_err(|e| classify(e, None))?;
+    let mut global = cli.global;
+    if global.token_stdin {
+        if matches!(cli.command, Command::Chat(_)) {
+            return Err(Failure::usage(
+                "chat reads its prompts from stdin: give the token with --token, OMA_TOKEN or a context",
+            ));
+        }
+        global.token = Some(login::token_from_stdin().map_err(|e| classify(e, None))?);
+    }
     let ctx = Ctx {
-        global: cli.global,
+        global,
         config_path,
         settings: OnceCell::new(),
     };
     let result = match cli.command {
         Command::Context(command) => context::run(command, &ctx, matches),
+        Command::Login(args) => login::run(args, &ctx, matches).await,
         Command::Whoami => whoami::run(&ctx).await,
         Command::Users(command) => users::run(command, &ctx).await,
         Command::Tokens(command) => tokens::run(command, &ctx).await,
@@ -95,6 +139,8 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), Failure> {
         Command::Sessions(command) => sessions::run(command, &ctx).await,
         Command::Audit(command) => audit::run(command, &ctx).await,
         Command::Chat(args) => chat::run(args, &ctx).await,
+        Command::Completion { shell } => generate::completion(shell),
+        Command::Man { dir } => generate::man(&dir),
     };
     result.map_err(|e| classify(e, ctx.settings.get().map(|s| s.server.as_str())))
 }

@@ -10,7 +10,7 @@ use oma_proto::{
 };
 use serde_json::{Value, json};
 
-use super::{Ctx, ListArgs, required};
+use super::{ConfirmArgs, Ctx, ListArgs, required};
 use crate::{
     connection::collect_pages,
     duration,
@@ -56,6 +56,8 @@ pub enum Command {
     Delete {
         /// The runtime's id (rt_…).
         id: String,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
     },
 }
 
@@ -188,8 +190,12 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             let runtime = required(response.runtime, "runtime")?;
             ctx.emit(&view::runtime(&runtime), || describe(&runtime))
         }
-        Command::Delete { id } => {
+        Command::Delete { id, confirm } => {
             let runtime_id = RuntimeId::parse("runtime id", &id)?.to_string();
+            super::confirm(
+                &confirm,
+                &format!("Delete runtime {runtime_id}? Its machine is disconnected and must be paired again."),
+            )?;
             let request = pb::DeleteRuntimeRequest {
                 runtime_id: runtime_id.clone(),
             };

@@ -16,7 +16,7 @@ use oma_proto::{
 use serde_json::{Value, json};
 
 use super::{
-    Ctx, ListArgs,
+    ConfirmArgs, Ctx, ListArgs,
     live::{self, Events, Interrupts, Lines, Next, Turn, TurnEnd},
     required,
 };
@@ -95,6 +95,8 @@ pub enum Command {
         /// worktree is removed and the branch kept).
         #[arg(long)]
         delete_branch: bool,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
     },
     /// Print the session's changes in its workspace as a unified diff
     /// (fetched from the machine).
@@ -300,8 +302,19 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             }
             Ok(())
         }
-        Command::Delete { id, delete_branch } => {
+        Command::Delete {
+            id,
+            delete_branch,
+            confirm,
+        } => {
             let session_id = SessionId::parse("session id", &id)?.to_string();
+            super::confirm(
+                &confirm,
+                &format!(
+                    "Delete session {session_id} and its event log{}?",
+                    if delete_branch { " and branch" } else { "" }
+                ),
+            )?;
             let request = pb::DeleteSessionRequest {
                 session_id: session_id.clone(),
                 delete_branch,

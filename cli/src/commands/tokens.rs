@@ -10,7 +10,7 @@ use oma_proto::{
 };
 use serde_json::{Value, json};
 
-use super::{Ctx, ListArgs, required, whoami::expiry};
+use super::{ConfirmArgs, Ctx, ListArgs, required, whoami::expiry};
 use crate::{
     connection::collect_pages,
     duration,
@@ -45,6 +45,8 @@ pub enum Command {
     Revoke {
         /// The token's id (tok_…), not its secret.
         id: String,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
     },
 }
 
@@ -105,8 +107,12 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                 table.render()
             })
         }
-        Command::Revoke { id } => {
+        Command::Revoke { id, confirm } => {
             let token_id = TokenId::parse("token id", &id)?.to_string();
+            super::confirm(
+                &confirm,
+                &format!("Revoke token {token_id}? Whatever uses it stops working."),
+            )?;
             let request = pb::RevokeTokenRequest { token_id };
             let response = ctx.api().await?.identity().revoke_token(request).await?.into_inner();
             let token = required(response.token, "token")?;

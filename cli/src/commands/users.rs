@@ -5,7 +5,7 @@ use clap::{Subcommand, ValueEnum};
 use oma_proto::{ids::UserId, pb};
 use serde_json::{Value, json};
 
-use super::{Ctx, ListArgs, required};
+use super::{ConfirmArgs, Ctx, ListArgs, required};
 use crate::{
     connection::collect_pages,
     output::{self, Table},
@@ -33,6 +33,8 @@ pub enum Command {
     Delete {
         /// The user's id (usr_…).
         id: String,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
     },
 }
 
@@ -96,8 +98,9 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                 .into_inner();
             show(ctx, &required(response.user, "user")?)
         }
-        Command::Delete { id } => {
+        Command::Delete { id, confirm } => {
             let user_id = UserId::parse("user id", &id)?.to_string();
+            super::confirm(&confirm, &format!("Delete user {user_id} and revoke its tokens?"))?;
             ctx.api()
                 .await?
                 .identity()

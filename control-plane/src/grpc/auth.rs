@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use tonic::{Request, Status};
 
 use super::limits::{Limits, peer_ip};
+use super::observe::Actor;
 use crate::service::{Caller, Machine, Principal, Service};
 
 /// Paths reachable without a token.
@@ -101,8 +102,11 @@ where
                 .map(str::to_owned);
             match service.authenticate(header.as_deref()).await {
                 Ok(principal) => {
+                    let actor = Actor::of(&principal);
                     request.extensions_mut().insert(principal);
-                    inner.call(request).await
+                    let mut response = inner.call(request).await?;
+                    response.extensions_mut().insert(actor);
+                    Ok(response)
                 }
                 Err(error) => {
                     // A failed authentication counts against the address;

@@ -7,6 +7,7 @@ pub mod auth;
 mod convert;
 mod identity;
 pub mod limits;
+pub mod observe;
 mod runtime;
 mod session;
 pub mod status;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use oma_proto::pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
@@ -34,24 +36,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let max = oma_proto::MAX_MESSAGE_BYTES;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::identity_service_server::IdentityServiceServer<identity::IdentityGrpc>>()
-        .await;
-    health
-        .set_serving::<pb::runtime_service_server::RuntimeServiceServer<runtime::RuntimeGrpc>>()
-        .await;
-    health
-        .set_serving::<pb::agent_service_server::AgentServiceServer<agent::AgentGrpc>>()
-        .await;
-    health
-        .set_serving::<pb::session_service_server::SessionServiceServer<session::SessionGrpc>>()
-        .await;
-    health
-        .set_serving::<pb::audit_service_server::AuditServiceServer<audit::AuditGrpc>>()
-        .await;
-    health
-        .set_serving::<pb::runtime_stream_service_server::RuntimeStreamServiceServer<stream::StreamGrpc>>()
-        .await;
+    set_health(&health, tonic_health::ServingStatus::Serving).await;
 
     // Both reflection versions: grpcurl and many tools still ask v1alpha.
     let reflection = || {
@@ -76,7 +61,15 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // On shutdown the health service says NOT_SERVING first (a load
+    // balancer watching it stops sending calls here), then the server stops
+    // accepting and lets in-flight calls finish.
+    let stopping = async move {
+        shutdown.cancelled().await;
+        set_health(&health, tonic_health::ServingStatus::NotServing).await;
+    };
     builder
+        .layer(observe::ObserveLayer::new())
         .layer(auth::AuthLayer::new(
             service.clone(),
             Arc::new(limits::Limits::new(&limits)),
@@ -124,6 +117,23 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, stopping)
         .await
+}
+
+/// What health reports: every service, and the server as a whole ("").
+const SERVICES: [&str; 7] = [
+    "",
+    <pb::identity_service_server::IdentityServiceServer<identity::IdentityGrpc> as NamedService>::NAME,
+    <pb::runtime_service_server::RuntimeServiceServer<runtime::RuntimeGrpc> as NamedService>::NAME,
+    <pb::agent_service_server::AgentServiceServer<agent::AgentGrpc> as NamedService>::NAME,
+    <pb::session_service_server::SessionServiceServer<session::SessionGrpc> as NamedService>::NAME,
+    <pb::audit_service_server::AuditServiceServer<audit::AuditGrpc> as NamedService>::NAME,
+    <pb::runtime_stream_service_server::RuntimeStreamServiceServer<stream::StreamGrpc> as NamedService>::NAME,
+];
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: tonic_health::ServingStatus) {
+    for service in SERVICES {
+        health.set_service_status(service, status).await;
+    }
 }

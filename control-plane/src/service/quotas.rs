@@ -43,6 +43,17 @@ pub enum Quota {
 }
 
 impl Quota {
+    /// Its label in the metrics (the `--quota-…` flag's word).
+    fn name(self) -> &'static str {
+        match self {
+            Quota::Runtimes => "runtimes",
+            Quota::Agents => "agents",
+            Quota::Sessions => "sessions",
+            Quota::ConnectCodes => "connect_codes",
+            Quota::StoredBytes => "stored_bytes",
+        }
+    }
+
     fn limit(self, quotas: &Quotas) -> u64 {
         match self {
             Quota::Runtimes => quotas.runtimes,
@@ -95,6 +106,7 @@ impl Quota {
 pub(crate) fn check(conn: &mut DbConn, quotas: &Quotas, tenant: &str, quota: Quota, now: i64) -> ServiceResult<()> {
     let limit = quota.limit(quotas);
     if quota.used(conn, tenant, now)? >= limit {
+        metrics::counter!("oma_quota_refusals_total", "quota" => quota.name()).increment(1);
         return Err(ServiceError::ResourceExhausted(quota.refusal(limit)));
     }
     Ok(())

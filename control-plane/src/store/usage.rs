@@ -56,3 +56,11 @@ pub fn stored_bytes(conn: &mut DbConn, tenant: &str) -> QueryResult<i64> {
         .select(sql::<BigInt>("CAST(COALESCE(SUM(stored_bytes), 0) AS BIGINT)"))
         .get_result(conn)?)
 }
+
+/// Sessions of every tenant by stored status (for the metrics).
+pub fn sessions_by_status(conn: &mut DbConn) -> QueryResult<Vec<(String, i64)>> {
+    Ok(sessions::table
+        .group_by(sessions::status)
+        .select((sessions::status, diesel::dsl::count_star()))
+        .load(conn)?)
+}

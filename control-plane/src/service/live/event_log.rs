@@ -120,6 +120,7 @@ fn writer(store: &Store, hub: &Hub, mut rx: mpsc::Receiver<AppendJob>) {
                 Err(_) => break,
             }
         }
+        metrics::gauge!("oma_event_log_queue_jobs").set(rx.len() as f64);
         commit_batch(store, hub, jobs);
     }
 }
@@ -188,6 +189,7 @@ fn merge_by_session(
 
 fn commit_batch(store: &Store, hub: &Hub, jobs: Vec<AppendJob>) {
     let (sessions, replies) = merge_by_session(jobs);
+    let started = std::time::Instant::now();
     let mut result = store.write_blocking("append_events", |conn| {
         store_sessions(conn, &sessions, Isolation::Batch)
     });
@@ -203,6 +205,9 @@ fn commit_batch(store: &Store, hub: &Hub, jobs: Vec<AppendJob>) {
             store_sessions(conn, &sessions, Isolation::PerSession)
         });
     }
+    let events: usize = sessions.iter().map(|s| s.events.len()).sum();
+    metrics::histogram!("oma_event_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("oma_event_commit_batch_events").record(events as f64);
     let jobs = replies.len();
     let mut replies: Vec<_> = replies.into_iter().map(Some).collect();
     let mut answer = |job: usize, value: Result<Appended, ServiceError>| {
@@ -216,6 +221,7 @@ fn commit_batch(store: &Store, hub: &Hub, jobs: Vec<AppendJob>) {
                 let (last_job, earlier_jobs) = session.jobs.split_last().expect("a merged session has a job");
                 match result {
                     Ok(done) => {
+                        metrics::counter!("oma_events_stored_total").increment(done.stored.len() as u64);
                         hub.publish(&session.session_id, &done.stored);
                         // Earlier jobs are acked up to the same cursor; what
                         // the commit decided goes out once, with the last.

@@ -224,10 +224,10 @@ pub struct Registry {
 impl Registry {
     /// Registers a stream and returns the one it replaced.
     pub fn register(&self, runtime_id: &str, live: LiveRuntime) -> Option<LiveRuntime> {
-        self.runtimes
-            .lock()
-            .expect("registry lock")
-            .insert(runtime_id.to_owned(), live)
+        let mut runtimes = self.runtimes.lock().expect("registry lock");
+        let replaced = runtimes.insert(runtime_id.to_owned(), live);
+        connected_gauge(&runtimes);
+        replaced
     }
 
     /// Removes the stream if it is still the one of `epoch`.
@@ -235,6 +235,7 @@ impl Registry {
         let mut runtimes = self.runtimes.lock().expect("registry lock");
         if runtimes.get(runtime_id).is_some_and(|l| l.epoch == epoch) {
             runtimes.remove(runtime_id);
+            connected_gauge(&runtimes);
             true
         } else {
             false
@@ -256,9 +257,11 @@ impl Registry {
 
     /// Ends a runtime's stream (the runtime was deleted).
     pub fn disconnect(&self, runtime_id: &str) {
-        if let Some(live) = self.runtimes.lock().expect("registry lock").remove(runtime_id) {
+        let mut runtimes = self.runtimes.lock().expect("registry lock");
+        if let Some(live) = runtimes.remove(runtime_id) {
             live.outbound.end();
         }
+        connected_gauge(&runtimes);
     }
 
     pub fn is_current(&self, runtime_id: &str, epoch: i64) -> bool {
@@ -268,6 +271,12 @@ impl Registry {
             .get(runtime_id)
             .is_some_and(|l| l.epoch == epoch)
     }
+}
+
+/// `oma_runtimes_connected`, set under the registry's lock so that two
+/// changes cannot publish their counts out of order.
+fn connected_gauge(runtimes: &HashMap<String, LiveRuntime>) {
+    metrics::gauge!("oma_runtimes_connected").set(runtimes.len() as f64);
 }
 
 #[cfg(test)]

@@ -85,6 +85,7 @@ impl Watchers {
                 ending: ending.clone(),
             },
         );
+        metrics::gauge!("oma_watches_open").set(inner.live.len() as f64);
         drop(inner);
         Ok(WatchGuard {
             watchers: self.clone(),
@@ -173,6 +174,7 @@ impl Drop for WatchGuard {
                 inner.per_tenant.remove(&entry.tenant_id);
             }
         }
+        metrics::gauge!("oma_watches_open").set(inner.live.len() as f64);
     }
 }
 

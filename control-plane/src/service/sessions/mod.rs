@@ -112,6 +112,36 @@ impl From<SessionRow> for Session {
 }
 
 impl Service {
+    /// Sessions of every tenant by status for the metrics: each live status
+    /// present (0 when none, so a gauge falls back), deleted ones left out.
+    pub async fn session_counts(&self) -> ServiceResult<Vec<(&'static str, i64)>> {
+        let stored = self
+            .store
+            .read("count_sessions_by_status", |conn| {
+                crate::store::usage::sessions_by_status(conn).map_err(ServiceError::from)
+            })
+            .await?;
+        let mut counts: Vec<(&'static str, i64)> =
+            [STATUS_PENDING, STATUS_IDLE, STATUS_RUNNING, STATUS_FAILED, "unknown"]
+                .into_iter()
+                .map(|status| (status, 0))
+                .collect();
+        for (status, n) in stored {
+            let label = match SessionStatus::from_stored(&status) {
+                SessionStatus::Pending => STATUS_PENDING,
+                SessionStatus::Idle => STATUS_IDLE,
+                SessionStatus::Running => STATUS_RUNNING,
+                SessionStatus::Failed => STATUS_FAILED,
+                SessionStatus::Disposed => continue,
+                SessionStatus::Unknown => "unknown",
+            };
+            if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == label) {
+                entry.1 += n;
+            }
+        }
+        Ok(counts)
+    }
+
     pub async fn create_session(
         &self,
         caller: &Caller,

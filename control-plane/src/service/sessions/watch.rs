@@ -126,7 +126,10 @@ impl Reader {
             // Live, until this watch falls out of the hub's ring.
             match self.live.next(self.next).await {
                 Next::Event(event) => return Some(Ok(self.deliver(event))),
-                Next::Lagged => self.replaying = true,
+                Next::Lagged => {
+                    metrics::counter!("oma_watch_lagged_total").increment(1);
+                    self.replaying = true;
+                }
                 Next::Closed => return None,
             }
         }
