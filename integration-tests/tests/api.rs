@@ -933,7 +933,7 @@ async fn audit_count(w: &mut World) -> usize {
                 page_size: 1000,
                 page_token: String::new(),
             }),
-            target_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::convert;
 use crate::service::Service;
+use crate::service::audit::AuditFilter;
 
 pub struct AuditGrpc {
     pub service: Arc<Service>,
@@ -19,9 +20,17 @@ impl AuditService for AuditGrpc {
     ) -> Result<Response<pb::ListAuditEntriesResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
+        let filter = AuditFilter {
+            target_id: nonempty(req.target_id),
+            since_ms: req.since.as_ref().map(convert::millis),
+            until_ms: req.until.as_ref().map(convert::millis),
+            action: nonempty(req.action),
+            actor: nonempty(req.actor),
+        };
         let page = self
             .service
-            .list_audit(&caller, req.target_id, convert::page(req.page))
+            .list_audit(&caller, filter, convert::page(req.page))
             .await?;
         Ok(Response::new(pb::ListAuditEntriesResponse {
             entries: page.items.into_iter().map(convert::audit).collect(),

@@ -123,6 +123,14 @@ pub fn audit(row: AuditRow) -> pb::AuditEntry {
     }
 }
 
+/// A wire timestamp as milliseconds since the Unix epoch (saturating, so a
+/// far-off time filters as "everything" or "nothing", never wraps).
+pub fn millis(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos.clamp(0, 999_999_999) / 1_000_000))
+}
+
 pub fn page(page: Option<pb::PageRequest>) -> crate::service::PageRequest {
     let page = page.unwrap_or_default();
     crate::service::PageRequest {
@@ -141,5 +149,12 @@ mod tests {
         assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
         let t = timestamp(-1);
         assert_eq!((t.seconds, t.nanos), (-1, 999_000_000));
+        assert_eq!(millis(&timestamp(1_700_000_000_123)), 1_700_000_000_123);
+        assert_eq!(millis(&timestamp(-1)), -1);
+        let far = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: 5,
+        };
+        assert_eq!(millis(&far), i64::MAX);
     }
 }

@@ -943,15 +943,42 @@ pub fn insert_audit(conn: &mut DbConn, row: &AuditRow) -> QueryResult<()> {
 }
 
 /// Newest first.
-pub fn list_audit(conn: &mut DbConn, tenant: &str, target: Option<&str>, page: &Page) -> QueryResult<Vec<AuditRow>> {
+pub fn list_audit(
+    conn: &mut DbConn,
+    tenant: &str,
+    filter: &crate::service::audit::AuditFilter,
+    page: &Page,
+) -> QueryResult<Vec<AuditRow>> {
     let mut q = audit_log::table
         .filter(audit_log::tenant_id.eq(tenant))
         .order(audit_log::id.desc())
         .limit(page.limit())
         .select(AuditRow::as_select())
         .into_boxed();
-    if let Some(target) = target {
-        q = q.filter(audit_log::target_id.eq(target.to_owned()));
+    if let Some(target) = &filter.target_id {
+        q = q.filter(audit_log::target_id.eq(target.clone()));
+    }
+    if let Some(since) = filter.since_ms {
+        q = q.filter(audit_log::created_at.ge(since));
+    }
+    if let Some(until) = filter.until_ms {
+        q = q.filter(audit_log::created_at.lt(until));
+    }
+    match filter.action.as_deref() {
+        // A noun's prefix: checked to hold no LIKE wildcards (`_` is one,
+        // so it is escaped).
+        Some(prefix) if prefix.ends_with('.') => {
+            q = q.filter(
+                audit_log::action
+                    .like(format!("{}%", prefix.replace('_', "\\_")))
+                    .escape('\\'),
+            );
+        }
+        Some(action) => q = q.filter(audit_log::action.eq(action.to_owned())),
+        None => {}
+    }
+    if let Some(actor) = &filter.actor {
+        q = q.filter(audit_log::actor.eq(actor.clone()));
     }
     if let Some(after) = &page.after_id {
         q = q.filter(audit_log::id.lt(after.clone()));
