@@ -27,12 +27,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::config_file::{self, ConfigFileError};
 
 /// Where an agent's skills must be written in its session directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -215,27 +216,10 @@ impl DetectReport {
 /// Errors reading the user's agent table.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
-    /// The config file exists but cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        /// The config file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// The config file is not valid TOML or has unknown keys or wrong types.
-    #[error("{}{}: {message}", path.display(), location(*line, *column))]
-    Parse {
-        /// The config file.
-        path: PathBuf,
-        /// 1-based line of the problem, when known.
-        line: Option<usize>,
-        /// 1-based column of the problem, when known.
-        column: Option<usize>,
-        /// What is wrong.
-        message: String,
-    },
+    /// The config file cannot be read, is not valid TOML or has unknown
+    /// keys or wrong types.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     /// An entry is well-formed TOML but not a usable agent.
     #[error("{}:{line}: agent {id:?}: {message}", path.display())]
     Invalid {
@@ -248,14 +232,6 @@ pub enum DetectError {
         /// What is wrong and how to fix it.
         message: String,
     },
-}
-
-pub(crate) fn location(line: Option<usize>, column: Option<usize>) -> String {
-    match (line, column) {
-        (Some(line), Some(column)) => format!(":{line}:{column}"),
-        (Some(line), None) => format!(":{line}"),
-        _ => String::new(),
-    }
 }
 
 /// A built-in entry: candidate commands in order of preference.
@@ -501,25 +477,10 @@ fn apply_user(entry: &mut AcpAgentEntry, user: &UserAgent) {
 }
 
 fn read_user_config(path: &Path) -> Result<Vec<UserAgent>, DetectError> {
-    let text = match crate::config_file::read_optional(path) {
-        Ok(Some(text)) => text,
-        Ok(None) => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(DetectError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
+    let Some(text) = config_file::read_optional(path)? else {
+        return Ok(Vec::new());
     };
-    let config: UserConfig = toml::from_str(&text).map_err(|err| {
-        let (line, column) = crate::config_file::error_location(&text, &err);
-        DetectError::Parse {
-            path: path.to_path_buf(),
-            line,
-            column,
-            message: err.message().trim().to_owned(),
-        }
-    })?;
+    let config: UserConfig = config_file::parse_toml(path, &text)?;
 
     let mut seen = BTreeSet::new();
     for agent in &config.agent {
@@ -901,7 +862,10 @@ command = "/nonexistent/agent"
         let path = fx.config("[[agent]]\nid = \"x\"\ncommand = \"x\"\ncomand = \"typo\"\n");
         let err = fx.detect().unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, DetectError::Parse { line: Some(4), .. }), "{err:?}");
+        assert!(
+            matches!(err, DetectError::File(ConfigFileError::Parse { line: Some(4), .. })),
+            "{err:?}"
+        );
         assert!(msg.starts_with(&format!("{}:4:", path.display())), "{msg}");
         assert!(msg.contains("comand"), "{msg}");
     }
@@ -911,10 +875,16 @@ command = "/nonexistent/agent"
         let fx = Fixture::new();
         fx.config("[[agent]]\nid = \"x\"\nargs = \"not-a-list\"\ncommand = \"x\"\n");
         let err = fx.detect().unwrap_err();
-        assert!(matches!(err, DetectError::Parse { line: Some(3), .. }), "{err:?}");
+        assert!(
+            matches!(err, DetectError::File(ConfigFileError::Parse { line: Some(3), .. })),
+            "{err:?}"
+        );
         fx.config("[[agent]\n");
         let err = fx.detect().unwrap_err();
-        assert!(matches!(err, DetectError::Parse { line: Some(1), .. }), "{err:?}");
+        assert!(
+            matches!(err, DetectError::File(ConfigFileError::Parse { line: Some(1), .. })),
+            "{err:?}"
+        );
         fx.config("[other]\n");
         assert!(fx.detect().unwrap_err().to_string().contains("other"));
     }

@@ -35,7 +35,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use oma_proto::mcp_url::AllowedUrl;
@@ -43,7 +42,8 @@ use oma_proto::pb;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::detect::{self, location};
+use crate::config_file::{self, ConfigFileError};
+use crate::detect;
 
 /// Longest `name` of a local MCP server, in bytes (it goes into the manifest).
 const MAX_NAME_BYTES: usize = 128;
@@ -82,21 +82,9 @@ pub struct LocalMcpServer {
 /// Errors reading the policy file.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    /// The file exists but cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// Not valid TOML, or unknown keys or wrong types.
-    #[error("{}{}: {message}", path.display(), location(*line, *column))]
-    Parse {
-        path: PathBuf,
-        line: Option<usize>,
-        column: Option<usize>,
-        message: String,
-    },
+    /// Unreadable, or not valid TOML, or unknown keys or wrong types.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     /// Well-formed TOML, but a value is not usable.
     #[error("{}:{line}: {message}", path.display())]
     Invalid {
@@ -148,15 +136,8 @@ impl Policy {
     /// Reads `file` (absent means [`Policy::empty`]); bare MCP server
     /// commands are looked up in the absolute directories of `path_env`.
     pub fn load(file: &Path, path_env: Option<&OsStr>) -> Result<Policy, PolicyError> {
-        let text = match crate::config_file::read_optional(file) {
-            Ok(Some(text)) => text,
-            Ok(None) => return Ok(Policy::empty(file)),
-            Err(source) => {
-                return Err(PolicyError::Read {
-                    path: file.to_path_buf(),
-                    source,
-                });
-            }
+        let Some(text) = config_file::read_optional(file)? else {
+            return Ok(Policy::empty(file));
         };
         parse(file, &text, path_env)
     }
@@ -190,15 +171,7 @@ impl Policy {
 }
 
 fn parse(file: &Path, text: &str, path_env: Option<&OsStr>) -> Result<Policy, PolicyError> {
-    let raw: PolicyFile = toml::from_str(text).map_err(|err| {
-        let (line, column) = crate::config_file::error_location(text, &err);
-        PolicyError::Parse {
-            path: file.to_path_buf(),
-            line,
-            column,
-            message: err.message().trim().to_owned(),
-        }
-    })?;
+    let raw: PolicyFile = config_file::parse_toml(file, text)?;
     let invalid = |span: std::ops::Range<usize>, message: String| PolicyError::Invalid {
         path: file.to_path_buf(),
         line: detect::line_column(text, span.start).0,

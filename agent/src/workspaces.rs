@@ -25,7 +25,8 @@ use oma_proto::workspace::{MAX_WORKSPACES, workspace_id};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::detect::{self, expand_home, location};
+use crate::config_file::{self, ConfigFileError};
+use crate::detect::expand_home;
 use crate::git;
 
 /// One workspace, as the owner declared it.
@@ -47,24 +48,6 @@ pub struct Workspaces {
     pub list: Vec<Workspace>,
 }
 
-/// Errors reading the file.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkspacesError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{}{}: {message}", path.display(), location(*line, *column))]
-    Parse {
-        path: PathBuf,
-        line: Option<usize>,
-        column: Option<usize>,
-        message: String,
-    },
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -84,21 +67,12 @@ struct Entry {
 
 impl Workspaces {
     /// Reads `file`; absent means no workspace.
-    pub fn load(file: &Path) -> Result<Workspaces, WorkspacesError> {
-        let text = match crate::config_file::read_optional(file) {
-            Ok(Some(text)) => text,
-            Ok(None) => {
-                return Ok(Workspaces {
-                    file: file.to_path_buf(),
-                    list: Vec::new(),
-                });
-            }
-            Err(source) => {
-                return Err(WorkspacesError::Read {
-                    path: file.to_path_buf(),
-                    source,
-                });
-            }
+    pub fn load(file: &Path) -> Result<Workspaces, ConfigFileError> {
+        let Some(text) = config_file::read_optional(file)? else {
+            return Ok(Workspaces {
+                file: file.to_path_buf(),
+                list: Vec::new(),
+            });
         };
         parse(file, &text)
     }
@@ -151,25 +125,9 @@ impl Workspace {
     }
 }
 
-fn parse(file: &Path, text: &str) -> Result<Workspaces, WorkspacesError> {
-    let at = |offset: usize, message: String| {
-        let (line, column) = detect::line_column(text, offset);
-        WorkspacesError::Parse {
-            path: file.to_path_buf(),
-            line: Some(line),
-            column: Some(column),
-            message,
-        }
-    };
-    let raw: File = toml::from_str(text).map_err(|err| {
-        let (line, column) = crate::config_file::error_location(text, &err);
-        WorkspacesError::Parse {
-            path: file.to_path_buf(),
-            line,
-            column,
-            message: err.message().trim().to_owned(),
-        }
-    })?;
+fn parse(file: &Path, text: &str) -> Result<Workspaces, ConfigFileError> {
+    let at = |offset: usize, message: String| ConfigFileError::at(file, text, offset, message);
+    let raw: File = config_file::parse_toml(file, text)?;
     if let Some(entry) = raw.workspace.get(MAX_WORKSPACES) {
         return Err(at(
             entry.id.span().start,
@@ -220,7 +178,7 @@ fn parse(file: &Path, text: &str) -> Result<Workspaces, WorkspacesError> {
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<Workspaces, WorkspacesError> {
+    fn load(text: &str) -> Result<Workspaces, ConfigFileError> {
         parse(Path::new("/cfg/workspaces.toml"), text)
     }
 
