@@ -447,6 +447,28 @@ fn write_request(body: &Value) -> Option<Value> {
     (offers_write && path.starts_with('/')).then(|| json!({"file_path": path, "content": format!("{text}\n")}))
 }
 
+/// The head of a server-sent-events reply; its body ends when the
+/// connection closes (`connection: close`, no content-length).
+const SSE_HEADERS: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+
+/// One server-sent event, named after its data's `type` (as Anthropic's are).
+async fn send_event(stream: &mut TcpStream, data: &Value) -> std::io::Result<()> {
+    let kind = data["type"].as_str().unwrap_or_default();
+    stream
+        .write_all(format!("event: {kind}\ndata: {data}\n\n").as_bytes())
+        .await?;
+    stream.flush().await
+}
+
+/// Counts a stream as completed or aborted.
+fn count_end(state: &State, result: &std::io::Result<()>) {
+    match result {
+        Ok(()) => state.completed_streams.fetch_add(1, Ordering::SeqCst),
+        Err(_) => state.aborted_streams.fetch_add(1, Ordering::SeqCst),
+    };
+}
+
 /// Streams one `tool_use` block (the model asking for `name` with `input`).
 async fn stream_tool_use(
     stream: &mut TcpStream,
@@ -457,11 +479,7 @@ async fn stream_tool_use(
     state: &State,
 ) -> std::io::Result<()> {
     let result = async {
-        stream
-            .write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n",
-            )
-            .await?;
+        stream.write_all(SSE_HEADERS).await?;
         let id = format!("toolu_fake_{}", state.completed_streams.load(Ordering::SeqCst));
         let events = [
             json!({"type": "message_start", "message": {
@@ -478,20 +496,13 @@ async fn stream_tool_use(
                    "usage": {"output_tokens": 10}}),
             json!({"type": "message_stop"}),
         ];
-        for event in events {
-            let kind = event["type"].as_str().unwrap_or_default().to_owned();
-            stream
-                .write_all(format!("event: {kind}\ndata: {event}\n\n").as_bytes())
-                .await?;
-            stream.flush().await?;
+        for event in &events {
+            send_event(stream, event).await?;
         }
         stream.shutdown().await
     }
     .await;
-    match &result {
-        Ok(()) => state.completed_streams.fetch_add(1, Ordering::SeqCst),
-        Err(_) => state.aborted_streams.fetch_add(1, Ordering::SeqCst),
-    };
+    count_end(state, &result);
     result
 }
 
@@ -516,56 +527,43 @@ async fn stream_reply(
     };
     let output_tokens = deltas.iter().map(String::len).sum::<usize>() / 4 + 1;
     let result = async {
-        stream
-            .write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n",
-            )
-            .await?;
-        let mut send = async |event: &str, data: Value| -> std::io::Result<()> {
-            stream
-                .write_all(format!("event: {event}\ndata: {data}\n\n").as_bytes())
-                .await?;
-            stream.flush().await
-        };
-        send(
-            "message_start",
-            json!({"type": "message_start", "message": {
+        stream.write_all(SSE_HEADERS).await?;
+        send_event(
+            stream,
+            &json!({"type": "message_start", "message": {
                 "id": "msg_fake_stream", "type": "message", "role": "assistant", "model": model,
                 "content": [], "stop_reason": null, "stop_sequence": null,
                 "usage": {"input_tokens": input_tokens, "output_tokens": 1},
             }}),
         )
         .await?;
-        send(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        send_event(
+            stream,
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
         )
         .await?;
         for (i, delta) in deltas.iter().enumerate() {
             if slow && i > 0 {
                 tokio::time::sleep(SLOW_DELTA_INTERVAL).await;
             }
-            send(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": delta}}),
+            send_event(
+                stream,
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": delta}}),
             )
             .await?;
         }
-        send("content_block_stop", json!({"type": "content_block_stop", "index": 0})).await?;
-        send(
-            "message_delta",
-            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        send_event(stream, &json!({"type": "content_block_stop", "index": 0})).await?;
+        send_event(
+            stream,
+            &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
                    "usage": {"output_tokens": output_tokens}}),
         )
         .await?;
-        send("message_stop", json!({"type": "message_stop"})).await?;
+        send_event(stream, &json!({"type": "message_stop"})).await?;
         stream.shutdown().await
     }
     .await;
-    match &result {
-        Ok(()) => state.completed_streams.fetch_add(1, Ordering::SeqCst),
-        Err(_) => state.aborted_streams.fetch_add(1, Ordering::SeqCst),
-    };
+    count_end(state, &result);
     result
 }
 

@@ -175,35 +175,29 @@ pub(super) fn open(
         .map_err(|e| CheckoutError::new("start_failed", e.to_string()))?;
     // A start cut short after `git worktree add` left this session's own
     // worktree on its branch: take it over.
-    if git::is_work_tree(&worktree) && git::current_branch(&worktree).as_deref() == Some(branch.as_str()) {
-        return Ok(Checkout {
-            workspace_id: id,
-            direct: false,
-            cwd: worktree,
-            repo: Some(repo),
-            branch: Some(branch),
-            base_commit: Some(base_commit),
-        });
+    let left_by_an_earlier_start =
+        git::is_work_tree(&worktree) && git::current_branch(&worktree).as_deref() == Some(branch.as_str());
+    if !left_by_an_earlier_start {
+        if git::branch_exists(&repo, &branch) {
+            return Err(CheckoutError::new(
+                "workspace_branch_exists",
+                format!("branch {branch:?} already exists in workspace {id:?}; name another branch"),
+            ));
+        }
+        if worktree.exists() {
+            let _ = git::remove_worktree(&repo, &worktree);
+        }
+        if let Some(parent) = worktree.parent() {
+            crate::fsutil::create_private_dir(parent)
+                .map_err(|e| CheckoutError::new("start_failed", format!("cannot create {}: {e}", parent.display())))?;
+        }
+        git::add_worktree(&repo, &worktree, &branch, &base_commit).map_err(|e| {
+            CheckoutError::new(
+                "workspace_worktree_failed",
+                format!("cannot create a worktree of workspace {id:?}: {e}"),
+            )
+        })?;
     }
-    if git::branch_exists(&repo, &branch) {
-        return Err(CheckoutError::new(
-            "workspace_branch_exists",
-            format!("branch {branch:?} already exists in workspace {id:?}; name another branch"),
-        ));
-    }
-    if worktree.exists() {
-        let _ = git::remove_worktree(&repo, &worktree);
-    }
-    if let Some(parent) = worktree.parent() {
-        crate::fsutil::create_private_dir(parent)
-            .map_err(|e| CheckoutError::new("start_failed", format!("cannot create {}: {e}", parent.display())))?;
-    }
-    git::add_worktree(&repo, &worktree, &branch, &base_commit).map_err(|e| {
-        CheckoutError::new(
-            "workspace_worktree_failed",
-            format!("cannot create a worktree of workspace {id:?}: {e}"),
-        )
-    })?;
     Ok(Checkout {
         workspace_id: id,
         direct: false,
