@@ -594,6 +594,17 @@ pub fn turn_end(events: &[pb::SessionEvent]) -> pb::TurnEnded {
     }
 }
 
+/// The first permission decision among `events`; panics when there is none.
+pub fn permission_decided(events: &[pb::SessionEvent]) -> pb::PermissionDecided {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(Kind::PermissionDecided(d)) => Some(d.clone()),
+            _ => None,
+        })
+        .expect("the request was decided")
+}
+
 /// The kinds of the update events, in order.
 pub fn update_kinds(events: &[pb::SessionEvent]) -> Vec<String> {
     events

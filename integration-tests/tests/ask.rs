@@ -6,7 +6,7 @@
 //! asking — as Claude's adapter does in its `auto` mode.
 
 use oma_integration_tests::bin;
-use oma_integration_tests::world::{World, agent_text, option, turn_end};
+use oma_integration_tests::world::{World, agent_text, option, permission_decided, turn_end};
 use oma_proto::pb;
 use pb::session_event::Kind;
 
@@ -54,13 +54,7 @@ async fn an_agent_that_asks_only_in_one_mode_is_put_in_it() {
     assert!(!asked.request_id.is_empty());
     let events = w.collect(&turn).await;
     // The event says who decided: the person, not just "the control plane".
-    let decided = events
-        .iter()
-        .find_map(|e| match &e.kind {
-            Some(Kind::PermissionDecided(d)) => Some(d.clone()),
-            _ => None,
-        })
-        .expect("the request was decided");
+    let decided = permission_decided(&events);
     assert!(decided.decided_by.starts_with("user:usr_"), "{decided:?}");
     assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
     assert!(agent_text(&events).contains("mode default"), "{}", agent_text(&events));
@@ -158,13 +152,7 @@ async fn an_unanswered_request_is_rejected_after_the_timeout() {
         .unwrap();
     let session = w.session().await;
     let events = w.run_turn(&session, "permission").await;
-    let decided = events
-        .iter()
-        .find_map(|e| match &e.kind {
-            Some(Kind::PermissionDecided(d)) => Some(d.clone()),
-            _ => None,
-        })
-        .expect("the request was decided");
+    let decided = permission_decided(&events);
     assert_eq!(
         (decided.decided_by.as_str(), decided.option_id.as_str()),
         ("timeout", "reject")

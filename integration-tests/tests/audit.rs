@@ -27,11 +27,7 @@ fn millis(t: &Option<prost_types::Timestamp>) -> i64 {
 }
 
 async fn audit_filters(cp: ControlPlane) {
-    let clients = cp.clients().await.unwrap();
-    let list = |req: pb::ListAuditEntriesRequest| {
-        let mut audit = clients.audit.clone();
-        async move { audit.list_audit_entries(req).await.map(|r| r.into_inner().entries) }
-    };
+    let mut clients = cp.clients().await.unwrap();
     for name in ["ann", "bob"] {
         clients
             .identity
@@ -44,22 +40,17 @@ async fn audit_filters(cp: ControlPlane) {
             .unwrap();
     }
     let agent_id = clients
-        .agents
-        .clone()
-        .create_agent(pb::CreateAgentRequest {
-            spec: Some(pb::AgentSpec {
-                name: "audited".into(),
-                system_prompt: "x".into(),
-                ..Default::default()
-            }),
+        .create_agent(pb::AgentSpec {
+            name: "audited".into(),
+            system_prompt: "x".into(),
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner()
-        .agent
-        .unwrap()
-        .id;
+        .unwrap();
+    let list = |req: pb::ListAuditEntriesRequest| {
+        let mut audit = clients.audit.clone();
+        async move { audit.list_audit_entries(req).await.map(|r| r.into_inner().entries) }
+    };
 
     let everything = list(request("", "")).await.unwrap();
     let users = list(request("user.create", "")).await.unwrap();

@@ -159,7 +159,7 @@ async fn agents_report_their_version_and_capabilities_in_the_manifest() {
 /// the next rescan and runs sessions, without a restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_added_to_agents_toml_is_offered_without_a_restart() {
-    let w = World::builder().logs_to_files().start().await.unwrap();
+    let mut w = World::builder().logs_to_files().start().await.unwrap();
     let pid = w.machine.pid();
     let file = w.machine.config_dir.path().join("agents.toml");
     let mut toml = std::fs::read_to_string(&file).unwrap();
@@ -181,20 +181,7 @@ async fn an_agent_added_to_agents_toml_is_offered_without_a_restart() {
     .unwrap();
     let mut spec = w.spec_on(&w.machine.runtime_id);
     spec.runtime_binding.as_mut().unwrap().acp_agent_id = "second".into();
-    let agent = w
-        .clients
-        .agents
-        .clone()
-        .create_agent(pb::CreateAgentRequest {
-            spec: Some(spec),
-            allow_unknown_skills: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .agent
-        .unwrap()
-        .id;
+    let agent = w.clients.create_agent(spec).await.unwrap();
     let session = w.session_of(&agent).await;
     let said = agent_text(&w.run_turn(&session, "echo from the second agent").await);
     assert!(said.contains("from the second agent"), "{said}");
