@@ -312,6 +312,31 @@ fn manifest(
     (manifest, skills::fingerprint(&found))
 }
 
+/// What a rescan found, or — when it failed — the last good value; each
+/// distinct failure is logged once (`broken` says what broke and what
+/// happens meanwhile), not every 10 s.
+fn or_last_good<T: Clone, E: std::fmt::Display>(
+    loaded: Result<T, E>,
+    last_good: &T,
+    last_error: &mut Option<String>,
+    broken: &str,
+) -> T {
+    match loaded {
+        Ok(value) => {
+            *last_error = None;
+            value
+        }
+        Err(e) => {
+            let message = e.to_string();
+            if last_error.as_ref() != Some(&message) {
+                tracing::warn!("{broken}: {message}");
+                *last_error = Some(message);
+            }
+            last_good.clone()
+        }
+    }
+}
+
 /// What the last manifest was built from, to report only changes.
 struct ManifestState {
     skills: u64,
@@ -406,50 +431,27 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
     });
     let refresh_manifest: oma_agent::connection::ManifestSource = std::sync::Arc::new(move || {
         let mut last = last.lock().expect("manifest state lock");
-        let policy = match Policy::load_with_process_path(&policy_file) {
-            Ok(policy) => {
-                last.policy_error = None;
-                policy
-            }
-            Err(e) => {
-                let message = e.to_string();
-                if last.policy_error.as_ref() != Some(&message) {
-                    tracing::warn!("the local policy is broken (sessions fail to start until it is fixed): {message}");
-                    last.policy_error = Some(message);
-                }
-                last.policy.clone()
-            }
-        };
-        let workspaces = match Workspaces::load(&workspaces_file) {
-            Ok(workspaces) => {
-                last.workspaces_error = None;
-                workspaces.manifest()
-            }
-            Err(e) => {
-                let message = e.to_string();
-                if last.workspaces_error.as_ref() != Some(&message) {
-                    tracing::warn!("the workspaces file is broken (the last good one is reported): {message}");
-                    last.workspaces_error = Some(message);
-                }
-                last.workspaces.clone()
-            }
-        };
+        let last = &mut *last;
+        let policy = or_last_good(
+            Policy::load_with_process_path(&policy_file),
+            &last.policy,
+            &mut last.policy_error,
+            "the local policy is broken (sessions fail to start until it is fixed)",
+        );
+        let workspaces = or_last_good(
+            Workspaces::load(&workspaces_file).map(|w| w.manifest()),
+            &last.workspaces,
+            &mut last.workspaces_error,
+            "the workspaces file is broken (the last good one is reported)",
+        );
         // PATH and agents.toml again: a newly installed agent, or one the
         // owner added, is offered without a restart.
-        let report = match detect_agents(&refresh_paths) {
-            Ok(report) => {
-                last.agents_error = None;
-                report
-            }
-            Err(e) => {
-                let message = e.to_string();
-                if last.agents_error.as_ref() != Some(&message) {
-                    tracing::warn!("agents.toml is broken (the last good agent table stays): {message}");
-                    last.agents_error = Some(message);
-                }
-                last.agents.clone()
-            }
-        };
+        let report = or_last_good(
+            detect_agents(&refresh_paths),
+            &last.agents,
+            &mut last.agents_error,
+            "agents.toml is broken (the last good agent table stays)",
+        );
         if report != last.agents {
             tracing::info!(agents = ?report.agents.iter().map(|a| &a.id).collect::<Vec<_>>(), "the ACP agents changed");
             refresh_agents.set_agents(report.clone());

@@ -46,9 +46,7 @@ pub fn run(command: Command, ctx: &Ctx, matches: &ArgMatches) -> Result<()> {
     let mut config = Config::load(path)?;
     match command {
         Command::Set { name } => {
-            if name.trim().is_empty() || name.chars().any(char::is_control) {
-                return Err(Failure::usage("a context name must be non-empty text on one line").into());
-            }
+            check_name(&name)?;
             let given = |id: &str| given_on_command_line(matches, id);
             let global = &ctx.global;
             let server = global.server.clone().filter(|_| given("server")).ok_or_else(|| {
@@ -150,6 +148,14 @@ pub fn run(command: Command, ctx: &Ctx, matches: &ArgMatches) -> Result<()> {
             ctx.emit(&json!({ "deleted": name }), || format!("Context {name:?} deleted.\n"))
         }
     }
+}
+
+/// Refuses a context name that could not be written or shown on one line.
+pub fn check_name(name: &str) -> Result<(), Failure> {
+    if name.trim().is_empty() || name.chars().any(char::is_control) {
+        return Err(Failure::usage("a context name must be non-empty text on one line"));
+    }
+    Ok(())
 }
 
 /// Whether a global option was typed on the command line (not taken from its

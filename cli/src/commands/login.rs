@@ -24,9 +24,7 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: &Ctx, matches: &clap::ArgMatches) -> Result<()> {
     let name = args.name;
-    if name.trim().is_empty() || name.chars().any(char::is_control) {
-        return Err(Failure::usage("a context name must be non-empty text on one line").into());
-    }
+    super::context::check_name(&name)?;
     let global = &ctx.global;
     let server = global
         .server
