@@ -515,7 +515,7 @@ impl Clients {
         })
     }
 
-    /// A session as the control plane has it now.
+    /// A runtime as the control plane has it now.
     pub async fn get_runtime(&self, runtime_id: &str) -> anyhow::Result<oma_proto::pb::Runtime> {
         self.runtimes
             .clone()
@@ -556,6 +556,7 @@ impl Clients {
         Ok((user, token))
     }
 
+    /// A session as the control plane has it now.
     pub async fn get_session(&self, session_id: &str) -> anyhow::Result<oma_proto::pb::Session> {
         self.sessions
             .clone()
