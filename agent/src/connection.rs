@@ -86,13 +86,7 @@ pub fn endpoint(server_url: &str, ca_file: Option<&Path>, insecure: bool) -> Res
         }
         Some("http") => {
             let host = uri.host().unwrap_or_default();
-            let loopback = host == "localhost"
-                || host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if !loopback && !insecure {
+            if !oma_proto::net::is_loopback_host(host) && !insecure {
                 return Err(format!(
                     "refusing plaintext to {host}: use an https:// URL, or pass --insecure for a trusted network"
                 ));

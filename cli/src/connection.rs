@@ -2,7 +2,7 @@
 //! context), the TLS rules, the bearer-token interceptor, size limits, and
 //! paging through list RPCs.
 
-use std::{fs, future::Future, net::IpAddr, path::PathBuf, time::Duration};
+use std::{fs, future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use http::Uri;
@@ -71,12 +71,6 @@ impl Settings {
     }
 }
 
-/// Whether `host` (as in a URL, IPv6 possibly bracketed) is this machine.
-pub fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
-}
-
 /// The endpoint for `settings`, enforcing the TLS rules: `https://` with
 /// the system roots or the given CA; `http://` only to loopback unless
 /// `insecure`.
@@ -106,7 +100,7 @@ pub fn endpoint(settings: &Settings) -> Result<Endpoint, Failure> {
                 )
             })
         }
-        Some("http") if settings.insecure || is_loopback(host) => Ok(endpoint),
+        Some("http") if settings.insecure || oma_proto::net::is_loopback_host(host) => Ok(endpoint),
         Some("http") => Err(Failure::usage(format!(
             "refusing plaintext http:// to {host}, which is not a loopback host: use an https:// URL, or pass --insecure if the network is trusted"
         ))),
@@ -281,31 +275,6 @@ mod tests {
         );
         let other = resolve(&["--server", "http://127.0.0.1:1"]);
         assert_eq!((other.token, other.ca_file), (None, None));
-    }
-
-    #[test]
-    fn loopback_hosts() {
-        for host in [
-            "localhost",
-            "LOCALHOST",
-            "127.0.0.1",
-            "127.1.2.3",
-            "[::1]",
-            "::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(is_loopback(host), "{host}");
-        }
-        for host in [
-            "example.com",
-            "10.0.0.1",
-            "0.0.0.0",
-            "[::]",
-            "localhost.example.com",
-            "128.0.0.1",
-        ] {
-            assert!(!is_loopback(host), "{host}");
-        }
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl ServeArgs {
 
     /// Refuses to serve plaintext beyond loopback unless told to.
     pub fn check_tls_policy(&self) -> Result<(), String> {
-        if self.tls_cert.is_none() && !self.listen.ip().is_loopback() && !self.insecure_plaintext {
+        if self.tls_cert.is_none() && !self.listen.ip().to_canonical().is_loopback() && !self.insecure_plaintext {
             return Err(format!(
                 "refusing to serve plaintext on {}: pass --tls-cert and --tls-key, or --insecure-plaintext when a proxy terminates TLS",
                 self.listen

@@ -6,6 +6,7 @@ pub mod duration;
 pub mod ids;
 pub mod mcp_url;
 pub mod model;
+pub mod net;
 pub mod session_options;
 pub mod validate;
 pub mod workspace;
