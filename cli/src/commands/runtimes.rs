@@ -77,19 +77,8 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                 ttl_seconds,
             };
             let response = api.runtimes().create_connect_code(request).await?.into_inner();
-            let mut setup = vec![
-                "oma-agent",
-                "setup",
-                "--server",
-                &settings.server,
-                "--code",
-                &response.code,
-            ];
             let ca_file = settings.ca_file.as_ref().map(|p| p.display().to_string());
-            if let Some(ca_file) = &ca_file {
-                setup.extend(["--ca-file", ca_file]);
-            }
-            let setup_command = setup.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ");
+            let setup_command = setup_command(&settings.server, &response.code, ca_file.as_deref());
             let data = json!({
                 "code": response.code,
                 "expire_time": output::time_value(response.expire_time.as_ref()),
@@ -295,17 +284,14 @@ fn describe_mcp(r: &pb::Runtime) -> String {
     text
 }
 
-/// `word` as one POSIX shell word.
-pub fn shell_quote(word: &str) -> String {
-    let safe = !word.is_empty()
-        && word.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':' | '@' | '%' | '+' | '=' | ',')
-        });
-    if safe {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
+/// The `oma-agent setup` line to run on the machine, each word quoted for a
+/// POSIX shell only when it needs to be.
+fn setup_command(server: &str, code: &str, ca_file: Option<&str>) -> String {
+    let mut words = vec!["oma-agent", "setup", "--server", server, "--code", code];
+    if let Some(ca_file) = ca_file {
+        words.extend(["--ca-file", ca_file]);
     }
+    shell_words::join(words)
 }
 
 #[cfg(test)]
@@ -313,10 +299,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quotes_only_when_needed() {
-        assert_eq!(shell_quote("https://oma.example:443"), "https://oma.example:443");
-        assert_eq!(shell_quote("/tmp/my ca.pem"), "'/tmp/my ca.pem'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
+    fn setup_line_quotes_only_when_needed() {
+        assert_eq!(
+            setup_command("https://oma.example:443", "ABCD-1234", None),
+            "oma-agent setup --server https://oma.example:443 --code ABCD-1234"
+        );
+        let line = setup_command("https://oma.example", "c", Some("/tmp/it's my ca.pem"));
+        assert_eq!(
+            line,
+            r"oma-agent setup --server https://oma.example --code c --ca-file '/tmp/it'\''s my ca.pem'"
+        );
+        // What a shell reads back is the words as given.
+        assert_eq!(
+            shell_words::split(&line).unwrap().last().map(String::as_str),
+            Some("/tmp/it's my ca.pem")
+        );
+        assert!(setup_command("https://oma.example", "", None).ends_with("--code ''"));
     }
 }
