@@ -26,8 +26,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fmt;
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -560,24 +558,24 @@ pub(crate) fn expand_home(command: &str) -> String {
     }
 }
 
-/// An absolute command is taken as is if executable; a bare name is looked
-/// up in `search_dirs` in order.
+/// An absolute command is taken as is if it is an executable file; a bare
+/// name is looked up in `search_dirs` in order (the first executable file).
 pub(crate) fn resolve_command(command: &str, search_dirs: &[PathBuf]) -> Option<PathBuf> {
-    let path = Path::new(command);
-    if path.is_absolute() {
-        return is_executable(path).then(|| path.to_path_buf());
-    }
-    if command.contains('/') || command.is_empty() {
-        return None;
-    }
-    search_dirs
-        .iter()
-        .map(|dir| dir.join(command))
-        .find(|p| is_executable(p))
+    resolve_all(command, search_dirs).next()
 }
 
-fn is_executable(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+/// Every executable file `command` names: itself when absolute, else each
+/// match in `search_dirs`, in order. A relative path names nothing.
+pub(crate) fn resolve_all(command: &str, search_dirs: &[PathBuf]) -> impl Iterator<Item = PathBuf> {
+    let relative_path = !Path::new(command).is_absolute() && command.contains('/');
+    let found = match std::env::join_paths(search_dirs) {
+        Ok(path) if !relative_path && !command.is_empty() => {
+            // The cwd only resolves relative paths, refused above.
+            which::which_in_all(command, Some(path), "/").ok()
+        }
+        _ => None,
+    };
+    found.into_iter().flatten()
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
@@ -596,6 +594,8 @@ pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use std::ffi::OsString;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 

@@ -7,8 +7,9 @@
 //! writes to stderr). So the plist sends both streams to
 //! `~/Library/Logs/oma-agent.log`, where Console.app also finds it.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+use plist::{Dictionary, Value};
 
 use super::{ServiceError, UnitSpec};
 
@@ -16,55 +17,53 @@ use super::{ServiceError, UnitSpec};
 pub const LABEL: &str = "dev.oma.agent";
 
 /// Renders the plist for `spec`, with stdout and stderr appended to
-/// `log_file`. Every string is XML-escaped. Call [`UnitSpec::validate`]
-/// first (XML cannot carry most control characters).
+/// `log_file`. Call [`UnitSpec::validate`] first (XML cannot carry most
+/// control characters).
 pub fn render(spec: &UnitSpec, log_file: &Path) -> String {
-    let mut out = String::new();
-    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    out.push_str(
-        "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n",
-    );
-    out.push_str("<!-- Written by `oma-agent service install`: run it again rather than editing this file. -->\n");
-    out.push_str("<plist version=\"1.0\">\n<dict>\n");
-    key_string(&mut out, "Label", LABEL);
-
-    out.push_str("\t<key>ProgramArguments</key>\n\t<array>\n");
-    let _ = writeln!(out, "\t\t<string>{}</string>", escape(&spec.exe.to_string_lossy()));
-    for arg in &spec.args {
-        let _ = writeln!(out, "\t\t<string>{}</string>", escape(arg));
-    }
-    out.push_str("\t</array>\n");
-
+    let program: Vec<Value> = std::iter::once(spec.exe.to_string_lossy().into_owned())
+        .chain(spec.args.iter().cloned())
+        .map(Value::String)
+        .collect();
+    let mut job = Dictionary::new();
+    job.insert("Label".into(), LABEL.into());
+    job.insert("ProgramArguments".into(), Value::Array(program));
     if !spec.env.is_empty() {
-        out.push_str("\t<key>EnvironmentVariables</key>\n\t<dict>\n");
-        for (name, value) in &spec.env {
-            let _ = writeln!(
-                out,
-                "\t\t<key>{}</key>\n\t\t<string>{}</string>",
-                escape(name),
-                escape(value)
-            );
-        }
-        out.push_str("\t</dict>\n");
+        let env: Dictionary = spec
+            .env
+            .iter()
+            .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+            .collect();
+        job.insert("EnvironmentVariables".into(), Value::Dictionary(env));
     }
-
-    out.push_str("\t<key>RunAtLoad</key>\n\t<true/>\n");
+    job.insert("RunAtLoad".into(), true.into());
     // Restart when it exits with an error or a signal; a clean exit stays down.
-    out.push_str("\t<key>KeepAlive</key>\n\t<dict>\n\t\t<key>SuccessfulExit</key>\n\t\t<false/>\n\t</dict>\n");
+    let mut keep_alive = Dictionary::new();
+    keep_alive.insert("SuccessfulExit".into(), false.into());
+    job.insert("KeepAlive".into(), Value::Dictionary(keep_alive));
     // Like systemd's RestartSec=5 (launchd's default is 10 s).
-    out.push_str("\t<key>ThrottleInterval</key>\n\t<integer>5</integer>\n");
+    job.insert("ThrottleInterval".into(), 5.into());
     // Time between SIGTERM and SIGKILL on stop, like TimeoutStopSec=30.
-    out.push_str("\t<key>ExitTimeOut</key>\n\t<integer>30</integer>\n");
+    job.insert("ExitTimeOut".into(), 30.into());
     // `Standard`, not `Background`: the coding agents it starts are real work
     // a person waits for, and Background throttles their CPU and I/O.
-    key_string(&mut out, "ProcessType", "Standard");
+    job.insert("ProcessType".into(), "Standard".into());
     // Session folders, outboxes and logs are the owner's alone (0077).
-    out.push_str("\t<key>Umask</key>\n\t<integer>63</integer>\n");
-    let log = log_file.to_string_lossy();
-    key_string(&mut out, "StandardOutPath", &log);
-    key_string(&mut out, "StandardErrorPath", &log);
-    out.push_str("</dict>\n</plist>\n");
-    out
+    job.insert("Umask".into(), 0o077.into());
+    let log = log_file.to_string_lossy().into_owned();
+    job.insert("StandardOutPath".into(), log.clone().into());
+    job.insert("StandardErrorPath".into(), log.into());
+
+    let mut xml = Vec::new();
+    // Writing to a Vec cannot fail, and every value is a plain string,
+    // boolean, integer, array or dictionary.
+    let _ = Value::Dictionary(job).to_writer_xml(&mut xml);
+    let xml = String::from_utf8_lossy(&xml);
+    // The crate writes no comments: the note goes before the root element.
+    xml.replacen(
+        "<plist",
+        "<!-- Written by `oma-agent service install`: run it again rather than editing this file. -->\n<plist",
+        1,
+    )
 }
 
 /// `~/Library/LaunchAgents/dev.oma.agent.plist`.
@@ -77,31 +76,6 @@ pub fn plist_path() -> Result<PathBuf, ServiceError> {
 pub fn log_path() -> Result<PathBuf, ServiceError> {
     let home = dirs::home_dir().ok_or(ServiceError::NoHome)?;
     Ok(home.join("Library/Logs/oma-agent.log"))
-}
-
-fn key_string(out: &mut String, key: &str, value: &str) {
-    let _ = writeln!(
-        out,
-        "\t<key>{}</key>\n\t<string>{}</string>",
-        escape(key),
-        escape(value)
-    );
-}
-
-/// Escapes the five XML special characters.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -126,132 +100,62 @@ mod tests {
         }
     }
 
-    /// A loose XML check: tags balance, entities are known, and the text of
-    /// every `<string>` and `<key>` element is returned unescaped, in order.
-    fn check_xml(xml: &str) -> Result<Vec<String>, String> {
-        let mut stack: Vec<String> = Vec::new();
-        let mut texts = Vec::new();
-        let mut rest = xml;
-        while let Some(start) = rest.find('<') {
-            let text = &rest[..start];
-            if !stack.is_empty() && !text.trim().is_empty() {
-                let top = stack.last().map(String::as_str);
-                if !matches!(top, Some("string" | "key" | "integer")) {
-                    return Err(format!("text {text:?} inside <{top:?}>"));
-                }
-            }
-            if matches!(stack.last().map(String::as_str), Some("string" | "key")) {
-                texts.push(unescape(text)?);
-            }
-            let after = &rest[start + 1..];
-            let end = after.find('>').ok_or("unterminated tag")?;
-            let tag = &after[..end];
-            rest = &after[end + 1..];
-            if tag.starts_with('?') || tag.starts_with('!') {
-                continue;
-            }
-            if let Some(name) = tag.strip_prefix('/') {
-                match stack.pop() {
-                    Some(open) if open == name => {}
-                    other => return Err(format!("</{name}> closes {other:?}")),
-                }
-            } else if tag.ends_with('/') {
-                continue;
-            } else {
-                let name = tag.split_whitespace().next().ok_or("empty tag")?;
-                stack.push(name.to_owned());
-            }
-        }
-        if !stack.is_empty() || !rest.trim().is_empty() {
-            return Err(format!("unclosed {stack:?}"));
-        }
-        Ok(texts)
+    /// The rendered plist read back as launchd would.
+    fn parse(xml: &str) -> Dictionary {
+        Value::from_reader_xml(xml.as_bytes())
+            .unwrap()
+            .into_dictionary()
+            .unwrap()
     }
 
-    fn unescape(text: &str) -> Result<String, String> {
-        let mut out = String::new();
-        let mut rest = text;
-        while let Some(amp) = rest.find('&') {
-            out.push_str(&rest[..amp]);
-            let semi = rest[amp..].find(';').ok_or_else(|| format!("bare & in {text:?}"))?;
-            out.push(match &rest[amp..amp + semi + 1] {
-                "&amp;" => '&',
-                "&lt;" => '<',
-                "&gt;" => '>',
-                "&quot;" => '"',
-                "&apos;" => '\'',
-                other => return Err(format!("unknown entity {other}")),
-            });
-            rest = &rest[amp + semi + 1..];
-        }
-        if rest.contains('<') || rest.contains('>') {
-            return Err(format!("raw angle bracket in {text:?}"));
-        }
-        out.push_str(rest);
-        Ok(out)
+    fn strings(value: &Value) -> Vec<&str> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_string().unwrap())
+            .collect()
     }
 
     #[test]
-    fn render_escapes_and_keeps_every_argument() {
-        let plist = render(&spec(), Path::new("/Users/me/Library/Logs/oma-agent.log"));
-        assert!(
-            plist.contains("<string>/Users/me/a&amp;b &lt;c&gt;</string>"),
-            "{plist}"
-        );
-        assert!(
-            plist.contains("<string>100% &quot;q&quot; &apos;a&apos;</string>"),
-            "{plist}"
-        );
-        assert!(
-            plist.contains("<key>Label</key>\n\t<string>dev.oma.agent</string>"),
-            "{plist}"
-        );
-        assert!(plist.contains("<key>RunAtLoad</key>\n\t<true/>"), "{plist}");
-        assert!(plist.contains("<key>SuccessfulExit</key>\n\t\t<false/>"), "{plist}");
-        assert!(
-            plist.contains("<key>ProcessType</key>\n\t<string>Standard</string>"),
-            "{plist}"
-        );
-        assert!(
-            plist.contains("<key>StandardErrorPath</key>\n\t<string>/Users/me/Library/Logs/oma-agent.log</string>")
-        );
-
-        let texts = check_xml(&plist).unwrap();
+    fn render_keeps_every_argument_and_setting() {
+        let xml = render(&spec(), Path::new("/Users/me/Library/Logs/oma-agent.log"));
+        assert!(xml.contains("<string>/Users/me/a&amp;b &lt;c&gt;</string>"), "{xml}");
+        assert!(xml.contains("<!-- Written by `oma-agent service install`"), "{xml}");
+        let job = parse(&xml);
         let s = spec();
-        let program: Vec<String> = std::iter::once(s.exe.to_string_lossy().into_owned())
-            .chain(s.args)
-            .collect();
-        let at = texts.iter().position(|t| t == "ProgramArguments").unwrap();
-        assert_eq!(texts[at + 1..at + 1 + program.len()], program[..]);
-        let env_at = texts.iter().position(|t| t == "EnvironmentVariables").unwrap();
-        assert_eq!(
-            texts[env_at + 1..env_at + 5],
-            ["OMA_LOG", "info", "PATH", "/opt/homebrew/bin:/usr/bin:/bin"]
-        );
+        let mut program = vec![s.exe.to_str().unwrap()];
+        program.extend(s.args.iter().map(String::as_str));
+        assert_eq!(strings(&job["ProgramArguments"]), program);
+        let env = job["EnvironmentVariables"].as_dictionary().unwrap();
+        assert_eq!(env["OMA_LOG"].as_string(), Some("info"));
+        assert_eq!(env["PATH"].as_string(), Some("/opt/homebrew/bin:/usr/bin:/bin"));
+        assert_eq!(env.len(), 2);
+        assert_eq!(job["Label"].as_string(), Some(LABEL));
+        assert_eq!(job["RunAtLoad"].as_boolean(), Some(true));
+        let keep_alive = job["KeepAlive"].as_dictionary().unwrap();
+        assert_eq!(keep_alive["SuccessfulExit"].as_boolean(), Some(false));
+        assert_eq!(job["ThrottleInterval"].as_unsigned_integer(), Some(5));
+        assert_eq!(job["ExitTimeOut"].as_unsigned_integer(), Some(30));
+        assert_eq!(job["ProcessType"].as_string(), Some("Standard"));
+        assert_eq!(job["Umask"].as_unsigned_integer(), Some(0o077));
+        let log = Some("/Users/me/Library/Logs/oma-agent.log");
+        assert_eq!(job["StandardOutPath"].as_string(), log);
+        assert_eq!(job["StandardErrorPath"].as_string(), log);
     }
 
     #[test]
     fn no_environment_means_no_dict() {
         let mut s = spec();
         s.env.clear();
-        let plist = render(&s, Path::new("/l.log"));
-        assert!(!plist.contains("EnvironmentVariables"));
-        check_xml(&plist).unwrap();
-    }
-
-    #[test]
-    fn the_checker_catches_broken_xml() {
-        assert!(check_xml("<a><b></a></b>").is_err());
-        assert!(check_xml("<plist><string>a & b</string></plist>").is_err());
-        assert!(check_xml("<plist><string>a</string>").is_err());
+        let xml = render(&s, Path::new("/l.log"));
+        assert!(!parse(&xml).contains_key("EnvironmentVariables"), "{xml}");
     }
 
     #[test]
     fn plutil_lints_the_plist_when_present() {
-        let has_plutil =
-            std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("plutil").is_file()));
-        if !has_plutil {
-            eprintln!("notice: plutil not on PATH: skipping plist lint (the XML check above still ran)");
+        if which::which("plutil").is_err() {
+            eprintln!("notice: plutil not on PATH: skipping plist lint (the plist was read back above)");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

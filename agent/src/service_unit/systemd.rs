@@ -214,15 +214,11 @@ mod tests {
         assert!(matches!(unit_path_from(None, None), Err(ServiceError::NoHome)));
     }
 
-    fn on_path(tool: &str) -> bool {
-        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-    }
-
     /// Runs `systemd-analyze verify --user` on a rendered unit whose
     /// `ExecStart` names a real executable; skipped where systemd is absent.
     #[test]
     fn systemd_analyze_accepts_the_unit() {
-        if !on_path("systemd-analyze") {
+        if which::which("systemd-analyze").is_err() {
             eprintln!("notice: systemd-analyze not on PATH: skipping unit verification");
             return;
         }

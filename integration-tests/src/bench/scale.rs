@@ -95,7 +95,9 @@ fn retryable(status: &tonic::Status) -> bool {
 /// Attempts per call before the load generator gives up.
 const MAX_ATTEMPTS: u32 = 30;
 
-/// Full jitter: uniform in 0..min(2 s, 20 ms × 2^attempt).
+/// Full jitter: uniform in 0..min(2 s, 20 ms × 2^attempt). The same rule as
+/// oma-agent's `connection::Backoff`, not shared: this crate drives the
+/// agent as a binary and does not link its library for four lines.
 fn backoff(attempt: u32) -> Duration {
     use rand::Rng as _;
     let ceiling = (20u64 << attempt.min(10)).min(2000);
