@@ -1,7 +1,7 @@
 //! A fake Anthropic Messages API on 127.0.0.1, for driving real Claude agents
 //! (claude-agent-acp → Claude Code CLI) without a network or an account.
 //!
-//! It is a small HTTP/1.1 server on a plain tokio `TcpListener` (requests with
+//! It serves HTTP/1.1 through [`crate::fake_http`] (requests with
 //! `content-length` bodies, keep-alive; no chunked request bodies, which the
 //! Anthropic SDK never sends). Point an agent at it with
 //! `ANTHROPIC_BASE_URL=<FakeAnthropic::base_url>` and any `ANTHROPIC_API_KEY`.
@@ -22,14 +22,15 @@
 //!
 //! Every request is recorded ([`FakeAnthropic::requests`]) for assertions.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+
+use crate::fake_http::{
+    FakeServer, Recorded, RecordedRequest, SSE_HEADERS, error_body, not_found, send_event, write_simple,
+};
 
 /// What every reply starts with.
 pub const REPLY_PREFIX: &str = "fake-claude says: ";
@@ -39,47 +40,6 @@ pub const SLOW_DELTAS: usize = 50;
 
 /// The pause between two deltas of a `slow` reply.
 pub const SLOW_DELTA_INTERVAL: Duration = Duration::from_millis(100);
-
-/// The largest request head accepted.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-
-/// The largest request body accepted (Claude Code's requests are ~100 KiB:
-/// its system prompt and tool schemas).
-const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
-
-/// One request the fake received.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    pub method: String,
-    /// The request target, query included (e.g. `/v1/messages?beta=true`).
-    pub target: String,
-    /// Header names lowercased, in order received.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl RecordedRequest {
-    /// The target without its query.
-    pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or_default()
-    }
-
-    /// The first header with this (case-insensitive) name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
-    }
-
-    /// The body as JSON, if it is.
-    pub fn json(&self) -> Option<Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
-
-    /// Whether this is a Messages API call (not count_tokens).
-    pub fn is_messages(&self) -> bool {
-        self.method == "POST" && self.path() == "/v1/messages"
-    }
-}
 
 /// The text of a Messages API `system` field (a string or an array of text blocks).
 pub fn system_text(request: &Value) -> String {
@@ -133,59 +93,54 @@ pub fn message_texts(request: &Value, role: &str) -> Vec<String> {
     texts
 }
 
-#[derive(Default)]
-struct State {
-    requests: Mutex<Vec<RecordedRequest>>,
-    /// Streams whose client went away before `message_stop`.
-    aborted_streams: AtomicUsize,
-    /// Streams written to the end.
-    completed_streams: AtomicUsize,
+/// Whether this is a Messages API call (not count_tokens).
+fn is_messages(request: &RecordedRequest) -> bool {
+    request.method == "POST" && request.path() == "/v1/messages"
 }
 
 /// The running fake; it stops when dropped.
 pub struct FakeAnthropic {
-    addr: std::net::SocketAddr,
-    state: Arc<State>,
-    task: JoinHandle<()>,
+    server: FakeServer,
 }
 
 impl FakeAnthropic {
     /// Listens on 127.0.0.1 with a free port. Needs a tokio runtime.
     pub async fn start() -> std::io::Result<FakeAnthropic> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(State::default());
-        let task = tokio::spawn(accept_loop(listener, state.clone()));
-        Ok(FakeAnthropic { addr, state, task })
+        Ok(FakeAnthropic {
+            server: FakeServer::start(|stream, request, recorded, close| {
+                Box::pin(respond(stream, request, recorded, close))
+            })
+            .await?,
+        })
     }
 
     /// The value for `ANTHROPIC_BASE_URL`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.base_url()
     }
 
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state.requests.lock().expect("requests lock").clone()
+        self.server.requests()
     }
 
     /// The JSON bodies of the Messages API calls so far, in order.
     pub fn messages_requests(&self) -> Vec<Value> {
         self.requests()
             .iter()
-            .filter(|r| r.is_messages())
+            .filter(|r| is_messages(r))
             .filter_map(RecordedRequest::json)
             .collect()
     }
 
     /// How many streamed replies the client abandoned midway (e.g. cancelled).
     pub fn aborted_streams(&self) -> usize {
-        self.state.aborted_streams.load(Ordering::SeqCst)
+        self.server.aborted_streams()
     }
 
     /// How many streamed replies were written to `message_stop`.
     pub fn completed_streams(&self) -> usize {
-        self.state.completed_streams.load(Ordering::SeqCst)
+        self.server.completed_streams()
     }
 
     /// One line per request (method, target, a summary of the body), for
@@ -194,7 +149,7 @@ impl FakeAnthropic {
         self.requests()
             .iter()
             .map(|r| match r.json() {
-                Some(body) if r.is_messages() => format!(
+                Some(body) if is_messages(r) => format!(
                     "{} {} model={} stream={} messages={} tools={} last_user={:?}",
                     r.method,
                     r.target,
@@ -211,163 +166,13 @@ impl FakeAnthropic {
     }
 }
 
-impl Drop for FakeAnthropic {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                connections.spawn(serve_connection(stream, state.clone()));
-            }
-            Err(err) => {
-                eprintln!("fake-anthropic: accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        // Reap finished connections so the set does not grow forever.
-        while connections.try_join_next().is_some() {}
-    }
-}
-
-/// Serves requests on one connection until the client closes it, a reply
-/// closes it, or the request is malformed.
-async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
-    let mut buffer = Vec::new();
-    loop {
-        let request = match read_request(&mut stream, &mut buffer).await {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(err) => {
-                let _ = write_simple(
-                    &mut stream,
-                    400,
-                    "Bad Request",
-                    &error_body("invalid_request_error", &err),
-                    true,
-                )
-                .await;
-                return;
-            }
-        };
-        state.requests.lock().expect("requests lock").push(request.clone());
-        let keep_alive = !request
-            .header("connection")
-            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
-        match respond(&mut stream, &request, &state, keep_alive).await {
-            Ok(true) if keep_alive => continue,
-            _ => return,
-        }
-    }
-}
-
-/// Reads one request; `Ok(None)` when the client closed the connection
-/// between requests. `buffer` carries bytes read past the previous request.
-async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Option<RecordedRequest>, String> {
-    let head_end = loop {
-        if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        if buffer.len() > MAX_HEAD_BYTES {
-            return Err("request head too large".into());
-        }
-        let mut chunk = [0u8; 8192];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return if buffer.is_empty() {
-                Ok(None)
-            } else {
-                Err("connection closed inside a request head".into())
-            };
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buffer[..head_end]).map_err(|_| "request head is not UTF-8".to_owned())?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(format!("bad request line {request_line:?}"));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("unsupported version {version:?}"));
-    }
-    let mut headers = Vec::new();
-    for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {line:?}"))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    let mut request = RecordedRequest {
-        method: method.to_owned(),
-        target: target.to_owned(),
-        headers,
-        body: Vec::new(),
-    };
-    if request
-        .header("transfer-encoding")
-        .is_some_and(|te| !te.eq_ignore_ascii_case("identity"))
-    {
-        return Err("chunked request bodies are not supported by this fake".into());
-    }
-    let length = match request.header("content-length") {
-        Some(value) => value
-            .parse::<usize>()
-            .map_err(|_| format!("bad content-length {value:?}"))?,
-        None => 0,
-    };
-    if length > MAX_BODY_BYTES {
-        return Err(format!("body of {length} bytes is too large"));
-    }
-    buffer.drain(..head_end + 4);
-    while buffer.len() < length {
-        let mut chunk = vec![0u8; (length - buffer.len()).min(64 * 1024)];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed inside a request body".into());
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-    request.body = buffer.drain(..length).collect();
-    Ok(Some(request))
-}
-
-fn error_body(kind: &str, message: &str) -> Vec<u8> {
-    json!({"type": "error", "error": {"type": kind, "message": message}})
-        .to_string()
-        .into_bytes()
-}
-
-async fn write_simple(
-    stream: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    body: &[u8],
-    close: bool,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: {}\r\n\r\n",
-        body.len(),
-        if close { "close" } else { "keep-alive" }
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.flush().await
-}
-
 /// Answers one request. `Ok(true)` when the connection may serve another.
 async fn respond(
     stream: &mut TcpStream,
     request: &RecordedRequest,
-    state: &State,
-    keep_alive: bool,
+    recorded: &Recorded,
+    close: bool,
 ) -> std::io::Result<bool> {
-    let close = !keep_alive;
     match (request.method.as_str(), request.path()) {
         ("HEAD", _) => {
             let head = format!(
@@ -404,8 +209,8 @@ async fn respond(
             let input_tokens = request.body.len() / 4;
             if body["stream"] == true {
                 match write_request(&body) {
-                    Some(input) => stream_tool_use(stream, "Write", input, &model, input_tokens, state).await?,
-                    None => stream_reply(stream, &user, &model, input_tokens, state).await?,
+                    Some(input) => stream_tool_use(stream, "Write", input, &model, input_tokens, recorded).await?,
+                    None => stream_reply(stream, &user, &model, input_tokens, recorded).await?,
                 }
                 Ok(false)
             } else {
@@ -424,14 +229,7 @@ async fn respond(
                 Ok(true)
             }
         }
-        (method, _) => {
-            let err = error_body(
-                "not_found_error",
-                &format!("the fake has no {method} {}", request.target),
-            );
-            write_simple(stream, 404, "Not Found", &err, close).await?;
-            Ok(true)
-        }
+        _ => not_found(stream, request, close).await,
     }
 }
 
@@ -447,28 +245,6 @@ fn write_request(body: &Value) -> Option<Value> {
     (offers_write && path.starts_with('/')).then(|| json!({"file_path": path, "content": format!("{text}\n")}))
 }
 
-/// The head of a server-sent-events reply; its body ends when the
-/// connection closes (`connection: close`, no content-length).
-const SSE_HEADERS: &[u8] =
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
-
-/// One server-sent event, named after its data's `type` (as Anthropic's are).
-async fn send_event(stream: &mut TcpStream, data: &Value) -> std::io::Result<()> {
-    let kind = data["type"].as_str().unwrap_or_default();
-    stream
-        .write_all(format!("event: {kind}\ndata: {data}\n\n").as_bytes())
-        .await?;
-    stream.flush().await
-}
-
-/// Counts a stream as completed or aborted.
-fn count_end(state: &State, result: &std::io::Result<()>) {
-    match result {
-        Ok(()) => state.completed_streams.fetch_add(1, Ordering::SeqCst),
-        Err(_) => state.aborted_streams.fetch_add(1, Ordering::SeqCst),
-    };
-}
-
 /// Streams one `tool_use` block (the model asking for `name` with `input`).
 async fn stream_tool_use(
     stream: &mut TcpStream,
@@ -476,11 +252,11 @@ async fn stream_tool_use(
     input: Value,
     model: &str,
     input_tokens: usize,
-    state: &State,
+    recorded: &Recorded,
 ) -> std::io::Result<()> {
     let result = async {
         stream.write_all(SSE_HEADERS).await?;
-        let id = format!("toolu_fake_{}", state.completed_streams.load(Ordering::SeqCst));
+        let id = format!("toolu_fake_{}", recorded.completed_streams());
         let events = [
             json!({"type": "message_start", "message": {
                 "id": "msg_fake_tool", "type": "message", "role": "assistant", "model": model,
@@ -502,7 +278,7 @@ async fn stream_tool_use(
         stream.shutdown().await
     }
     .await;
-    count_end(state, &result);
+    recorded.count_end(&result);
     result
 }
 
@@ -513,7 +289,7 @@ async fn stream_reply(
     user: &str,
     model: &str,
     input_tokens: usize,
-    state: &State,
+    recorded: &Recorded,
 ) -> std::io::Result<()> {
     let slow = user.starts_with("slow");
     let deltas: Vec<String> = if slow {
@@ -563,14 +339,14 @@ async fn stream_reply(
         stream.shutdown().await
     }
     .await;
-    count_end(state, &result);
+    recorded.count_end(&result);
     result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncBufReadExt as _;
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
 
     async fn post(addr: &str, path: &str, body: &Value) -> String {
         let mut stream = TcpStream::connect(addr).await.unwrap();

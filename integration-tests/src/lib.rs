@@ -4,10 +4,13 @@
 //! dropped) when its handles drop.
 
 pub mod fake_anthropic;
+pub mod fake_http;
+pub mod fake_openai;
 pub mod faults;
 pub mod hostile_cp;
 pub mod one_machine;
 pub mod postgres;
+pub mod real_agents;
 pub mod world;
 
 use std::io::{BufRead as _, BufReader};

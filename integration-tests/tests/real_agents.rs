@@ -21,13 +21,15 @@
 //! versions; `OMA_TEST_CLAUDE_ACP_BIN` / `OMA_TEST_CLAUDE_ACP_NEW_BIN` (a
 //! `claude-agent-acp` executable or its `dist/index.js`) skip the install.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use oma_integration_tests::fake_anthropic::{self, FakeAnthropic};
+use oma_integration_tests::real_agents::{
+    Diagnostics, StopGracefully, enabled, install_dir, log, npm_install, toml_str,
+};
 use oma_integration_tests::world::{World, agent_text, option, reject, turn_end, update_kinds};
-use oma_integration_tests::{Process, bin_dir, git, git_repo, wait_until};
+use oma_integration_tests::{git, git_repo, wait_until};
 use oma_proto::pb;
 
 const TURN: Duration = Duration::from_secs(120);
@@ -64,38 +66,6 @@ const AGENTCLIENTPROTOCOL: Flavor = Flavor {
 
 const SYSTEM_PROMPT: &str = "You are oma-real-agent-test, a test double. Marker: OMA-SYSTEM-PROMPT-7f3a.";
 
-fn enabled() -> bool {
-    if std::env::var("OMA_TEST_REAL_AGENTS").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!(
-        "\n==================================================================\n\
-         SKIPPED: real ACP agent test (set OMA_TEST_REAL_AGENTS=1 to run it;\n\
-         it npm-installs Claude Code's ACP adapter once and needs node >= 18)\n\
-         ==================================================================\n"
-    );
-    false
-}
-
-fn log(label: &str, start: Instant, what: &str) {
-    eprintln!("[{label} {:>8.3}s] {what}", start.elapsed().as_secs_f64());
-}
-
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// The command and arguments that start the adapter, installing it first
 /// when needed.
 fn claude_agent_command(flavor: &Flavor) -> anyhow::Result<(String, Vec<String>)> {
@@ -111,9 +81,7 @@ fn claude_agent_command(flavor: &Flavor) -> anyhow::Result<(String, Vec<String>)
         });
     }
     let version = std::env::var(format!("{}_VERSION", flavor.env_prefix)).unwrap_or_else(|_| flavor.version.into());
-    let target_dir = bin_dir().parent().expect("the target dir").to_path_buf();
-    let dir_name = flavor.package.trim_start_matches('@').replace('/', "-");
-    let install = target_dir.join("real-agents").join(format!("{dir_name}-{version}"));
+    let install = install_dir(flavor.package, &version);
     let entry = |root: &Path| root.join("node_modules").join(flavor.package).join("dist/index.js");
     if !entry(&install).is_file() {
         npm_install(&install, &format!("{}@{version}", flavor.package))?;
@@ -127,39 +95,6 @@ fn claude_agent_command(flavor: &Flavor) -> anyhow::Result<(String, Vec<String>)
     Ok(("node".into(), vec![entry(&install).to_string_lossy().into_owned()]))
 }
 
-/// `npm install <spec>` into a scratch folder renamed to `install` when done,
-/// so an interrupted install is never mistaken for a finished one.
-fn npm_install(install: &Path, spec: &str) -> anyhow::Result<()> {
-    let name = install.file_name().expect("an install dir name").to_string_lossy();
-    let scratch: PathBuf = install.with_file_name(format!("{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch)?;
-    eprintln!("installing {spec} into {} (npm)…", install.display());
-    let output = Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
-        .arg(&scratch)
-        .arg(spec)
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run npm (needed to install {spec}): {e}"))?;
-    if !output.status.success() {
-        let _ = std::fs::remove_dir_all(&scratch);
-        anyhow::bail!(
-            "npm install {spec} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    if install.exists() && !install.join("node_modules").is_dir() {
-        // Not an install (e.g. an empty leftover): make way.
-        let _ = std::fs::remove_dir_all(install);
-    }
-    if std::fs::rename(&scratch, install).is_err() {
-        // Another test process finished first; keep its copy.
-        let _ = std::fs::remove_dir_all(&scratch);
-    }
-    Ok(())
-}
-
 /// Variables of the developer's environment that would send the agent
 /// elsewhere than the fake (another endpoint, Bedrock/Vertex, a proxy, an
 /// existing Claude config).
@@ -170,44 +105,6 @@ fn leaks_routing(name: &str) -> bool {
         || name.eq_ignore_ascii_case("http_proxy")
         || name.eq_ignore_ascii_case("https_proxy")
         || name.eq_ignore_ascii_case("all_proxy")
-}
-
-/// On a failed assertion, prints what the fake received and the agent's stderr.
-struct Diagnostics<'a> {
-    fake: &'a FakeAnthropic,
-    logs: PathBuf,
-}
-
-impl Drop for Diagnostics<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        eprintln!(
-            "--- requests the fake Anthropic endpoint received:\n{}",
-            self.fake.summary()
-        );
-        for entry in std::fs::read_dir(&self.logs).into_iter().flatten().flatten() {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let tail = &text[text.len().saturating_sub(8 * 1024)..];
-            eprintln!("--- {} (tail):\n{tail}", entry.path().display());
-        }
-    }
-}
-
-/// Stops `oma-agent` with SIGTERM, so that it stops its ACP children: killed
-/// outright, it would orphan them, and claude-agent-acp 0.23.1 does not exit
-/// when its stdin closes.
-struct StopGracefully(Process);
-
-impl Drop for StopGracefully {
-    fn drop(&mut self) {
-        if self.0.signal("TERM").is_ok()
-            && let Err(err) = self.0.wait_exit(Duration::from_secs(30))
-        {
-            eprintln!("{err}; killing it");
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -282,7 +179,7 @@ async fn scenario(flavor: &Flavor) {
         .unwrap_or_else(|e| panic!("{e:#}\n--- the fake Anthropic endpoint received:\n{}", fake.summary()));
     let _daemon = StopGracefully(world.machine.process.take().expect("the daemon runs"));
     let _diagnostics = Diagnostics {
-        fake: &fake,
+        fake_summary: || fake.summary(),
         logs: world.machine.data_dir.path().join("logs"),
     };
     log(
@@ -473,7 +370,7 @@ async fn worktree_scenario(flavor: &Flavor) {
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n--- the fake Anthropic endpoint received:\n{}", fake.summary()));
     let _diagnostics = Diagnostics {
-        fake: &fake,
+        fake_summary: || fake.summary(),
         logs: world.machine.data_dir.path().join("logs"),
     };
     let workspace = pb::SessionWorkspace {
