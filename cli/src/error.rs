@@ -19,6 +19,8 @@ pub mod exit {
     /// A turn stopped early: `max_tokens`, `max_turn_requests` or `refusal`
     /// (not 2, which is a usage error, as clap's).
     pub const STOPPED: u8 = 8;
+    /// A wait ran out of time (`sessions create --wait --timeout`).
+    pub const TIMED_OUT: u8 = 9;
     /// Interrupted: a cancelled turn, or Ctrl-C (128 + SIGINT).
     pub const INTERRUPTED: u8 = 130;
 }

@@ -7,6 +7,7 @@ mod duration;
 mod error;
 mod output;
 mod render;
+mod resolve;
 mod spec;
 mod view;
 
@@ -51,10 +52,13 @@ pub struct GlobalArgs {
     /// Allow plaintext http:// to a host that is not loopback.
     #[arg(long, global = true, env = "OMA_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
-    /// Output format.
+    /// Output format (`wide` and `name` are for lists; `name` prints only
+    /// ids, one per line, also for get, create and delete).
     #[arg(short, long, global = true, env = "OMA_OUTPUT", value_enum, default_value_t = Format::Table)]
     pub output: Format,
-    /// Config file [default: $OMACTL_CONFIG, else <config dir>/omactl/config.toml].
+    /// Config file [default: $OMACTL_CONFIG, else omactl/config.toml in the
+    /// user's config dir: $XDG_CONFIG_HOME or ~/.config on Linux,
+    /// ~/Library/Application Support on macOS, %APPDATA% on Windows].
     #[arg(long, global = true, env = "OMACTL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -62,7 +66,10 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Manage contexts: named servers and tokens in the config file.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  omactl context set prod --server https://oma.example.com\n  omactl context use prod"
+    )]
     Context(commands::context::Command),
     /// Save a context for a control plane and a token, after checking the
     /// token there; it becomes the current context.
@@ -74,24 +81,42 @@ pub enum Command {
     )]
     Login(commands::login::Args),
     /// Show the tenant, user and token the token belongs to.
+    #[command(after_help = "Examples:\n  omactl whoami\n  omactl --context prod whoami -o json")]
     Whoami,
     /// Manage the users of the tenant.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  omactl users list\n  omactl users create dana"
+    )]
     Users(commands::users::Command),
     /// Mint, list and revoke API tokens.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  omactl tokens create --name laptop --ttl 30d\n  omactl tokens list"
+    )]
     Tokens(commands::tokens::Command),
-    /// Pair machines and manage runtimes.
-    #[command(subcommand)]
+    /// Pair machines and manage runtimes. A runtime is named by its id
+    /// (rt_…) or its name.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  omactl runtimes connect\n  omactl runtimes list -o wide\n  omactl runtimes get dana-laptop"
+    )]
     Runtimes(commands::runtimes::Command),
-    /// Manage agent configurations.
-    #[command(subcommand)]
+    /// Manage agent configurations. An agent is named by its id (agt_…) or
+    /// its name.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  omactl agents list\n  omactl agents get helper -o yaml"
+    )]
     Agents(commands::agents::Command),
     /// Manage sessions of agents.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  omactl sessions create --agent helper --wait\n  omactl sessions prompt ses_… 'echo hello'\n  omactl sessions list -o wide"
+    )]
     Sessions(commands::sessions::Command),
     /// Read the audit log.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example: omactl audit list --since 24h")]
     Audit(commands::audit::Command),
     /// Talk with an agent: prompt after prompt in one session.
     ///
@@ -108,6 +133,9 @@ pub enum Command {
     /// each once the previous turn has ended, and the session's id is printed
     /// on stderr. Exit code: 0 at the end of stdin (or /quit), 1 if a turn
     /// ended in an error; a refused prompt exits at once with its error.
+    #[command(
+        after_help = "Examples:\n  omactl chat --agent helper --title 'pairing'\n  omactl chat --session ses_…\n  printf 'echo one\\necho two\\n' | omactl chat --agent helper"
+    )]
     Chat(commands::chat::Args),
     /// Print the completion script of a shell.
     #[command(
@@ -151,5 +179,31 @@ fn main() -> ExitCode {
             }
             ExitCode::from(failure.exit)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command's `--help` ends with examples.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                let help = sub
+                    .get_after_help()
+                    .or(sub.get_after_long_help())
+                    .map(|h| h.to_string());
+                if !help.is_some_and(|h| h.starts_with("Example")) {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "omactl", &mut missing);
+        assert!(missing.is_empty(), "without examples: {missing:?}");
     }
 }

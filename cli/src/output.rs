@@ -8,26 +8,61 @@ use clap::ValueEnum;
 use prost_types::Timestamp;
 use serde_json::Value;
 
+use crate::error::Failure;
+
 /// The `--output` format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// Aligned columns and `key: value` records.
     Table,
+    /// The table with more columns (list commands); else as `table`.
+    Wide,
+    /// Only the ids, one per line (list, get, create, update and delete
+    /// commands), e.g. for `xargs`.
+    Name,
     /// Pretty-printed JSON.
     Json,
     /// YAML.
     Yaml,
 }
 
-/// Prints `data` as JSON or YAML, or the text `table` renders for the table
-/// format.
+impl Format {
+    /// Whether tables show their wide-only columns.
+    pub fn wide(self) -> bool {
+        self == Format::Wide
+    }
+}
+
+/// Prints `data` as JSON or YAML, its ids (`-o name`), or the text `table`
+/// renders for the table formats.
 pub fn emit(format: Format, data: &Value, table: impl FnOnce() -> String) -> Result<()> {
     let text = match format {
-        Format::Table => table(),
+        Format::Table | Format::Wide => table(),
+        Format::Name => names(data)?,
         Format::Json => serde_json::to_string_pretty(data).context("cannot encode JSON")? + "\n",
         Format::Yaml => serde_norway::to_string(data).context("cannot encode YAML")?,
     };
     print(&text)
+}
+
+/// The `-o name` form of a command's JSON result: the `id` (else `name`) of
+/// each item of a list, one per line; of a single resource, its `id`; of a
+/// deletion, the id deleted.
+fn names(data: &Value) -> Result<String> {
+    let name = |item: &Value| {
+        ["id", "name", "deleted"]
+            .into_iter()
+            .find_map(|key| item.get(key).and_then(Value::as_str))
+            .map(|name| printable(name, false) + "\n")
+    };
+    let text = match data {
+        Value::Array(items) => items.iter().map(name).collect::<Option<String>>(),
+        item => name(item),
+    };
+    text.ok_or_else(|| {
+        Failure::usage("-o name prints the ids of resources, and this command prints none: use -o table or -o json")
+            .into()
+    })
 }
 
 /// Writes to stdout; a closed pipe (e.g. `| head`) is not an error.
@@ -39,45 +74,42 @@ pub fn print(text: &str) -> Result<()> {
     }
 }
 
-/// Columns aligned on the widest cell, separated by two spaces.
+/// A table as kubectl prints one: a header row, columns aligned on the
+/// widest cell and two spaces apart, no borders. Every table of omactl goes
+/// through this one renderer.
 pub struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
+    table: comfy_table::Table,
+    /// How many columns show: the wide-only ones are left out unless asked.
+    shown: usize,
 }
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
-        Self {
-            header: header.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
+        Self::with_wide(header, &[], false)
+    }
+
+    /// `header`, then, when `wide`, the wide-only columns `more`. Rows give
+    /// the cells of every column; those of hidden columns are dropped.
+    pub fn with_wide(header: &[&str], more: &[&str], wide: bool) -> Self {
+        let mut table = comfy_table::Table::new();
+        table.load_style(comfy_table::presets::NOTHING);
+        let shown = header.len() + if wide { more.len() } else { 0 };
+        table.set_header(header.iter().chain(more).take(shown).copied());
+        for column in table.column_iter_mut() {
+            column.set_padding((0, 2));
         }
+        Self { table, shown }
     }
 
     /// Adds a row; empty cells show as `-`.
     pub fn row(&mut self, cells: impl IntoIterator<Item = String>) {
-        self.rows.push(cells.into_iter().map(|c| cell(&c)).collect());
+        self.table
+            .add_row(cells.into_iter().take(self.shown).map(|c| cell(&c)).collect::<Vec<_>>());
     }
 
     pub fn render(&self) -> String {
-        let columns = self.header.len();
-        let mut widths: Vec<usize> = self.header.iter().map(|h| width(h)).collect();
-        for row in &self.rows {
-            for (i, c) in row.iter().enumerate().take(columns) {
-                widths[i] = widths[i].max(width(c));
-            }
-        }
-        let mut out = String::new();
-        for row in std::iter::once(&self.header).chain(&self.rows) {
-            let mut line = String::new();
-            for (i, c) in row.iter().enumerate().take(columns) {
-                line.push_str(c);
-                if i + 1 < columns {
-                    line.push_str(&" ".repeat(widths[i] - width(c) + 2));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
+        let mut out = self.table.trim_fmt();
+        out.push('\n');
         out
     }
 }
@@ -171,6 +203,40 @@ mod tests {
         let mut table = Table::new(&["A", "B"]);
         table.row(["x\ny".to_owned(), "ünï".to_owned()]);
         assert_eq!(table.render(), "A    B\nx y  ünï\n");
+    }
+
+    #[test]
+    fn wide_columns_show_only_when_asked() {
+        let rows = |wide| {
+            let mut table = Table::with_wide(&["ID", "NAME"], &["OS"], wide);
+            table.row(["rt_1".into(), "box".into(), "linux".into()]);
+            table.row(["rt_22".into(), String::new(), String::new()]);
+            table.render()
+        };
+        assert_eq!(rows(false), "ID     NAME\nrt_1   box\nrt_22  -\n");
+        assert_eq!(rows(true), "ID     NAME  OS\nrt_1   box   linux\nrt_22  -     -\n");
+        // No rows: the header alone.
+        assert_eq!(Table::new(&["ID", "NAME"]).render(), "ID  NAME\n");
+    }
+
+    #[test]
+    fn name_output_is_the_ids() {
+        let list = serde_json::json!([{ "id": "agt_1", "spec": { "name": "x" } }, { "id": "agt_2" }]);
+        assert_eq!(names(&list).unwrap(), "agt_1\nagt_2\n");
+        assert_eq!(names(&serde_json::json!([])).unwrap(), "");
+        assert_eq!(
+            names(&serde_json::json!({ "id": "ses_1", "title": "t" })).unwrap(),
+            "ses_1\n"
+        );
+        assert_eq!(names(&serde_json::json!({ "deleted": "rt_1" })).unwrap(), "rt_1\n");
+        assert_eq!(
+            names(&serde_json::json!([{ "name": "prod", "server": "s" }])).unwrap(),
+            "prod\n"
+        );
+        let err = names(&serde_json::json!({ "code": "X", "setup_command": "…" })).unwrap_err();
+        let failure = err.downcast_ref::<Failure>().unwrap();
+        assert_eq!(failure.exit, crate::error::exit::USAGE);
+        assert!(failure.message.contains("-o name"), "{}", failure.message);
     }
 
     #[test]

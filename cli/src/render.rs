@@ -125,7 +125,8 @@ impl Renderer {
                     serde_norway::to_string(&view::session_event(e)).unwrap_or_default()
                 );
             }
-            Format::Table => self.text(e, &mut r),
+            // `-o name` is refused before a live command starts.
+            Format::Table | Format::Wide | Format::Name => self.text(e, &mut r),
         }
         r
     }

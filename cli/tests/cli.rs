@@ -262,17 +262,34 @@ fn local_checks_need_no_server() {
             "http://127.0.0.1:1",
             "--token",
             TOKEN,
-            "agents",
+            "sessions",
             "get",
-            "agt_nope",
+            "ses_nope",
         ],
     );
     assert_eq!(out.code, 6, "{}", out.stderr);
     assert!(
-        out.stderr.starts_with("error: invalid argument: agent id:"),
+        out.stderr.starts_with("error: invalid argument: session id:"),
         "{}",
         out.stderr
     );
+    // `-o name` is refused before a command that prints no ids runs (a
+    // token minted with it would lose its secret).
+    for args in [
+        &["tokens", "create", "--name", "x"][..],
+        &["sessions", "prompt", "ses_0123456789abcdef0123456789abcdef", "hi"],
+    ] {
+        let mut full = vec!["--server", "http://127.0.0.1:1", "--token", TOKEN, "-o", "name"];
+        full.extend_from_slice(args);
+        let out = omactl(&config, &full);
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr.starts_with("error: -o name prints the ids")
+                && out.stderr.contains(&format!("`omactl {} {}`", args[0], args[1])),
+            "{}",
+            out.stderr
+        );
+    }
     let out = omactl(&config, &["whoami"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     let out = omactl(

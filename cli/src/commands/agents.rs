@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use oma_proto::{
-    ids::{AgentId, RuntimeId},
     model::{self, AgentField},
     pb,
 };
@@ -16,6 +15,7 @@ use crate::{
     connection::collect_pages,
     error::Failure,
     output::{self, Table},
+    resolve::{self, Resource},
     spec::{self, BindingPatch, Edit, Policy},
     view,
 };
@@ -24,20 +24,35 @@ use crate::{
 pub enum Command {
     /// Create an agent from flags, a spec file, or both (flags replace the
     /// file's fields).
+    #[command(
+        after_help = "Examples:\n  omactl agents create helper --system-prompt 'You help.' --runtime dana-laptop --acp-agent claude\n  omactl agents create --from-file helper.yaml --permission-policy ask"
+    )]
     Create(Box<CreateArgs>),
     /// Change exactly the fields given by flags (or present in --from-file);
     /// every other field stays as stored.
+    #[command(
+        after_help = "Examples:\n  omactl agents update helper --system-prompt-file prompt.md\n  omactl agents update agt_… --runtime ci-runner --expected-version 3\n  omactl agents get helper -o yaml > helper.yaml && omactl agents update helper --from-file helper.yaml"
+    )]
     Update(Box<UpdateArgs>),
     /// Show an agent.
+    #[command(after_help = "Examples:\n  omactl agents get helper\n  omactl agents get agt_… -o yaml")]
     Get {
-        /// The agent's id (agt_…).
+        /// The agent: its id (agt_…) or name.
+        #[arg(value_name = "AGENT")]
         id: String,
     },
     /// List the tenant's agents.
+    ///
+    /// `-o wide` adds the description, default mode and model, skill and MCP
+    /// server counts, creator and creation time; `-o name` prints only the
+    /// ids.
+    #[command(after_help = "Examples:\n  omactl agents list -o wide\n  omactl agents list -o name")]
     List(ListArgs),
     /// Delete an agent; its sessions keep their records.
+    #[command(after_help = "Examples:\n  omactl agents delete helper\n  omactl agents delete agt_… --yes")]
     Delete {
-        /// The agent's id (agt_…).
+        /// The agent: its id (agt_…) or name.
+        #[arg(value_name = "AGENT")]
         id: String,
         #[command(flatten)]
         confirm: ConfirmArgs,
@@ -55,7 +70,8 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
-    /// The agent's id (agt_…).
+    /// The agent: its id (agt_…) or name.
+    #[arg(value_name = "AGENT")]
     pub id: String,
     /// Rename the agent.
     #[arg(long)]
@@ -126,10 +142,10 @@ pub struct SpecArgs {
     /// reports it cannot make ask (it may act without anyone approving).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub accept_unenforced_ask: Option<bool>,
-    /// The runtime (rt_…) sessions run on. With --acp-agent and
-    /// --skill-blocklist it sets the runtime binding; on update, the parts
-    /// not given are kept from the stored binding.
-    #[arg(long, value_name = "RT_ID")]
+    /// The runtime sessions run on: its id (rt_…) or name. With
+    /// --acp-agent and --skill-blocklist it sets the runtime binding; on
+    /// update, the parts not given are kept from the stored binding.
+    #[arg(long, value_name = "RUNTIME")]
     pub runtime: Option<String>,
     /// The ACP agent on the runtime, by its id in the manifest, e.g. claude.
     #[arg(long, value_name = "ID")]
@@ -153,6 +169,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                     "give the agent a NAME (omactl agents create NAME …), or a name in the --from-file spec"
                 ));
             }
+            resolve_runtime(ctx, &mut edit).await?;
             if edit.binding.touched() {
                 edit.spec.runtime_binding = edit.binding.resolve(None)?;
             }
@@ -165,7 +182,6 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             show(ctx, &required(response.agent, "agent")?)
         }
         Command::Update(args) => {
-            let agent_id = AgentId::parse("agent id", &args.id)?.to_string();
             let mut edit = update_edit(&args)?;
             let mask = edit.mask();
             if mask.is_empty() {
@@ -173,6 +189,8 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                     "nothing to update: give the fields to change, e.g. --system-prompt TEXT (see `omactl agents update --help`)"
                 ));
             }
+            let agent_id = resolve::id(ctx, Resource::Agent, "AGENT", &args.id).await?;
+            resolve_runtime(ctx, &mut edit).await?;
             let client = ctx.api().await?.agents();
             let mut expected_version = args.expected_version.unwrap_or(0);
             if edit.binding.touched() {
@@ -203,7 +221,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             show(ctx, &required(response.agent, "agent")?)
         }
         Command::Get { id } => {
-            let agent_id = AgentId::parse("agent id", &id)?.to_string();
+            let agent_id = resolve::id(ctx, Resource::Agent, "AGENT", &id).await?;
             let response = ctx
                 .api()
                 .await?
@@ -227,7 +245,19 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             })
             .await?;
             ctx.emit(&Value::Array(agents.iter().map(view::agent).collect()), || {
-                let mut table = Table::new(&["ID", "NAME", "VERSION", "POLICY", "RUNTIME", "ACP AGENT", "UPDATED"]);
+                let mut table = Table::with_wide(
+                    &["ID", "NAME", "VERSION", "POLICY", "RUNTIME", "ACP AGENT", "UPDATED"],
+                    &[
+                        "DESCRIPTION",
+                        "DEFAULT MODE",
+                        "DEFAULT MODEL",
+                        "SKILLS",
+                        "MCP SERVERS",
+                        "CREATED BY",
+                        "CREATED",
+                    ],
+                    ctx.format().wide(),
+                );
                 for a in &agents {
                     let spec = a.spec.clone().unwrap_or_default();
                     let binding = spec.runtime_binding.unwrap_or_default();
@@ -239,13 +269,20 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                         binding.runtime_id,
                         binding.acp_agent_id,
                         output::time(a.update_time.as_ref()),
+                        spec.description,
+                        spec.default_mode_id,
+                        spec.default_model_id,
+                        spec.skills.len().to_string(),
+                        spec.mcp_servers.len().to_string(),
+                        a.created_by_user_id.clone(),
+                        output::time(a.create_time.as_ref()),
                     ]);
                 }
                 table.render()
             })
         }
         Command::Delete { id, confirm } => {
-            let agent_id = AgentId::parse("agent id", &id)?.to_string();
+            let agent_id = resolve::id(ctx, Resource::Agent, "AGENT", &id).await?;
             super::confirm(&confirm, &format!("Delete agent {agent_id}?"))?;
             let request = pb::DeleteAgentRequest {
                 agent_id: agent_id.clone(),
@@ -339,7 +376,8 @@ fn build_edit(args: &SpecArgs, name: Option<String>) -> Result<Edit> {
         edit.set_accept_unenforced_ask(accept);
     }
     if let Some(runtime) = &args.runtime {
-        edit.binding.runtime_id = Some(RuntimeId::parse("--runtime", runtime)?.to_string());
+        // An id or a name: see resolve_runtime.
+        edit.binding.runtime_id = Some(runtime.clone());
     }
     if let Some(acp_agent) = &args.acp_agent {
         edit.binding.acp_agent_id = Some(acp_agent.clone());
@@ -348,6 +386,15 @@ fn build_edit(args: &SpecArgs, name: Option<String>) -> Result<Edit> {
         edit.binding.blocklist = Some(blocklist.iter().filter(|s| !s.is_empty()).cloned().collect());
     }
     Ok(edit)
+}
+
+/// The runtime of the edit's binding (from --runtime or the spec file) as
+/// an id: a name is looked up.
+async fn resolve_runtime(ctx: &Ctx, edit: &mut Edit) -> Result<()> {
+    if let Some(runtime) = &edit.binding.runtime_id {
+        edit.binding.runtime_id = Some(resolve::id(ctx, Resource::Runtime, "--runtime", runtime).await?);
+    }
+    Ok(())
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -516,8 +563,12 @@ mod tests {
         assert_eq!(edit.binding.blocklist, Some(vec![]));
         assert!(!edit.binding.complete());
         assert!(Update::try_parse_from(["update", "agt_x", "--unbind", "--runtime", RT]).is_err());
-        let bad = Update::try_parse_from(["update", "agt_x", "--runtime", "rt_nope"]).unwrap();
-        assert!(update_edit(&bad.args).is_err());
+        // Not an id: kept as given, to be looked up by name (resolve_runtime).
+        let named = Update::try_parse_from(["update", "helper", "--runtime", "dana-laptop"]).unwrap();
+        assert_eq!(
+            update_edit(&named.args).unwrap().binding.runtime_id.as_deref(),
+            Some("dana-laptop")
+        );
     }
 
     #[test]

@@ -3,10 +3,7 @@
 use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Result;
-use oma_proto::{
-    ids::{AgentId, SessionId},
-    pb,
-};
+use oma_proto::{ids::SessionId, pb};
 
 use super::{
     Ctx,
@@ -16,13 +13,15 @@ use super::{
 use crate::{
     error::{Failure, classify, exit},
     render::{Renderer, Style},
+    resolve::{self, Resource},
 };
 
 /// The options of `omactl chat` (documented on `Command::Chat`).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The agent to talk with (agt_…): a new session of it is created.
-    #[arg(long, value_name = "AGENT_ID", required_unless_present = "session")]
+    /// The agent to talk with, by id (agt_…) or name: a new session of it
+    /// is created.
+    #[arg(long, value_name = "AGENT", required_unless_present = "session")]
     pub agent: Option<String>,
     /// Continue this session (ses_…) instead of creating one.
     #[arg(long, value_name = "SESSION_ID")]
@@ -33,16 +32,15 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
-    let agent_id = args
-        .agent
-        .as_deref()
-        .map(|a| AgentId::parse("--agent", a).map(|id| id.to_string()))
-        .transpose()?;
     let session_id = args
         .session
         .as_deref()
         .map(|s| SessionId::parse("--session", s).map(|id| id.to_string()))
         .transpose()?;
+    let agent_id = match &args.agent {
+        Some(agent) => Some(resolve::id(ctx, Resource::Agent, "--agent", agent).await?),
+        None => None,
+    };
     let server = ctx.settings()?.server.clone();
     let client = ctx.api().await?.sessions();
     let session = match session_id {

@@ -23,18 +23,22 @@ pub enum Command {
         name: String,
     },
     /// Make a context the current one.
+    #[command(after_help = "Example: omactl context use prod")]
     Use {
         /// The context's name.
         name: String,
     },
-    /// List the contexts.
+    /// List the contexts (`-o name`: only their names).
+    #[command(after_help = "Examples:\n  omactl context list\n  omactl context list -o name")]
     List,
     /// Show a context, its token masked.
+    #[command(after_help = "Examples:\n  omactl context show\n  omactl context show prod -o json")]
     Show {
         /// The context's name [default: --context, else the current one].
         name: Option<String>,
     },
     /// Delete a context.
+    #[command(after_help = "Example: omactl context delete old-staging")]
     Delete {
         /// The context's name.
         name: String,

@@ -321,6 +321,68 @@ pub async fn find_request(
     }
 }
 
+/// How a session's start went, as [`wait_ready`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Idle (or already running a turn): ready for prompts.
+    Ready,
+    /// It failed to start: why, in one line.
+    Failed(String),
+    /// It was deleted first.
+    Gone,
+}
+
+/// Follows the session's events from its first one until it is ready,
+/// failed or deleted. Its status changes are events of its log, so one that
+/// happened before the watch opened is read back too.
+pub async fn wait_ready(client: &Client, session_id: &str) -> Result<Start, Status> {
+    let mut events = Events::new(client.clone(), session_id, 1, false);
+    let mut start = StartWatch::default();
+    loop {
+        match events.next().await {
+            Ok(Next::Event(e)) => {
+                if let Some(done) = start.event(&e) {
+                    return Ok(done);
+                }
+            }
+            Ok(Next::Reconnecting(_)) => {}
+            Err(status) if status.code() == Code::NotFound && events.opened() => return Ok(Start::Gone),
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+/// What [`wait_ready`] learns from each event: the last error said, and
+/// whether the start is over.
+#[derive(Default)]
+struct StartWatch {
+    last_error: Option<String>,
+}
+
+impl StartWatch {
+    fn event(&mut self, e: &pb::SessionEvent) -> Option<Start> {
+        use pb::SessionStatus as S;
+        match &e.kind {
+            Some(Kind::Error(err)) => {
+                let message = crate::output::printable(&err.message, false);
+                self.last_error = Some(format!("{} [{}]", message.trim(), err.code));
+                None
+            }
+            Some(Kind::StatusChanged(s)) => match S::try_from(s.status) {
+                Ok(S::Idle | S::Running) => Some(Start::Ready),
+                Ok(S::Failed) => Some(Start::Failed(
+                    self.last_error
+                        .take()
+                        .unwrap_or_else(|| "the machine gave no reason".to_owned()),
+                )),
+                Ok(S::Disposed) => Some(Start::Gone),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// How a followed turn ended.
 pub enum TurnEnd {
     Ended(pb::TurnEnded),
@@ -480,6 +542,42 @@ pub fn report(ended: &pb::TurnEnded) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_ends_ready_failed_with_its_last_error_or_gone() {
+        let status = |s: pb::SessionStatus| pb::SessionEvent {
+            kind: Some(Kind::StatusChanged(pb::SessionStatusChanged {
+                status: s as i32,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let error = |code: &str, message: &str| pb::SessionEvent {
+            kind: Some(Kind::Error(pb::SessionError {
+                code: code.into(),
+                message: message.into(),
+            })),
+            ..Default::default()
+        };
+        let mut watch = StartWatch::default();
+        assert_eq!(watch.event(&status(pb::SessionStatus::Pending)), None);
+        assert_eq!(watch.event(&status(pb::SessionStatus::Idle)), Some(Start::Ready));
+        let mut watch = StartWatch::default();
+        assert_eq!(watch.event(&error("x", "first")), None);
+        assert_eq!(watch.event(&error("child_exited", "the agent exited\nwith 1")), None);
+        assert_eq!(
+            watch.event(&status(pb::SessionStatus::Failed)),
+            Some(Start::Failed("the agent exited with 1 [child_exited]".into()))
+        );
+        assert_eq!(
+            StartWatch::default().event(&status(pb::SessionStatus::Failed)),
+            Some(Start::Failed("the machine gave no reason".into()))
+        );
+        assert_eq!(
+            StartWatch::default().event(&status(pb::SessionStatus::Disposed)),
+            Some(Start::Gone)
+        );
+    }
 
     fn options() -> Vec<pb::PermissionOption> {
         let option = |id: &str, kind: pb::PermissionOptionKind| pb::PermissionOption {

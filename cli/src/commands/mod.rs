@@ -111,6 +111,34 @@ pub fn required<T>(value: Option<T>, what: &str) -> Result<T> {
     value.ok_or_else(|| anyhow!("the control plane answered without the {what}"))
 }
 
+/// Whether `command` prints resources that have ids (or, for contexts,
+/// names): the ones `-o name` applies to. Checked before the command runs:
+/// e.g. `tokens create -o name` would mint a token and lose its secret.
+fn prints_resources(command: &Command) -> bool {
+    use {runtimes::Command as R, sessions::Command as S, tokens::Command as T};
+    matches!(
+        command,
+        Command::Users(_)
+            | Command::Agents(_)
+            | Command::Audit(_)
+            | Command::Context(context::Command::List)
+            | Command::Tokens(T::List { .. } | T::Revoke { .. })
+            | Command::Runtimes(R::List(_) | R::Get { .. } | R::Delete { .. })
+            | Command::Sessions(S::Create { .. } | S::List { .. } | S::Get { .. } | S::Delete { .. })
+    )
+}
+
+/// `omactl NOUN VERB` as typed (the names of the subcommands).
+fn command_line(matches: &ArgMatches) -> String {
+    let mut words = vec!["omactl"];
+    let mut level = matches;
+    while let Some((name, sub)) = level.subcommand() {
+        words.push(name);
+        level = sub;
+    }
+    words.join(" ")
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), Failure> {
     let config_path = config::path(cli.global.config.as_deref()).map_err(|e| classify(e, None))?;
@@ -122,6 +150,12 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), Failure> {
             ));
         }
         global.token = Some(login::token_from_stdin().map_err(|e| classify(e, None))?);
+    }
+    if global.output == Format::Name && !prints_resources(&cli.command) {
+        return Err(Failure::usage(format!(
+            "-o name prints the ids of the resources a command lists, gets, creates or deletes, and `{}` prints none: use -o table, json or yaml",
+            command_line(matches)
+        )));
     }
     let ctx = Ctx {
         global,

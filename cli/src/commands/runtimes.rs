@@ -4,10 +4,7 @@ use std::time::SystemTime;
 
 use anyhow::Result;
 use clap::Subcommand;
-use oma_proto::{
-    ids::{RuntimeId, UserId},
-    pb,
-};
+use oma_proto::pb;
 use serde_json::{Value, json};
 
 use super::{ConfirmArgs, Ctx, ListArgs, required};
@@ -16,6 +13,7 @@ use crate::{
     duration,
     error::Failure,
     output::{self, Table},
+    resolve::{self, Resource},
     view,
 };
 
@@ -23,10 +21,11 @@ use crate::{
 pub enum Command {
     /// Create a single-use connect code and print the `oma-agent setup`
     /// command that pairs a machine with it.
+    #[command(after_help = "Examples:\n  omactl runtimes connect\n  omactl runtimes connect --owner dana --ttl 30m")]
     Connect {
-        /// The user who will own the runtime [default: you]; only admins may
-        /// name another user.
-        #[arg(long, value_name = "USER_ID")]
+        /// The user who will own the runtime, by id (usr_…) or name
+        /// [default: you]; only admins may name another user.
+        #[arg(long, value_name = "USER")]
         owner: Option<String>,
         /// How long the code stays valid, e.g. 10m [default: 10m; at most 1h].
         #[arg(long, value_parser = duration::parse_seconds)]
@@ -34,6 +33,9 @@ pub enum Command {
     },
     /// Exchange a connect code for a new runtime and its machine token, as
     /// `oma-agent setup` does (for scripts and tests; needs no API token).
+    #[command(
+        after_help = "Example: omactl runtimes exchange --code XXXX-XXXX-XXXX-XXXX --machine-id ci-runner-1 --name ci"
+    )]
     Exchange {
         /// The connect code.
         #[arg(long)]
@@ -46,15 +48,23 @@ pub enum Command {
         name: Option<String>,
     },
     /// List the tenant's runtimes.
+    ///
+    /// `-o wide` adds the OS and architecture, oma-agent version, machine id,
+    /// workspaces and creation time; `-o name` prints only the ids.
+    #[command(after_help = "Examples:\n  omactl runtimes list -o wide\n  omactl runtimes list -o name")]
     List(ListArgs),
     /// Show a runtime with its manifest: ACP agents and their local skills.
+    #[command(after_help = "Examples:\n  omactl runtimes get dana-laptop\n  omactl runtimes get rt_… -o yaml")]
     Get {
-        /// The runtime's id (rt_…).
+        /// The runtime: its id (rt_…) or name.
+        #[arg(value_name = "RUNTIME")]
         id: String,
     },
     /// Delete a runtime and revoke its machine token at once.
+    #[command(after_help = "Examples:\n  omactl runtimes delete old-laptop\n  omactl runtimes delete rt_… --yes")]
     Delete {
-        /// The runtime's id (rt_…).
+        /// The runtime: its id (rt_…) or name.
+        #[arg(value_name = "RUNTIME")]
         id: String,
         #[command(flatten)]
         confirm: ConfirmArgs,
@@ -65,7 +75,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
     match command {
         Command::Connect { owner, ttl } => {
             let owner_user_id = match owner {
-                Some(owner) => UserId::parse("--owner", &owner)?.to_string(),
+                Some(owner) => resolve::id(ctx, Resource::User, "--owner", &owner).await?,
                 None => String::new(),
             };
             let ttl_seconds = u32::try_from(ttl.unwrap_or(0))
@@ -147,13 +157,23 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             })
             .await?;
             ctx.emit(&Value::Array(runtimes.iter().map(view::runtime).collect()), || {
-                let mut table = Table::new(&["ID", "NAME", "OWNER", "STATUS", "LAST SEEN", "ACP AGENTS"]);
+                let mut table = Table::with_wide(
+                    &["ID", "NAME", "OWNER", "STATUS", "LAST SEEN", "ACP AGENTS"],
+                    &["OS/ARCH", "AGENT VERSION", "MACHINE ID", "WORKSPACES", "CREATED"],
+                    ctx.format().wide(),
+                );
                 for r in &runtimes {
                     let agents: Vec<&str> = r
                         .manifest
                         .iter()
                         .flat_map(|m| &m.acp_agents)
                         .map(|a| a.id.as_str())
+                        .collect();
+                    let workspaces: Vec<&str> = r
+                        .manifest
+                        .iter()
+                        .flat_map(|m| &m.workspaces)
+                        .map(|w| w.id.as_str())
                         .collect();
                     table.row([
                         r.id.clone(),
@@ -162,13 +182,18 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                         view::runtime_status(r.status),
                         output::time(r.last_seen_time.as_ref()),
                         agents.join(","),
+                        os_arch(r),
+                        r.agent_version.clone(),
+                        r.machine_id.clone(),
+                        workspaces.join(","),
+                        output::time(r.create_time.as_ref()),
                     ]);
                 }
                 table.render()
             })
         }
         Command::Get { id } => {
-            let runtime_id = RuntimeId::parse("runtime id", &id)?.to_string();
+            let runtime_id = resolve::id(ctx, Resource::Runtime, "RUNTIME", &id).await?;
             let response = ctx
                 .api()
                 .await?
@@ -180,7 +205,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             ctx.emit(&view::runtime(&runtime), || describe(&runtime))
         }
         Command::Delete { id, confirm } => {
-            let runtime_id = RuntimeId::parse("runtime id", &id)?.to_string();
+            let runtime_id = resolve::id(ctx, Resource::Runtime, "RUNTIME", &id).await?;
             super::confirm(
                 &confirm,
                 &format!("Delete runtime {runtime_id}? Its machine is disconnected and must be paired again."),
@@ -211,14 +236,7 @@ fn describe(r: &pb::Runtime) -> String {
         ("status", status),
         ("last seen", output::time(r.last_seen_time.as_ref())),
         ("agent version", r.agent_version.clone()),
-        (
-            "os/arch",
-            if r.os.is_empty() {
-                String::new()
-            } else {
-                format!("{}/{}", r.os, r.arch)
-            },
-        ),
+        ("os/arch", os_arch(r)),
         ("created", output::time(r.create_time.as_ref())),
     ]);
     let agents: Vec<&pb::AcpAgentInfo> = r.manifest.iter().flat_map(|m| &m.acp_agents).collect();
@@ -256,6 +274,15 @@ fn describe(r: &pb::Runtime) -> String {
     }
     text.push_str(&describe_mcp(r));
     text
+}
+
+/// `linux/x86_64`, or empty before the machine said.
+fn os_arch(r: &pb::Runtime) -> String {
+    if r.os.is_empty() {
+        String::new()
+    } else {
+        format!("{}/{}", r.os, r.arch)
+    }
 }
 
 /// The MCP servers the machine defines itself (agents name them with

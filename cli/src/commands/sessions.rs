@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use oma_proto::{
-    ids::{AgentId, SessionId},
+    ids::SessionId,
     pb::{self, answer_permission_request::Answer as PbAnswer, session_event::Kind},
 };
 use serde_json::{Value, json};
@@ -25,6 +25,7 @@ use crate::{
     error::{Failure, exit},
     output::{self, Table},
     render::{Renderer, Style},
+    resolve::{self, Resource},
     view,
 };
 
@@ -34,9 +35,18 @@ const FIND_REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a session of an agent on its bound runtime.
+    ///
+    /// With --wait, the command waits until the machine has started the
+    /// session (it is idle, ready for prompts) and prints it then. Exit code:
+    /// 0 when it is ready; 1 when it fails to start (the reason in one
+    /// sentence on stderr); 9 when it is not ready within --timeout (it may
+    /// still start: `omactl sessions get` shows it).
+    #[command(
+        after_help = "Examples:\n  omactl sessions create --agent helper --title 'fix the flaky test'\n  omactl sessions create --agent helper --workspace web --base main --wait\n  id=$(omactl sessions create --agent agt_… --wait --timeout 5m -o name)"
+    )]
     Create {
-        /// The agent's id (agt_…).
-        #[arg(long, value_name = "AGENT_ID")]
+        /// The agent: its id (agt_…) or name.
+        #[arg(long, value_name = "AGENT")]
         agent: String,
         /// A label for the session.
         #[arg(long)]
@@ -63,9 +73,18 @@ pub enum Command {
         /// Start with this model (else the agent's default model).
         #[arg(long, value_name = "MODEL_ID")]
         model: Option<String>,
+        /// Wait until the session is ready (idle) and print it then.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 30s or 5m.
+        #[arg(long, value_name = "DURATION", requires = "wait", default_value = "2m", value_parser = oma_proto::duration::parse)]
+        timeout: Duration,
     },
     /// Switch a session's mode and/or model (`sessions get` lists what its
     /// agent offers).
+    #[command(
+        after_help = "Examples:\n  omactl sessions set ses_… --mode plan\n  omactl sessions set ses_… --model sonnet"
+    )]
     Set {
         /// The session's id (ses_…).
         id: String,
@@ -75,19 +94,29 @@ pub enum Command {
         model: Option<String>,
     },
     /// List sessions, newest first.
+    ///
+    /// `-o wide` adds the ACP agent, workspace and branch, mode, model, last
+    /// event seq, creator and update time; `-o name` prints only the ids.
+    #[command(
+        after_help = "Examples:\n  omactl sessions list --agent helper -o wide\n  omactl sessions list -o name | xargs -n1 omactl sessions delete --yes"
+    )]
     List {
-        /// Only this agent's sessions.
-        #[arg(long, value_name = "AGENT_ID")]
+        /// Only this agent's sessions: its id (agt_…) or name.
+        #[arg(long, value_name = "AGENT")]
         agent: Option<String>,
         #[command(flatten)]
         list: ListArgs,
     },
     /// Show a session.
+    #[command(after_help = "Examples:\n  omactl sessions get ses_…\n  omactl sessions get ses_… -o yaml")]
     Get {
         /// The session's id (ses_…).
         id: String,
     },
     /// Delete a session: the machine disposes of it and its log is deleted.
+    #[command(
+        after_help = "Examples:\n  omactl sessions delete ses_… --delete-branch\n  omactl sessions list --agent helper -o name | xargs -n1 omactl sessions delete --yes"
+    )]
     Delete {
         /// The session's id (ses_…).
         id: String,
@@ -100,6 +129,7 @@ pub enum Command {
     },
     /// Print the session's changes in its workspace as a unified diff
     /// (fetched from the machine).
+    #[command(after_help = "Examples:\n  omactl sessions diff ses_…\n  omactl sessions diff ses_… | git apply --3way")]
     Diff {
         /// The session's id (ses_…).
         id: String,
@@ -122,6 +152,9 @@ pub enum Command {
     /// cancelled; 8 for max_tokens, max_turn_requests or refusal; 1 when it
     /// ends in an error. Ctrl-C cancels the turn (and waits for it to end); a
     /// second Ctrl-C exits at once with 130.
+    #[command(
+        after_help = "Examples:\n  omactl sessions prompt ses_… 'Fix the failing test in src/lib.rs'\n  omactl sessions prompt ses_… -f task.md --turn-id nightly-42\n  omactl sessions prompt ses_… 'Summarize the repo' -o json | jq -c 'select(.kind == \"turn_ended\")'"
+    )]
     Prompt {
         /// The session's id (ses_…).
         #[arg(value_name = "SESSION_ID")]
@@ -147,6 +180,9 @@ pub enum Command {
     /// Exit code: 0 when the session is deleted (with a note on stderr), 130
     /// on Ctrl-C; with --until-turn-end, that of the turn's stop reason, as
     /// for `sessions prompt`.
+    #[command(
+        after_help = "Examples:\n  omactl sessions watch ses_…\n  omactl sessions watch ses_… --from-seq 1 --until-turn-end -o json"
+    )]
     Watch {
         /// The session's id (ses_…).
         #[arg(value_name = "SESSION_ID")]
@@ -160,6 +196,7 @@ pub enum Command {
     },
     /// Cancel the running turn of a session (no running turn is not an
     /// error).
+    #[command(after_help = "Example: omactl sessions cancel ses_…")]
     Cancel {
         /// The session's id (ses_…).
         #[arg(value_name = "SESSION_ID")]
@@ -170,6 +207,9 @@ pub enum Command {
     /// Without --option, the request is looked up in the session's events
     /// (for at most 5 seconds) and its first allow_once option (else its first
     /// allow_always option) is chosen.
+    #[command(
+        after_help = "Examples:\n  omactl sessions approve ses_… perm_…\n  omactl sessions approve ses_… perm_… --option allow_always"
+    )]
     Approve {
         /// The session's id (ses_…).
         #[arg(value_name = "SESSION_ID")]
@@ -182,6 +222,7 @@ pub enum Command {
     },
     /// Reject a pending permission request: its first reject option is
     /// selected (or, when it has none, it is answered `cancelled`).
+    #[command(after_help = "Example: omactl sessions deny ses_… perm_…")]
     Deny {
         /// The session's id (ses_…).
         #[arg(value_name = "SESSION_ID")]
@@ -202,8 +243,10 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             branch,
             mode,
             model,
+            wait,
+            timeout,
         } => {
-            let agent_id = AgentId::parse("--agent", &agent)?.to_string();
+            let agent_id = resolve::id(ctx, Resource::Agent, "--agent", &agent).await?;
             let workspace = workspace.map(|workspace_id| pb::SessionWorkspace {
                 workspace_id,
                 mode: match direct {
@@ -221,12 +264,17 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                 mode_id: mode.unwrap_or_default(),
                 model_id: model.unwrap_or_default(),
             };
-            let response = ctx.api().await?.sessions().create_session(request).await?.into_inner();
-            show(ctx, &required(response.session, "session")?)
+            let client = ctx.api().await?.sessions();
+            let response = client.clone().create_session(request).await?.into_inner();
+            let session = required(response.session, "session")?;
+            if !wait {
+                return show(ctx, &session);
+            }
+            show(ctx, &wait_ready(&client, session, timeout).await?)
         }
         Command::List { agent, list } => {
             let agent_id = match agent {
-                Some(agent) => AgentId::parse("--agent", &agent)?.to_string(),
+                Some(agent) => resolve::id(ctx, Resource::Agent, "--agent", &agent).await?,
                 None => String::new(),
             };
             let client = ctx.api().await?.sessions();
@@ -244,8 +292,26 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             })
             .await?;
             ctx.emit(&Value::Array(sessions.iter().map(view::session).collect()), || {
-                let mut table = Table::new(&["ID", "AGENT", "STATUS", "RUNTIME", "TITLE", "CREATED"]);
+                let mut table = Table::with_wide(
+                    &["ID", "AGENT", "STATUS", "RUNTIME", "TITLE", "CREATED"],
+                    &[
+                        "ACP AGENT",
+                        "WORKSPACE",
+                        "BRANCH",
+                        "MODE",
+                        "MODEL",
+                        "LAST SEQ",
+                        "CREATED BY",
+                        "UPDATED",
+                    ],
+                    ctx.format().wide(),
+                );
                 for s in &sessions {
+                    let workspace = s.workspace.clone().unwrap_or_default();
+                    let (mode, model) = match &s.options {
+                        Some(o) => (o.mode_id.clone(), o.model_id.clone()),
+                        None => (s.requested_mode_id.clone(), s.requested_model_id.clone()),
+                    };
                     table.row([
                         s.id.clone(),
                         s.agent_id.clone(),
@@ -253,6 +319,14 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                         s.runtime_id.clone(),
                         s.title.clone(),
                         output::time(s.create_time.as_ref()),
+                        s.acp_agent_id.clone(),
+                        workspace.workspace_id,
+                        workspace.branch,
+                        mode,
+                        model,
+                        s.last_seq.to_string(),
+                        s.created_by_user_id.clone(),
+                        output::time(s.update_time.as_ref()),
                     ]);
                 }
                 table.render()
@@ -488,6 +562,50 @@ async fn watch(ctx: &Ctx, session_id: &str, from_seq: u64, until_turn_end: bool)
             }
         }
     }
+}
+
+/// `sessions create --wait`: the session once it is ready (idle), read
+/// again; a failure to start, a deletion or `timeout` is an error.
+async fn wait_ready(client: &live::Client, session: pb::Session, timeout: Duration) -> Result<pb::Session> {
+    let id = session.id.clone();
+    let ready = pb::SessionStatus::try_from(session.status) == Ok(pb::SessionStatus::Idle);
+    let start = if ready {
+        live::Start::Ready
+    } else {
+        match tokio::time::timeout(timeout, live::wait_ready(client, &id)).await {
+            Ok(start) => start?,
+            Err(_) => {
+                let status = get(client, &id)
+                    .await
+                    .map_or_else(|_| "unknown".to_owned(), |s| view::session_status(s.status));
+                return Err(Failure::new(
+                    exit::TIMED_OUT,
+                    format!(
+                        "session {id} was not ready within {} (it is {status}): `omactl sessions get {id}` shows it, or wait longer with --timeout",
+                        humantime::format_duration(timeout)
+                    ),
+                )
+                .into());
+            }
+        }
+    };
+    match start {
+        live::Start::Ready => get(client, &id).await,
+        live::Start::Failed(why) => {
+            Err(Failure::new(exit::GENERIC, format!("session {id} failed to start: {why}")).into())
+        }
+        live::Start::Gone => {
+            Err(Failure::new(exit::NOT_FOUND, format!("session {id} was deleted before it was ready")).into())
+        }
+    }
+}
+
+async fn get(client: &live::Client, session_id: &str) -> Result<pb::Session> {
+    let request = pb::GetSessionRequest {
+        session_id: session_id.to_owned(),
+    };
+    let response = client.clone().get_session(request).await?.into_inner();
+    required(response.session, "session")
 }
 
 fn show(ctx: &Ctx, s: &pb::Session) -> Result<()> {

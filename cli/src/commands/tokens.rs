@@ -4,10 +4,7 @@ use std::time::SystemTime;
 
 use anyhow::Result;
 use clap::Subcommand;
-use oma_proto::{
-    ids::{TokenId, UserId},
-    pb,
-};
+use oma_proto::{ids::TokenId, pb};
 use serde_json::{Value, json};
 
 use super::{ConfirmArgs, Ctx, ListArgs, required, whoami::expiry};
@@ -15,16 +12,20 @@ use crate::{
     connection::collect_pages,
     duration,
     output::{self, Table},
+    resolve::{self, Resource},
     view,
 };
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mint an API token; its secret is printed once.
+    #[command(
+        after_help = "Examples:\n  omactl tokens create --name laptop --ttl 30d\n  omactl tokens create --user ci-bot --name ci -o json | jq -r .secret"
+    )]
     Create {
-        /// The user the token acts as [default: you]; admins may name any
-        /// user of the tenant.
-        #[arg(long, value_name = "USER_ID")]
+        /// The user the token acts as, by id (usr_…) or name [default: you];
+        /// admins may name any user of the tenant.
+        #[arg(long, value_name = "USER")]
         user: Option<String>,
         /// A label for the token.
         #[arg(long)]
@@ -34,14 +35,18 @@ pub enum Command {
         ttl: Option<u64>,
     },
     /// List tokens (never their secrets): yours, or the tenant's for admins.
+    ///
+    /// `-o wide` adds the revocation time; `-o name` prints only the ids.
+    #[command(after_help = "Examples:\n  omactl tokens list\n  omactl tokens list --user dana -o wide")]
     List {
-        /// Only this user's tokens.
-        #[arg(long, value_name = "USER_ID")]
+        /// Only this user's tokens: its id (usr_…) or name.
+        #[arg(long, value_name = "USER")]
         user: Option<String>,
         #[command(flatten)]
         list: ListArgs,
     },
     /// Revoke a token at once.
+    #[command(after_help = "Example: omactl tokens revoke tok_… --yes")]
     Revoke {
         /// The token's id (tok_…), not its secret.
         id: String,
@@ -53,7 +58,7 @@ pub enum Command {
 pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
     match command {
         Command::Create { user, name, ttl } => {
-            let user_id = optional_user(user)?;
+            let user_id = optional_user(ctx, user).await?;
             let request = pb::CreateTokenRequest {
                 user_id,
                 name,
@@ -76,7 +81,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             })
         }
         Command::List { user, list } => {
-            let user_id = optional_user(user)?;
+            let user_id = optional_user(ctx, user).await?;
             let client = ctx.api().await?.identity();
             let tokens = collect_pages(list.limit, |page| {
                 let mut client = client.clone();
@@ -92,7 +97,11 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             })
             .await?;
             ctx.emit(&Value::Array(tokens.iter().map(view::token).collect()), || {
-                let mut table = Table::new(&["ID", "NAME", "USER", "STATE", "EXPIRES", "LAST USED", "CREATED"]);
+                let mut table = Table::with_wide(
+                    &["ID", "NAME", "USER", "STATE", "EXPIRES", "LAST USED", "CREATED"],
+                    &["REVOKED"],
+                    ctx.format().wide(),
+                );
                 for t in &tokens {
                     table.row([
                         t.id.clone(),
@@ -102,6 +111,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
                         expiry(t.expire_time.as_ref()),
                         output::time(t.last_used_time.as_ref()),
                         output::time(t.create_time.as_ref()),
+                        output::time(t.revoke_time.as_ref()),
                     ]);
                 }
                 table.render()
@@ -128,11 +138,11 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
     }
 }
 
-fn optional_user(user: Option<String>) -> Result<String> {
-    Ok(match user {
-        Some(user) => UserId::parse("--user", &user)?.to_string(),
-        None => String::new(),
-    })
+async fn optional_user(ctx: &Ctx, user: Option<String>) -> Result<String> {
+    match user {
+        Some(user) => resolve::id(ctx, Resource::User, "--user", &user).await,
+        None => Ok(String::new()),
+    }
 }
 
 /// `revoked`, `expired` or `active`.

@@ -2,19 +2,21 @@
 
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
-use oma_proto::{ids::UserId, pb};
+use oma_proto::pb;
 use serde_json::{Value, json};
 
 use super::{ConfirmArgs, Ctx, ListArgs, required};
 use crate::{
     connection::collect_pages,
     output::{self, Table},
+    resolve::{self, Resource},
     view,
 };
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a user in the tenant (admin only).
+    #[command(after_help = "Examples:\n  omactl users create dana\n  omactl users create ops --role admin")]
     Create {
         /// The user's name: lowercase letters, digits, '.', '_' and '-'.
         name: String,
@@ -23,15 +25,22 @@ pub enum Command {
         role: Role,
     },
     /// List the tenant's users.
+    ///
+    /// `-o wide` adds the tenant; `-o name` prints only the ids.
+    #[command(after_help = "Examples:\n  omactl users list\n  omactl users list -o name")]
     List(ListArgs),
     /// Show a user.
+    #[command(after_help = "Examples:\n  omactl users get dana\n  omactl users get usr_… -o json")]
     Get {
-        /// The user's id (usr_…).
+        /// The user: its id (usr_…) or name.
+        #[arg(value_name = "USER")]
         id: String,
     },
     /// Delete a user and revoke its tokens (admin only).
+    #[command(after_help = "Examples:\n  omactl users delete dana\n  omactl users delete usr_… --yes")]
     Delete {
-        /// The user's id (usr_…).
+        /// The user: its id (usr_…) or name.
+        #[arg(value_name = "USER")]
         id: String,
         #[command(flatten)]
         confirm: ConfirmArgs,
@@ -75,20 +84,21 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             })
             .await?;
             ctx.emit(&Value::Array(users.iter().map(view::user).collect()), || {
-                let mut table = Table::new(&["ID", "NAME", "ROLE", "CREATED"]);
+                let mut table = Table::with_wide(&["ID", "NAME", "ROLE", "CREATED"], &["TENANT"], ctx.format().wide());
                 for u in &users {
                     table.row([
                         u.id.clone(),
                         u.name.clone(),
                         view::role(u.role),
                         output::time(u.create_time.as_ref()),
+                        u.tenant_id.clone(),
                     ]);
                 }
                 table.render()
             })
         }
         Command::Get { id } => {
-            let user_id = UserId::parse("user id", &id)?.to_string();
+            let user_id = resolve::id(ctx, Resource::User, "USER", &id).await?;
             let response = ctx
                 .api()
                 .await?
@@ -99,7 +109,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<()> {
             show(ctx, &required(response.user, "user")?)
         }
         Command::Delete { id, confirm } => {
-            let user_id = UserId::parse("user id", &id)?.to_string();
+            let user_id = resolve::id(ctx, Resource::User, "USER", &id).await?;
             super::confirm(&confirm, &format!("Delete user {user_id} and revoke its tokens?"))?;
             ctx.api()
                 .await?
