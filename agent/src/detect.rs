@@ -1,7 +1,8 @@
 //! Which ACP agents this machine can run.
 //!
 //! The table is a built-in list of well-known agents (each with one or more
-//! candidate commands; the first found on `PATH` wins) merged with the user's
+//! candidate commands, every match on `PATH` considered: Claude's adapters
+//! are ranked by npm package, the others take the first) merged with the user's
 //! `agents.toml`, which can add entries, override fields of built-in ones, or
 //! disable them. The daemon only ever spawns entries of this table: the
 //! control plane names an agent by its id, never by a command line.
@@ -165,7 +166,30 @@ pub struct AcpAgentEntry {
     pub ask: AskSupport,
     /// Built-in or from the user's config.
     pub source: EntrySource,
+    /// The npm package the command belongs to, when it is an npm install.
+    pub package: Option<Package>,
+    /// Known problems with this install, one sentence each (reported in the
+    /// manifest and logged at start).
+    pub problems: Vec<String>,
 }
+
+/// An npm package, as its `package.json` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+}
+
+impl fmt::Display for Package {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.name, self.version)
+    }
+}
+
+/// Claude's ACP adapter in its current home.
+pub const CLAUDE_PACKAGE: &str = "@agentclientprotocol/claude-agent-acp";
+/// Its old home: up to 0.23.x it mis-answers after a cancel (ACP-NOTES.md).
+pub const OLD_CLAUDE_PACKAGE: &str = "@zed-industries/claude-agent-acp";
 
 /// An entry whose command was not found: reported, not runnable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +265,25 @@ struct BuiltIn {
     quirks: fn() -> Quirks,
     /// `None` here: `AskSupport::Mode` of this id; see [`BuiltIn::ask`].
     ask: BuiltInAsk,
+    /// Orders every match of the candidates (lowest first; ties keep the
+    /// candidate order, then `PATH` order).
+    rank: fn(&str, Option<&Package>) -> u8,
+}
+
+fn first_found(_: &str, _: Option<&Package>) -> u8 {
+    0
+}
+
+/// The new adapter package first; then a `claude-agent-acp` of no known
+/// package (a wrapper, another install method: nothing is known against
+/// it); then the old package; then the older `claude-code-acp`.
+fn claude_rank(command: &str, package: Option<&Package>) -> u8 {
+    match package.map(|p| p.name.as_str()) {
+        Some(CLAUDE_PACKAGE) => 0,
+        Some(OLD_CLAUDE_PACKAGE) => 2,
+        _ if command == "claude-agent-acp" => 1,
+        _ => 3,
+    }
 }
 
 /// How a built-in agent is made to ask (checked against the real agents,
@@ -280,6 +323,7 @@ const BUILT_INS: &[BuiltIn] = &[
         args: &[],
         quirks: Quirks::claude,
         ask: BuiltInAsk::Mode("default"),
+        rank: claude_rank,
     },
     BuiltIn {
         id: "codex",
@@ -288,6 +332,7 @@ const BUILT_INS: &[BuiltIn] = &[
         args: &[],
         quirks: Quirks::default,
         ask: BuiltInAsk::None,
+        rank: first_found,
     },
     BuiltIn {
         id: "gemini",
@@ -296,6 +341,7 @@ const BUILT_INS: &[BuiltIn] = &[
         args: &["--experimental-acp"],
         quirks: gemini_quirks,
         ask: BuiltInAsk::Native,
+        rank: first_found,
     },
     BuiltIn {
         id: "opencode",
@@ -304,6 +350,7 @@ const BUILT_INS: &[BuiltIn] = &[
         args: &["acp"],
         quirks: Quirks::default,
         ask: BuiltInAsk::None,
+        rank: first_found,
     },
 ];
 
@@ -376,6 +423,8 @@ pub fn detect(config_file: &Path, path_env: Option<&OsStr>) -> Result<DetectRepo
                     quirks: (b.quirks)(),
                     ask: b.ask.support(),
                     source: EntrySource::BuiltIn,
+                    package: None,
+                    problems: Vec::new(),
                 },
                 b.candidates.iter().map(|&c| c.to_owned()).collect::<Vec<_>>(),
             ),
@@ -391,6 +440,8 @@ pub fn detect(config_file: &Path, path_env: Option<&OsStr>) -> Result<DetectRepo
                     // through session/request_permission) unless it says.
                     ask: AskSupport::Native,
                     source: EntrySource::UserConfig,
+                    package: None,
+                    problems: Vec::new(),
                 },
                 Vec::new(),
             ),
@@ -405,9 +456,15 @@ pub fn detect(config_file: &Path, path_env: Option<&OsStr>) -> Result<DetectRepo
             }
             None => candidates,
         };
-        match candidates.iter().find_map(|c| resolve_command(c, &search_dirs)) {
-            Some(command) => {
+        let rank = match (built_in, user.and_then(|u| u.command.as_ref())) {
+            (Some(b), None) => b.rank,
+            _ => first_found,
+        };
+        match choose(&candidates, &search_dirs, rank) {
+            Some((command, package)) => {
                 entry.command = command;
+                entry.problems = package.as_ref().and_then(known_problem).into_iter().collect();
+                entry.package = package;
                 report.agents.push(entry);
             }
             None => report.missing.push(Missing {
@@ -417,6 +474,64 @@ pub fn detect(config_file: &Path, path_env: Option<&OsStr>) -> Result<DetectRepo
         }
     }
     Ok(report)
+}
+
+/// The best of every executable the candidates name (each on `PATH` in
+/// order, or as given when absolute), by `rank`, with its npm package.
+fn choose(
+    candidates: &[String],
+    search_dirs: &[PathBuf],
+    rank: fn(&str, Option<&Package>) -> u8,
+) -> Option<(PathBuf, Option<Package>)> {
+    let mut found: Vec<(u8, PathBuf, Option<Package>)> = Vec::new();
+    for candidate in candidates {
+        for command in resolve_all(candidate, search_dirs) {
+            let package = npm_package(&command);
+            found.push((rank(candidate, package.as_ref()), command, package));
+        }
+    }
+    // Stable: equal ranks keep the candidate order, then PATH order.
+    found.sort_by_key(|(rank, ..)| *rank);
+    found.into_iter().next().map(|(_, command, package)| (command, package))
+}
+
+/// The npm package `command` belongs to. npm's bins are symlinks into the
+/// package (`<prefix>/bin/x -> ../lib/node_modules/<package>/dist/x.js`):
+/// the nearest folder above the resolved file that sits in `node_modules`
+/// (as `<name>` or `@scope/<name>`) and holds a `package.json` naming it.
+pub fn npm_package(command: &Path) -> Option<Package> {
+    #[derive(Deserialize)]
+    struct PackageJson {
+        name: String,
+        version: String,
+    }
+    let real = std::fs::canonicalize(command).ok()?;
+    let package_dir = real.ancestors().skip(1).find(|dir| {
+        let parent = dir.parent();
+        let in_node_modules = |d: Option<&Path>| d.and_then(Path::file_name) == Some(OsStr::new("node_modules"));
+        let scoped = parent
+            .and_then(Path::file_name)
+            .is_some_and(|n| n.to_string_lossy().starts_with('@'));
+        in_node_modules(parent) || (scoped && in_node_modules(parent.and_then(Path::parent)))
+    })?;
+    let text = std::fs::read_to_string(package_dir.join("package.json")).ok()?;
+    let json: PackageJson = serde_json::from_str(&text).ok()?;
+    Some(Package {
+        name: json.name,
+        version: json.version,
+    })
+}
+
+/// What is known to be wrong with this package version, in one sentence.
+pub fn known_problem(package: &Package) -> Option<String> {
+    let release = package.version.split(['-', '+']).next().unwrap_or_default();
+    let mut numbers = release.split('.').map(|n| n.parse::<u64>());
+    let (Some(Ok(major)), Some(Ok(minor))) = (numbers.next(), numbers.next()) else {
+        return None;
+    };
+    (package.name == OLD_CLAUDE_PACKAGE && (major, minor) <= (0, 23)).then(|| {
+        format!("{package} is known to answer every prompt after a cancel with an empty turn; install {CLAUDE_PACKAGE}")
+    })
 }
 
 /// The absolute directories of a `PATH`-style list, in order (relative ones
@@ -640,6 +755,132 @@ mod tests {
         fn detect(&self) -> Result<DetectReport, DetectError> {
             detect(&self.config_path(), Some(&self.path_env()))
         }
+
+        /// An npm global install under `<dir>/<prefix>`: the package's
+        /// entry point in `lib/node_modules/<package>/dist/index.js` and
+        /// `bin` linked to it from `<sub>/<bin>` (a PATH dir), as npm does.
+        fn npm(&self, prefix: &str, package: &str, version: &str, bin: &str, sub: &str) -> PathBuf {
+            let package_dir = self.dir.path().join(prefix).join("lib/node_modules").join(package);
+            fs::create_dir_all(package_dir.join("dist")).unwrap();
+            fs::write(
+                package_dir.join("package.json"),
+                format!(r#"{{"name": "{package}", "version": "{version}", "bin": {{"{bin}": "dist/index.js"}}}}"#),
+            )
+            .unwrap();
+            let entry = package_dir.join("dist/index.js");
+            fs::write(&entry, "#!/usr/bin/env node\n").unwrap();
+            fs::set_permissions(&entry, fs::Permissions::from_mode(0o755)).unwrap();
+            let link = self.dir.path().join(sub).join(bin);
+            std::os::unix::fs::symlink(&entry, &link).unwrap();
+            link
+        }
+    }
+
+    const BROKEN: &str = "@zed-industries/claude-agent-acp 0.23.1 is known to answer every prompt after a cancel \
+                          with an empty turn; install @agentclientprotocol/claude-agent-acp";
+
+    #[test]
+    fn the_new_claude_adapter_wins_wherever_it_is_on_path() {
+        let fx = Fixture::new();
+        fx.npm("old", OLD_CLAUDE_PACKAGE, "0.23.1", "claude-agent-acp", "bin1");
+        let new = fx.npm("new", CLAUDE_PACKAGE, "0.101.0", "claude-agent-acp", "bin2");
+        let report = fx.detect().unwrap();
+        let claude = report.find("claude").unwrap();
+        assert_eq!(claude.command, new);
+        let package = claude.package.as_ref().unwrap();
+        assert_eq!(
+            (package.name.as_str(), package.version.as_str()),
+            (CLAUDE_PACKAGE, "0.101.0")
+        );
+        assert!(claude.problems.is_empty(), "{:?}", claude.problems);
+    }
+
+    #[test]
+    fn the_old_claude_adapter_is_flagged_and_beats_claude_code_acp() {
+        let fx = Fixture::new();
+        fx.npm(
+            "older",
+            "@zed-industries/claude-code-acp",
+            "0.5.0",
+            "claude-code-acp",
+            "bin1",
+        );
+        let old = fx.npm("old", OLD_CLAUDE_PACKAGE, "0.23.1", "claude-agent-acp", "bin2");
+        let report = fx.detect().unwrap();
+        let claude = report.find("claude").unwrap();
+        assert_eq!(claude.command, old);
+        assert_eq!(claude.problems, [BROKEN]);
+        // Only the older adapter: taken, with no problem known.
+        fs::remove_file(&old).unwrap();
+        let claude = fx.detect().unwrap().find("claude").cloned().unwrap();
+        assert_eq!(claude.command, fx.dir.path().join("bin1/claude-code-acp"));
+        assert_eq!(claude.package.unwrap().name, "@zed-industries/claude-code-acp");
+        assert!(claude.problems.is_empty());
+    }
+
+    #[test]
+    fn a_claude_agent_acp_of_no_known_package_beats_the_broken_one() {
+        let fx = Fixture::new();
+        fx.npm("old", OLD_CLAUDE_PACKAGE, "0.23.1", "claude-agent-acp", "bin1");
+        let wrapper = fx.exe("bin2", "claude-agent-acp");
+        let claude = fx.detect().unwrap().find("claude").cloned().unwrap();
+        assert_eq!(claude.command, wrapper);
+        assert_eq!(claude.package, None);
+        assert!(claude.problems.is_empty());
+    }
+
+    #[test]
+    fn a_configured_command_is_checked_too() {
+        let fx = Fixture::new();
+        let old = fx.npm("old", OLD_CLAUDE_PACKAGE, "0.22.0", "claude-agent-acp", "config");
+        fx.npm("new", CLAUDE_PACKAGE, "0.101.0", "claude-agent-acp", "bin1");
+        fx.config(&format!(
+            "[[agent]]\nid = \"claude\"\ncommand = \"{}\"\n",
+            old.display()
+        ));
+        let claude = fx.detect().unwrap().find("claude").cloned().unwrap();
+        assert_eq!(claude.command, old, "the owner's choice stands");
+        assert_eq!(claude.problems.len(), 1);
+        assert!(claude.problems[0].starts_with("@zed-industries/claude-agent-acp 0.22.0 is known"));
+    }
+
+    #[test]
+    fn known_problems_are_the_old_package_up_to_0_23() {
+        let problem = |name: &str, version: &str| {
+            known_problem(&Package {
+                name: name.into(),
+                version: version.into(),
+            })
+        };
+        assert_eq!(problem(OLD_CLAUDE_PACKAGE, "0.23.1").as_deref(), Some(BROKEN));
+        assert!(problem(OLD_CLAUDE_PACKAGE, "0.23.9-beta.1").is_some());
+        assert!(problem(OLD_CLAUDE_PACKAGE, "0.1.0").is_some());
+        assert!(problem(OLD_CLAUDE_PACKAGE, "0.24.0").is_none());
+        assert!(problem(OLD_CLAUDE_PACKAGE, "1.0.0").is_none());
+        assert!(problem(OLD_CLAUDE_PACKAGE, "latest").is_none());
+        assert!(problem(CLAUDE_PACKAGE, "0.23.1").is_none());
+    }
+
+    #[test]
+    fn only_a_package_in_node_modules_is_an_npm_package() {
+        let fx = Fixture::new();
+        let script = fx.exe("bin1", "codex-acp");
+        // A package.json above a plain script (say, the user's project) is not its package.
+        fs::write(
+            fx.dir.path().join("package.json"),
+            r#"{"name": "mine", "version": "1.0.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(npm_package(&script), None);
+        let linked = fx.npm("prefix", "unscoped-agent", "2.0.0", "unscoped", "bin2");
+        assert_eq!(
+            npm_package(&linked),
+            Some(Package {
+                name: "unscoped-agent".into(),
+                version: "2.0.0".into()
+            })
+        );
+        assert_eq!(npm_package(&fx.dir.path().join("bin2/nothing")), None);
     }
 
     #[test]

@@ -259,6 +259,15 @@ async fn setup(
     Ok(0)
 }
 
+/// Logs what is known to be wrong with the detected agents.
+fn warn_problems(report: &DetectReport) {
+    for agent in &report.agents {
+        for problem in &agent.problems {
+            tracing::warn!(agent = agent.id, command = %agent.command.display(), "{problem}");
+        }
+    }
+}
+
 fn detect_agents(paths: &Paths) -> anyhow::Result<DetectReport> {
     Ok(detect::detect_with_process_path(&paths.agents_config_file())?)
 }
@@ -302,6 +311,7 @@ fn manifest(
                     local_skills: if a.quirks.is_claude { local.clone() } else { Vec::new() },
                     ask_support: ask_support as i32,
                     ask_mode_id,
+                    problems: a.problems.clone(),
                 }
             })
             .collect(),
@@ -372,6 +382,7 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
         tracing::info!("{missing}");
     }
     tracing::info!(agents = ?report.agents.iter().map(|a| &a.id).collect::<Vec<_>>(), "detected ACP agents");
+    warn_problems(&report);
     // A broken policy stops the daemon here, with `file:line: why`.
     let policy = Policy::load_with_process_path(&paths.policy_file())?;
     tracing::info!(
@@ -454,6 +465,7 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
         );
         if report != last.agents {
             tracing::info!(agents = ?report.agents.iter().map(|a| &a.id).collect::<Vec<_>>(), "the ACP agents changed");
+            warn_problems(&report);
             refresh_agents.set_agents(report.clone());
         }
         let reported = refresh_agents.reported_agents();
@@ -635,7 +647,13 @@ fn agents(paths: &Paths) -> anyhow::Result<i32> {
             line.push(' ');
             line.push_str(arg);
         }
-        println!("{line}    ({:?})", agent.source);
+        match &agent.package {
+            Some(package) => println!("{line}    ({:?}, {package})", agent.source),
+            None => println!("{line}    ({:?})", agent.source),
+        }
+        for problem in &agent.problems {
+            println!("           problem: {problem}");
+        }
     }
     for missing in &report.missing {
         println!("missing    {missing}");

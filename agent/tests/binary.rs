@@ -81,6 +81,47 @@ fn agents_lists_the_configured_table() {
 }
 
 #[test]
+fn agents_flags_the_old_claude_adapter() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let machine = Machine::new();
+    // An npm global install of the old adapter: bin/ links into lib/node_modules.
+    let prefix = machine.data.path().join("npm");
+    let package = prefix.join("lib/node_modules/@zed-industries/claude-agent-acp");
+    std::fs::create_dir_all(package.join("dist")).unwrap();
+    std::fs::create_dir_all(prefix.join("bin")).unwrap();
+    std::fs::write(
+        package.join("package.json"),
+        r#"{"name": "@zed-industries/claude-agent-acp", "version": "0.23.1"}"#,
+    )
+    .unwrap();
+    std::fs::write(package.join("dist/index.js"), "#!/usr/bin/env node\n").unwrap();
+    std::fs::set_permissions(package.join("dist/index.js"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(package.join("dist/index.js"), prefix.join("bin/claude-agent-acp")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oma-agent"))
+        .arg("--config-dir")
+        .arg(machine.config.path())
+        .arg("--data-dir")
+        .arg(machine.data.path())
+        .arg("agents")
+        .env("PATH", prefix.join("bin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("(BuiltIn, @zed-industries/claude-agent-acp 0.23.1)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "problem: @zed-industries/claude-agent-acp 0.23.1 is known to answer every prompt after a cancel \
+             with an empty turn; install @agentclientprotocol/claude-agent-acp"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn setup_refuses_an_unreachable_server_and_plaintext_beyond_loopback() {
     let machine = Machine::new();
     let out = machine.run(&[

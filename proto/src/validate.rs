@@ -176,6 +176,10 @@ pub const MAX_SKILL_DESCRIPTION_CHARS: usize = 4096;
 pub const MAX_CAPABILITIES_JSON_BYTES: usize = 64 * 1024;
 /// Most ACP agents a manifest may list.
 pub const MAX_MANIFEST_AGENTS: usize = 256;
+/// Most known problems one manifest entry may list, and the longest, in
+/// characters.
+pub const MAX_AGENT_PROBLEMS: usize = 16;
+pub const MAX_AGENT_PROBLEM_CHARS: usize = 1024;
 /// Most local skills one manifest entry may list.
 pub const MAX_LOCAL_SKILLS: usize = 10_000;
 /// Most local MCP servers, and allow-list entries, a manifest may list.
@@ -324,6 +328,20 @@ pub fn manifest(manifest: &pb::Manifest) -> Validated<()> {
             agent.capabilities_json.len(),
             MAX_CAPABILITIES_JSON_BYTES,
         )?;
+        if agent.problems.len() > MAX_AGENT_PROBLEMS {
+            return Err(ValidationError::new(
+                field("problems"),
+                format!("more than {MAX_AGENT_PROBLEMS} problems"),
+            ));
+        }
+        for (j, problem) in agent.problems.iter().enumerate() {
+            label(
+                &field(&format!("problems[{j}]")),
+                problem,
+                MAX_AGENT_PROBLEM_CHARS,
+                true,
+            )?;
+        }
         if agent.local_skills.len() > MAX_LOCAL_SKILLS {
             return Err(ValidationError::new(
                 field("local_skills"),
@@ -715,6 +733,7 @@ mod tests {
                     }],
                     ask_support: pb::AskSupport::AcpMode as i32,
                     ask_mode_id: "default".into(),
+                    problems: vec!["@zed-industries/claude-agent-acp 0.23.1 is known to answer every prompt after a cancel with an empty turn; install @agentclientprotocol/claude-agent-acp".into()],
                 }],
                 local_mcp_servers: vec![pb::LocalMcpServer {
                     id: "fs".into(),
@@ -798,6 +817,14 @@ mod tests {
             (
                 Box::new(move |h| agent(h).capabilities_json = "x".repeat(MAX_CAPABILITIES_JSON_BYTES + 1)),
                 "hello.manifest.acp_agents[0].capabilities_json",
+            ),
+            (
+                Box::new(|h| agent(h).problems[0] = "broken\0".into()),
+                "hello.manifest.acp_agents[0].problems[0]",
+            ),
+            (
+                Box::new(|h| agent(h).problems = vec!["p".into(); MAX_AGENT_PROBLEMS + 1]),
+                "hello.manifest.acp_agents[0].problems",
             ),
             (
                 Box::new(move |h| agent(h).local_skills[0].id = "a/b".into()),

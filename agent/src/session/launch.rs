@@ -347,6 +347,8 @@ mod tests {
             quirks: Quirks::default(),
             ask: crate::detect::AskSupport::Native,
             source: EntrySource::UserConfig,
+            package: None,
+            problems: Vec::new(),
         }
     }
 
