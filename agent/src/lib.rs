@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod detect;
 pub mod fsutil;
 pub mod git;
+pub mod logging;
 pub mod outbox;
 pub mod paths;
 pub mod policy;

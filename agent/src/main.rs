@@ -10,6 +10,7 @@ use oma_agent::connection::{Backoff, Daemon, DaemonExit, endpoint};
 use oma_agent::credentials::{self, Credentials};
 use oma_agent::detect::{self, DetectReport};
 use oma_agent::fsutil;
+use oma_agent::logging::{self, LogFormat};
 use oma_agent::paths::Paths;
 use oma_agent::policy::Policy;
 use oma_agent::service_unit::{self, ServiceManager, UnitSpec};
@@ -30,6 +31,10 @@ struct Cli {
     /// Where sessions, the outbox and logs live.
     #[arg(long, global = true, env = "OMA_AGENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// How log lines are written: `text` for people, `json` (one object a
+    /// line, with the span fields) for a log collector.
+    #[arg(long, global = true, env = "OMA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,6 +107,11 @@ struct RunArgs {
     #[arg(long, env = "OMA_AGENT_MAX_SESSIONS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_sessions: u32,
+    /// Write the log to this file instead of stderr, rotated past 10 MiB
+    /// (4 older files kept as FILE.1 … FILE.4). The launchd agent uses it:
+    /// launchd never rotates a job's output files.
+    #[arg(long, env = "OMA_AGENT_LOG_FILE")]
+    log_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +152,9 @@ impl RunArgs {
         if self.insecure {
             args.push("--insecure".to_owned());
         }
+        if let Some(file) = &self.log_file {
+            args.extend(["--log-file".to_owned(), file.display().to_string()]);
+        }
         args
     }
 }
@@ -157,13 +170,14 @@ struct DaemonState {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OMA_LOG").unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log_file = match &cli.command {
+        Command::Run(args) => args.log_file.as_deref(),
+        _ => None,
+    };
+    if let Err(e) = logging::init(cli.log_format, log_file) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let code = match run(cli) {
         Ok(code) => code,
@@ -176,6 +190,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
+    let log_format = cli.log_format;
     let paths = Paths::resolve(cli.config_dir, cli.data_dir)?;
     // One thread: the daemon's work per event is small (a few µs), and on a
     // multi-threaded runtime every handoff on the live path (child reader →
@@ -197,7 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Agents => agents(&paths),
         Command::Policy => show_policy(&paths),
         Command::Uninstall => runtime.block_on(uninstall(&paths)),
-        Command::Service { command } => service(&paths, command),
+        Command::Service { command } => service(&paths, command, log_format),
     }
 }
 
@@ -768,13 +783,16 @@ async fn uninstall(paths: &Paths) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn service(paths: &Paths, command: ServiceCommand) -> anyhow::Result<i32> {
+fn service(paths: &Paths, command: ServiceCommand, log_format: LogFormat) -> anyhow::Result<i32> {
     let manager = ServiceManager::current()?;
     match command {
         ServiceCommand::Install { dry_run, run } => {
             let mut args = vec!["run".to_owned()];
             args.extend(["--config-dir".to_owned(), paths.config_dir.display().to_string()]);
             args.extend(["--data-dir".to_owned(), paths.data_dir.display().to_string()]);
+            if log_format == LogFormat::Json {
+                args.extend(["--log-format".to_owned(), "json".to_owned()]);
+            }
             args.extend(run.to_args());
             let spec = UnitSpec::for_current_exe(args)?;
             let report = service_unit::install(&spec, manager, dry_run)?;

@@ -1,11 +1,13 @@
 //! The launchd agent (`~/Library/LaunchAgents/dev.oma.agent.plist`).
 //!
 //! Logging: launchd discards a job's stdout and stderr unless
-//! `StandardOutPath`/`StandardErrorPath` are set, and the unified log
-//! (`log stream --predicate 'process == "oma-agent"'`) would only show our
-//! output if the daemon logged through `os_log`, which it does not (tracing
-//! writes to stderr). So the plist sends both streams to
-//! `~/Library/Logs/oma-agent.log`, where Console.app also finds it.
+//! `StandardOutPath`/`StandardErrorPath` are set, and never rotates those
+//! files; the unified log would only show our output if the daemon logged
+//! through `os_log`, which it does not. So the daemon writes its log itself
+//! (`run --log-file ~/Library/Logs/oma-agent.log`, rotated by size, where
+//! Console.app also finds it), and stdout and stderr go to
+//! `~/Library/Logs/oma-agent.stderr.log` only for what comes before the log
+//! is open or bypasses it (a bad flag, a panic).
 
 use std::path::{Path, PathBuf};
 
@@ -16,12 +18,17 @@ use super::{ServiceError, UnitSpec};
 /// The job's label, also its name in `launchctl print gui/<uid>/<label>`.
 pub const LABEL: &str = "dev.oma.agent";
 
-/// Renders the plist for `spec`, with stdout and stderr appended to
-/// `log_file`. Call [`UnitSpec::validate`] first (XML cannot carry most
-/// control characters).
-pub fn render(spec: &UnitSpec, log_file: &Path) -> String {
+/// Renders the plist for `spec`: the daemon logs to `log_file` (a
+/// `--log-file` argument is added unless `spec` has one), its stdout and
+/// stderr are appended to `stderr_file`. Call [`UnitSpec::validate`] first
+/// (XML cannot carry most control characters).
+pub fn render(spec: &UnitSpec, log_file: &Path, stderr_file: &Path) -> String {
+    let mut args = spec.args.clone();
+    if !args.iter().any(|a| a == "--log-file" || a.starts_with("--log-file=")) {
+        args.extend(["--log-file".to_owned(), log_file.to_string_lossy().into_owned()]);
+    }
     let program: Vec<Value> = std::iter::once(spec.exe.to_string_lossy().into_owned())
-        .chain(spec.args.iter().cloned())
+        .chain(args)
         .map(Value::String)
         .collect();
     let mut job = Dictionary::new();
@@ -49,9 +56,9 @@ pub fn render(spec: &UnitSpec, log_file: &Path) -> String {
     job.insert("ProcessType".into(), "Standard".into());
     // Session folders, outboxes and logs are the owner's alone (0077).
     job.insert("Umask".into(), 0o077.into());
-    let log = log_file.to_string_lossy().into_owned();
-    job.insert("StandardOutPath".into(), log.clone().into());
-    job.insert("StandardErrorPath".into(), log.into());
+    let stderr = stderr_file.to_string_lossy().into_owned();
+    job.insert("StandardOutPath".into(), stderr.clone().into());
+    job.insert("StandardErrorPath".into(), stderr.into());
 
     let mut xml = Vec::new();
     // Writing to a Vec cannot fail, and every value is a plain string,
@@ -72,10 +79,17 @@ pub fn plist_path() -> Result<PathBuf, ServiceError> {
     Ok(home.join("Library/LaunchAgents").join(format!("{LABEL}.plist")))
 }
 
-/// `~/Library/Logs/oma-agent.log`: where the daemon's stdout and stderr go.
+/// `~/Library/Logs/oma-agent.log`: the daemon's log (rotated by the daemon).
 pub fn log_path() -> Result<PathBuf, ServiceError> {
     let home = dirs::home_dir().ok_or(ServiceError::NoHome)?;
     Ok(home.join("Library/Logs/oma-agent.log"))
+}
+
+/// `~/Library/Logs/oma-agent.stderr.log`: the daemon's stdout and stderr
+/// (what comes before its log is open: a bad flag, a panic).
+pub fn stderr_path() -> Result<PathBuf, ServiceError> {
+    let home = dirs::home_dir().ok_or(ServiceError::NoHome)?;
+    Ok(home.join("Library/Logs/oma-agent.stderr.log"))
 }
 
 #[cfg(test)]
@@ -119,13 +133,19 @@ mod tests {
 
     #[test]
     fn render_keeps_every_argument_and_setting() {
-        let xml = render(&spec(), Path::new("/Users/me/Library/Logs/oma-agent.log"));
+        let xml = render(
+            &spec(),
+            Path::new("/Users/me/Library/Logs/oma-agent.log"),
+            Path::new("/Users/me/Library/Logs/oma-agent.stderr.log"),
+        );
         assert!(xml.contains("<string>/Users/me/a&amp;b &lt;c&gt;</string>"), "{xml}");
         assert!(xml.contains("<!-- Written by `oma-agent service install`"), "{xml}");
         let job = parse(&xml);
         let s = spec();
         let mut program = vec![s.exe.to_str().unwrap()];
         program.extend(s.args.iter().map(String::as_str));
+        // The daemon rotates its own log: launchd never rotates a job's files.
+        program.extend(["--log-file", "/Users/me/Library/Logs/oma-agent.log"]);
         assert_eq!(strings(&job["ProgramArguments"]), program);
         let env = job["EnvironmentVariables"].as_dictionary().unwrap();
         assert_eq!(env["OMA_LOG"].as_string(), Some("info"));
@@ -139,16 +159,26 @@ mod tests {
         assert_eq!(job["ExitTimeOut"].as_unsigned_integer(), Some(30));
         assert_eq!(job["ProcessType"].as_string(), Some("Standard"));
         assert_eq!(job["Umask"].as_unsigned_integer(), Some(0o077));
-        let log = Some("/Users/me/Library/Logs/oma-agent.log");
-        assert_eq!(job["StandardOutPath"].as_string(), log);
-        assert_eq!(job["StandardErrorPath"].as_string(), log);
+        let early = Some("/Users/me/Library/Logs/oma-agent.stderr.log");
+        assert_eq!(job["StandardOutPath"].as_string(), early);
+        assert_eq!(job["StandardErrorPath"].as_string(), early);
+    }
+
+    #[test]
+    fn a_log_file_given_to_install_is_kept() {
+        let mut s = spec();
+        s.args.extend(["--log-file".into(), "/elsewhere/agent.log".into()]);
+        let job = parse(&render(&s, Path::new("/l.log"), Path::new("/e.log")));
+        let program = strings(&job["ProgramArguments"]);
+        assert_eq!(program.iter().filter(|a| **a == "--log-file").count(), 1, "{program:?}");
+        assert_eq!(program.last(), Some(&"/elsewhere/agent.log"));
     }
 
     #[test]
     fn no_environment_means_no_dict() {
         let mut s = spec();
         s.env.clear();
-        let xml = render(&s, Path::new("/l.log"));
+        let xml = render(&s, Path::new("/l.log"), Path::new("/e.log"));
         assert!(!parse(&xml).contains_key("EnvironmentVariables"), "{xml}");
     }
 
@@ -160,7 +190,15 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dev.oma.agent.plist");
-        std::fs::write(&path, render(&spec(), Path::new("/tmp/oma-agent.log"))).unwrap();
+        std::fs::write(
+            &path,
+            render(
+                &spec(),
+                Path::new("/tmp/oma-agent.log"),
+                Path::new("/tmp/oma-agent.stderr.log"),
+            ),
+        )
+        .unwrap();
         let out = Command::new("plutil").arg("-lint").arg(&path).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     }

@@ -145,7 +145,7 @@ impl ServiceManager {
         spec.validate()?;
         Ok(match self {
             Self::Systemd => systemd::render(spec),
-            Self::Launchd => launchd::render(spec, &launchd::log_path()?),
+            Self::Launchd => launchd::render(spec, &launchd::log_path()?, &launchd::stderr_path()?),
         })
     }
 }
