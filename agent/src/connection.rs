@@ -97,8 +97,44 @@ pub fn endpoint(server_url: &str, ca_file: Option<&Path>, insecure: bool) -> Res
     }
 }
 
-/// Receives a one-line connection status and whether the stream is up.
-pub type StatusSink = Box<dyn Fn(&str, bool) + Send + Sync>;
+/// Where the connection stands, each time it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionStatus {
+    /// Welcomed by the control plane.
+    Connected { epoch: u64 },
+    /// The stream failed or ended; the daemon retries.
+    Lost(String),
+    /// The control plane refused the credentials; the daemon stops.
+    Refused(String),
+}
+
+impl ConnectionStatus {
+    /// Whether the stream is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(self, ConnectionStatus::Connected { .. })
+    }
+
+    /// The error, when the stream failed.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            ConnectionStatus::Connected { .. } => None,
+            ConnectionStatus::Lost(why) | ConnectionStatus::Refused(why) => Some(why),
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectionStatus::Connected { epoch } => write!(f, "connected (epoch {epoch})"),
+            ConnectionStatus::Lost(why) => write!(f, "disconnected: {why}"),
+            ConnectionStatus::Refused(why) => write!(f, "refused: {why}"),
+        }
+    }
+}
+
+/// Receives the connection's status whenever it changes.
+pub type StatusSink = Box<dyn Fn(&ConnectionStatus) + Send + Sync>;
 
 /// Everything the connection loop needs.
 pub struct Daemon {
@@ -140,7 +176,7 @@ impl Daemon {
                 StreamEnd::Shutdown => return DaemonExit::Shutdown,
                 StreamEnd::Superseded => return DaemonExit::Superseded,
                 StreamEnd::Refused(why) => {
-                    (self.on_status)(&format!("refused: {why}"), false);
+                    (self.on_status)(&ConnectionStatus::Refused(why.clone()));
                     return DaemonExit::Refused(why);
                 }
                 StreamEnd::Lost(why) => {
@@ -150,7 +186,7 @@ impl Daemon {
                     let delay = self.backoff.delay(attempt);
                     attempt = attempt.saturating_add(1);
                     tracing::warn!(reason = why, retry_in = ?delay, "disconnected from the control plane");
-                    (self.on_status)(&format!("disconnected: {why}"), false);
+                    (self.on_status)(&ConnectionStatus::Lost(why));
                     tokio::select! {
                         _ = shutdown.cancelled() => return DaemonExit::Shutdown,
                         _ = tokio::time::sleep(delay) => {}
@@ -208,7 +244,9 @@ impl Daemon {
             epoch = welcome.connection_epoch,
             "connected"
         );
-        (self.on_status)(&format!("connected (epoch {})", welcome.connection_epoch), true);
+        (self.on_status)(&ConnectionStatus::Connected {
+            epoch: welcome.connection_epoch,
+        });
         self.manager.connected(tx.clone(), &welcome).await;
 
         let mut rescan = tokio::time::interval(MANIFEST_RESCAN);

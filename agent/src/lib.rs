@@ -15,4 +15,5 @@ pub mod process;
 pub mod service_unit;
 pub mod session;
 pub mod skills;
+pub mod status_file;
 pub mod workspaces;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -9,16 +10,15 @@ use clap::{Parser, Subcommand};
 use oma_agent::connection::{Backoff, Daemon, DaemonExit, endpoint};
 use oma_agent::credentials::{self, Credentials};
 use oma_agent::detect::{self, DetectReport};
-use oma_agent::fsutil;
 use oma_agent::logging::{self, LogFormat};
 use oma_agent::paths::Paths;
 use oma_agent::policy::Policy;
 use oma_agent::service_unit::{self, ServiceManager, UnitSpec};
 use oma_agent::session::manager::{Manager, ManagerConfig, ReportedAgent};
 use oma_agent::skills::{self, SkillSource};
+use oma_agent::status_file::{self, DaemonState};
 use oma_agent::workspaces::Workspaces;
 use oma_proto::pb;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// Runs coding agents (ACP) on this machine for an OMA runtime control plane.
@@ -61,6 +61,12 @@ enum Command {
         /// Allow plaintext to a non-loopback server.
         #[arg(long)]
         insecure: bool,
+        /// `json`: print one JSON object (runtime_id, runtime_name,
+        /// tenant_id, server, config_dir, data_dir, credentials_file,
+        /// agents_file, policy_file, agents, missing_agents) and nothing
+        /// else on stdout; errors still go to stderr.
+        #[arg(long, short = 'o', value_enum, default_value_t = SetupOutput::Text)]
+        output: SetupOutput,
     },
     /// Run the daemon (what the service unit starts).
     Run(RunArgs),
@@ -84,6 +90,12 @@ enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SetupOutput {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args, Debug)]
@@ -159,15 +171,6 @@ impl RunArgs {
     }
 }
 
-/// What the running daemon writes for `oma-agent status`.
-#[derive(Debug, Serialize, Deserialize)]
-struct DaemonState {
-    pid: u32,
-    connected: bool,
-    status: String,
-    since_unix: u64,
-}
-
 fn main() {
     let cli = Cli::parse();
     let log_file = match &cli.command {
@@ -206,7 +209,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             ca_file,
             force,
             insecure,
-        } => runtime.block_on(setup(&paths, server, code, name, ca_file, force, insecure)),
+            output,
+        } => runtime.block_on(setup(&paths, server, code, name, ca_file, force, insecure, output)),
         Command::Run(args) => runtime.block_on(daemon(&paths, args)),
         Command::Status { json } => status(&paths, json),
         Command::Agents => agents(&paths),
@@ -216,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one per flag of `setup`
 async fn setup(
     paths: &Paths,
     server: String,
@@ -224,6 +229,7 @@ async fn setup(
     ca_file: Option<PathBuf>,
     force: bool,
     insecure: bool,
+    output: SetupOutput,
 ) -> anyhow::Result<i32> {
     // Refuse before spending the single-use code.
     if let Some(existing) = credentials::load(paths)?
@@ -268,6 +274,46 @@ async fn setup(
         paired_at: credentials::paired_at_now(),
     };
     credentials::save(paths, &creds, true)?;
+    if output == SetupOutput::Json {
+        // The pairing is done: a broken agents.toml is reported, not fatal.
+        let (agents, missing, agents_error) = match detect_agents(paths) {
+            Ok(report) => (
+                report
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "id": a.id,
+                            "name": a.name,
+                            "command": a.command,
+                            "package": a.package.as_ref().map(|p| &p.name),
+                            "version": a.package.as_ref().map(|p| &p.version),
+                            "problems": a.problems,
+                        })
+                    })
+                    .collect(),
+                report.missing.iter().map(|m| m.to_string()).collect(),
+                None,
+            ),
+            Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
+        };
+        let value = serde_json::json!({
+            "runtime_id": runtime.id,
+            "runtime_name": runtime.name,
+            "tenant_id": runtime.tenant_id,
+            "server": creds.server_url,
+            "config_dir": paths.config_dir,
+            "data_dir": paths.data_dir,
+            "credentials_file": paths.credentials_file(),
+            "agents_file": paths.agents_config_file(),
+            "policy_file": paths.policy_file(),
+            "agents": agents,
+            "missing_agents": missing,
+            "agents_error": agents_error,
+        });
+        println!("{value}");
+        return Ok(0);
+    }
     println!("paired as runtime {} ({})", runtime.id, runtime.name);
     println!("credentials: {}", paths.credentials_file().display());
     println!("start the daemon with `oma-agent run`, or install it as a service with `oma-agent service install`");
@@ -499,6 +545,13 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
         changed.then_some(manifest)
     });
     let state_file = paths.state_file();
+    let status_state = Arc::new(Mutex::new(DaemonState {
+        pid: std::process::id(),
+        status: "connecting".into(),
+        since_unix: status_file::now_unix(),
+        ..DaemonState::default()
+    }));
+    let backlog_writer = tokio::spawn(write_backlog(manager.clone(), status_state.clone(), state_file.clone()));
     let insecure = args.insecure || creds.insecure;
     let endpoint = endpoint(&creds.server_url, creds.ca_file.as_deref(), insecure).map_err(anyhow::Error::msg)?;
     let daemon = Daemon {
@@ -511,22 +564,18 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
             ..Backoff::default()
         },
         refresh_manifest,
-        on_status: Box::new(move |status, connected| {
-            let state = DaemonState {
-                pid: std::process::id(),
-                connected,
-                status: status.to_owned(),
-                since_unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            };
-            let _ = fsutil::write_atomic(
-                &state_file,
-                &serde_json::to_vec(&state).unwrap_or_default(),
-                fsutil::PRIVATE_FILE_MODE,
-                fsutil::Durability::Cached,
-            );
+        on_status: Box::new(move |status| {
+            let mut state = status_state.lock().expect("status lock");
+            state.connected = status.is_connected();
+            state.status = status.to_string();
+            state.since_unix = status_file::now_unix();
+            if let Some(error) = status.error() {
+                state.last_error = Some(status_file::LastError {
+                    message: error.to_owned(),
+                    at_unix: state.since_unix,
+                });
+            }
+            let _ = status_file::write(&state_file, &state);
         }),
     };
     let shutdown = CancellationToken::new();
@@ -551,6 +600,7 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
     );
     let exit = daemon.run(shutdown).await;
     signals.abort();
+    backlog_writer.abort();
     manager.shutdown().await;
     let _ = std::fs::remove_file(paths.state_file());
     Ok(match exit {
@@ -571,6 +621,22 @@ async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> {
             refused_exit_code(std::env::var("XPC_SERVICE_NAME").ok().as_deref())
         }
     })
+}
+
+/// Keeps the backlog in the status file current: every second, rewritten
+/// when it changed (a file write per second at most, none when idle).
+async fn write_backlog(manager: Arc<Manager>, state: Arc<Mutex<DaemonState>>, state_file: PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let backlog = manager.backlog();
+        let mut state = state.lock().expect("status lock");
+        if state.backlog != backlog {
+            state.backlog = backlog;
+            let _ = status_file::write(&state_file, &state);
+        }
+    }
 }
 
 /// The exit code when the control plane refuses the credentials: 3, which
@@ -594,10 +660,7 @@ fn pid_alive(pid: u32) -> bool {
 /// and health checks can rely on it.
 fn status(paths: &Paths, json: bool) -> anyhow::Result<i32> {
     let creds = credentials::load(paths)?;
-    let state: Option<DaemonState> = std::fs::read(paths.state_file())
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .filter(|s: &DaemonState| pid_alive(s.pid));
+    let state = status_file::read(&paths.state_file()).filter(|s| pid_alive(s.pid));
     // Sessions the machine holds: one state file each, beside the outboxes.
     let sessions = std::fs::read_dir(paths.outbox_dir())
         .map(|dir| {
@@ -623,6 +686,14 @@ fn status(paths: &Paths, json: bool) -> anyhow::Result<i32> {
                 "since_unix": state.as_ref().map(|s| s.since_unix),
             },
             "sessions": sessions,
+            "backlog": state.as_ref().map(|s| serde_json::json!({
+                "total": s.backlog_total(),
+                "sessions": s.backlog,
+            })),
+            "last_error": state.as_ref().and_then(|s| s.last_error.as_ref()).map(|e| serde_json::json!({
+                "message": e.message,
+                "at_unix": e.at_unix,
+            })),
             "agents": ids,
         });
         println!("{value}");
@@ -637,6 +708,26 @@ fn status(paths: &Paths, json: bool) -> anyhow::Result<i32> {
         None => println!("daemon:    not running"),
     }
     println!("sessions:  {sessions}");
+    if let Some(s) = &state {
+        let waiting: Vec<String> = s
+            .backlog
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(id, n)| format!("{id} {n}"))
+            .collect();
+        if waiting.is_empty() {
+            println!("backlog:   none (every stored event is acknowledged)");
+        } else {
+            println!(
+                "backlog:   {} events not yet acknowledged ({})",
+                s.backlog_total(),
+                waiting.join(", ")
+            );
+        }
+        if let Some(e) = &s.last_error {
+            println!("last error: {} (at {})", e.message, unix_time(e.at_unix));
+        }
+    }
     println!(
         "agents:    {}",
         if ids.is_empty() {
@@ -646,6 +737,11 @@ fn status(paths: &Paths, json: bool) -> anyhow::Result<i32> {
         }
     );
     Ok(if ok { 0 } else { 1 })
+}
+
+/// A Unix time in RFC 3339 (UTC).
+fn unix_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 fn agents(paths: &Paths) -> anyhow::Result<i32> {

@@ -18,7 +18,7 @@ use super::acp::{AcpLaunch, AcpOutput, AcpSession};
 use super::checkout;
 use super::frames::{FRAME_EVENTS, fit_in_a_frame, frames_of};
 use super::launch;
-use super::manager::{Command, Manager, Sender};
+use super::manager::{Command, Cursors, Manager, Sender};
 use super::private_dir;
 use super::state::{ChildRecord, SessionState, state_path};
 use super::translate;
@@ -37,7 +37,7 @@ const DRAIN_EVENTS: usize = FRAME_EVENTS;
 const DRAIN_BYTES: usize = 1024 * 1024;
 
 pub(super) struct Actor {
-    acked: Arc<std::sync::atomic::AtomicU64>,
+    cursors: Arc<Cursors>,
     manager: Arc<Manager>,
     dir: PathBuf,
     start: pb::StartSession,
@@ -70,7 +70,7 @@ impl Actor {
         start: pb::StartSession,
         state: SessionState,
         conn: Option<Sender>,
-        acked: Arc<std::sync::atomic::AtomicU64>,
+        cursors: Arc<Cursors>,
     ) -> std::io::Result<Actor> {
         let mut outbox = SessionOutbox::open(&manager.config.paths.outbox_dir(), &start.session_id)?;
         outbox.start_after(start.last_stored_seq)?;
@@ -83,8 +83,8 @@ impl Actor {
         if let Some(c) = state.checkout.as_ref().filter(|c| c.direct) {
             let _ = manager.direct.acquire(&c.workspace_id, &start.session_id);
         }
-        Ok(Actor {
-            acked,
+        let actor = Actor {
+            cursors,
             manager,
             dir,
             start,
@@ -100,7 +100,9 @@ impl Actor {
             options: pb::SessionOptions::default(),
             model_config_id: None,
             ask_mode: None,
-        })
+        };
+        actor.publish_cursors();
+        Ok(actor)
     }
 
     pub(super) fn id(&self) -> &str {
@@ -197,8 +199,15 @@ impl Actor {
         }
     }
 
+    /// Tells the manager where the outbox stands (for `oma-agent status`).
+    fn publish_cursors(&self) {
+        use std::sync::atomic::Ordering;
+        self.cursors.stored.store(self.outbox.last_seq(), Ordering::Relaxed);
+        self.cursors.acked.fetch_max(self.outbox.acked(), Ordering::Relaxed);
+    }
+
     fn apply_ack(&mut self) {
-        let seq = self.acked.load(std::sync::atomic::Ordering::Relaxed);
+        let seq = self.cursors.acked.load(std::sync::atomic::Ordering::Relaxed);
         if seq > self.outbox.acked()
             && let Err(e) = self.outbox.ack(seq)
         {
@@ -242,6 +251,7 @@ impl Actor {
             Ok(events) => self.stored_unsent.extend(events),
             Err(e) => tracing::error!(session_id = self.id(), error = %e, "cannot store events in the outbox"),
         }
+        self.publish_cursors();
     }
 
     /// Stores the buffered events (one write) and, if connected, sends them
@@ -885,7 +895,7 @@ mod tests {
     fn test_actor(manager: &Arc<Manager>, outputs: mpsc::Receiver<AcpOutput>, conn: Sender) -> Actor {
         let paths = &manager.config.paths;
         Actor {
-            acked: Arc::default(),
+            cursors: Arc::default(),
             manager: manager.clone(),
             dir: paths.session_dir(SESSION).unwrap(),
             start: pb::StartSession {
@@ -938,6 +948,37 @@ mod tests {
         actor.await.unwrap();
         let outbox = SessionOutbox::open(&manager.config.paths.outbox_dir(), SESSION).unwrap();
         assert_eq!(outbox.pending().count(), 101, "all stored before sent");
+    }
+
+    #[tokio::test]
+    async fn the_backlog_is_what_is_stored_and_not_acknowledged() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let manager = test_manager(dir.path());
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        for i in 0..10 {
+            out_tx.send(log(i)).await.unwrap();
+        }
+        let (conn, mut frames) = mpsc::channel(16);
+        let (commands, rx) = mpsc::channel(1);
+        let actor = test_actor(&manager, out_rx, conn);
+        let cursors = actor.cursors.clone();
+        let task = tokio::spawn(actor.run(rx, false));
+        assert_eq!(next_events(&mut frames).await.len(), 10);
+        assert_eq!(cursors.backlog(), 10, "sent is not acknowledged");
+        // An ack counts at once, before the actor applies it.
+        cursors.acked.fetch_max(4, Ordering::Relaxed);
+        assert_eq!(cursors.backlog(), 6);
+        commands.send(Command::Ack).await.unwrap();
+        out_tx.send(log(10)).await.unwrap();
+        assert_eq!(next_events(&mut frames).await, vec![11]);
+        assert_eq!(cursors.backlog(), 7);
+        // The control plane's cursor on a new stream counts as an ack too.
+        let (conn, _frames) = mpsc::channel(16);
+        commands.send(Command::Connected(Some(conn), Some(11))).await.unwrap();
+        drop(commands);
+        task.await.unwrap();
+        assert_eq!(cursors.backlog(), 0);
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! outbox and its state file.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,11 +58,29 @@ pub(super) enum Command {
 
 struct Handle {
     tx: mpsc::Sender<Command>,
+    cursors: Arc<Cursors>,
+}
+
+/// Where a session's outbox stands, shared by its actor and the manager.
+#[derive(Debug, Default)]
+pub(super) struct Cursors {
+    /// The last seq stored in the outbox (set by the actor).
+    pub(super) stored: AtomicU64,
     /// The highest seq the control plane has acknowledged. Acks are
     /// cumulative, so they are recorded here rather than queued: the
     /// connection loop must never wait for a session actor (an actor blocked
-    /// on a full stream, waiting for the loop to read, would deadlock).
-    acked: Arc<std::sync::atomic::AtomicU64>,
+    /// on a full stream, waiting for the loop to read, would deadlock). For
+    /// the same reason `oma-agent status` reads the backlog from here, not
+    /// by asking the actors.
+    pub(super) acked: AtomicU64,
+}
+
+impl Cursors {
+    /// Events stored and not yet acknowledged.
+    pub(super) fn backlog(&self) -> u64 {
+        let stored = self.stored.load(Ordering::Relaxed);
+        stored.saturating_sub(self.acked.load(Ordering::Relaxed))
+    }
 }
 
 pub struct Manager {
@@ -276,9 +295,9 @@ impl Manager {
                     .lock()
                     .expect("sessions lock")
                     .get(&ack.session_id)
-                    .map(|h| (h.tx.clone(), h.acked.clone()));
-                if let Some((tx, acked)) = handle {
-                    acked.fetch_max(ack.seq, std::sync::atomic::Ordering::Relaxed);
+                    .map(|h| (h.tx.clone(), h.cursors.clone()));
+                if let Some((tx, cursors)) = handle {
+                    cursors.acked.fetch_max(ack.seq, Ordering::Relaxed);
                     // A wake-up only; if the actor is busy it applies the
                     // ack on its next turn.
                     let _ = tx.try_send(Command::Ack);
@@ -383,18 +402,29 @@ impl Manager {
 
     fn spawn_actor(self: &Arc<Self>, start: pb::StartSession, state: SessionState, fresh: bool) -> std::io::Result<()> {
         let session_id = start.session_id.clone();
-        let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let cursors = Arc::new(Cursors::default());
         let conn = self.current.lock().expect("current lock").clone();
-        let mut actor = Actor::new(self.clone(), start, state, conn, acked.clone())?;
+        let mut actor = Actor::new(self.clone(), start, state, conn, cursors.clone())?;
         let (tx, rx) = mpsc::channel(256);
         actor.save_state();
         self.sessions
             .lock()
             .expect("sessions lock")
-            .insert(session_id, Handle { tx, acked });
+            .insert(session_id, Handle { tx, cursors });
         let span = tracing::info_span!("session", session_id = %actor.id());
         tokio::spawn(tracing::Instrument::instrument(actor.run(rx, fresh), span));
         Ok(())
+    }
+
+    /// Events stored in each session's outbox and not yet acknowledged by
+    /// the control plane, by session id.
+    pub fn backlog(&self) -> BTreeMap<String, u64> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .map(|(id, h)| (id.clone(), h.cursors.backlog()))
+            .collect()
     }
 
     /// Records what an ACP agent reported when a session started it.
