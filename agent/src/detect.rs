@@ -105,6 +105,11 @@ pub enum AskSupport {
     Mode(String),
     /// It cannot be made to ask (`ask = "none"`).
     None,
+    /// Every child gets these variables, which set the agent's own approval
+    /// settings so that it asks (built-in entries only, e.g. opencode's
+    /// `OPENCODE_PERMISSION`). They come last in the child's environment:
+    /// an `agents.toml` env cannot turn them off; `ask = "none"` can.
+    Env(Vec<(String, String)>),
 }
 
 impl TryFrom<String> for AskSupport {
@@ -134,6 +139,7 @@ impl AskSupport {
             AskSupport::Native => (Pb::Native, String::new()),
             AskSupport::Mode(mode) => (Pb::AcpMode, mode.clone()),
             AskSupport::None => (Pb::None, String::new()),
+            AskSupport::Env(_) => (Pb::AgentConfig, String::new()),
         }
     }
 }
@@ -295,15 +301,27 @@ fn claude_rank(command: &str, package: Option<&Package>) -> u8 {
 enum BuiltInAsk {
     Native,
     Mode(&'static str),
-    None,
+    Env(&'static [(&'static str, &'static str)]),
 }
+
+/// opencode asks (through ACP) before every edit, command, fetch and access
+/// outside its folder; merged by opencode over every config file it reads,
+/// the project's included.
+const OPENCODE_ASK: &[(&str, &str)] = &[(
+    "OPENCODE_PERMISSION",
+    r#"{"edit":"ask","bash":"ask","webfetch":"ask","external_directory":"ask"}"#,
+)];
 
 impl BuiltInAsk {
     fn support(self) -> AskSupport {
         match self {
             BuiltInAsk::Native => AskSupport::Native,
             BuiltInAsk::Mode(mode) => AskSupport::Mode(mode.to_owned()),
-            BuiltInAsk::None => AskSupport::None,
+            BuiltInAsk::Env(vars) => AskSupport::Env(
+                vars.iter()
+                    .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                    .collect(),
+            ),
         }
     }
 }
@@ -331,7 +349,10 @@ const BUILT_INS: &[BuiltIn] = &[
         candidates: &["codex-acp"],
         args: &[],
         quirks: Quirks::default,
-        ask: BuiltInAsk::None,
+        // Approval "on-request" with a read-only sandbox: every write and
+        // every command outside the sandbox is asked for (its `auto` mode
+        // writes inside the folder unasked).
+        ask: BuiltInAsk::Mode("read-only"),
         rank: first_found,
     },
     BuiltIn {
@@ -349,7 +370,7 @@ const BUILT_INS: &[BuiltIn] = &[
         candidates: &["opencode"],
         args: &["acp"],
         quirks: Quirks::default,
-        ask: BuiltInAsk::None,
+        ask: BuiltInAsk::Env(OPENCODE_ASK),
         rank: first_found,
     },
 ];
@@ -906,8 +927,17 @@ mod tests {
         fx.config("");
         let report = fx.detect().unwrap();
         let builtin = |id: &str| report.agents.iter().find(|a| a.id == id).unwrap().ask.clone();
-        assert_eq!(builtin("codex"), AskSupport::None);
-        assert_eq!(builtin("opencode"), AskSupport::None);
+        assert_eq!(builtin("codex"), AskSupport::Mode("read-only".into()));
+        let AskSupport::Env(vars) = builtin("opencode") else {
+            panic!("opencode is made to ask through its environment");
+        };
+        assert_eq!(vars[0].0, "OPENCODE_PERMISSION");
+        let permission: serde_json::Value = serde_json::from_str(&vars[0].1).unwrap();
+        assert_eq!(permission["edit"], "ask");
+        assert_eq!(
+            builtin("opencode").to_manifest().0,
+            oma_proto::pb::AskSupport::AgentConfig
+        );
 
         fx.config("[[agent]]\nid = \"mine\"\ncommand = \"mine\"\nask = \"sometimes\"\n");
         let e = fx.detect().unwrap_err().to_string();

@@ -5,14 +5,15 @@
 //! ends in `/v1`) with any API key.
 //!
 //! - `POST /v1/chat/completions` and `POST /v1/responses` answer, streamed,
-//!   `fake-openai says: <text of the last user message>`.
+//!   `fake-openai says: <last line of the last user message>` (the prompt;
+//!   the lines before it may be instructions the client put first).
 //! - When that text is `write ABSOLUTE_PATH TEXT` and the request offers a
 //!   tool that can write it, the reply is instead a call of that tool, as a
 //!   model would make it: opencode's `write` tool (`filePath`, `content`), or
-//!   Codex's shell tool running `printf` into the file with escalated
-//!   permissions asked for (so a sandboxed Codex must ask before it runs).
-//!   The request after the tool ran (its result is the last input) is
-//!   answered `fake-openai says: done`.
+//!   Codex's shell tool running `printf` into the file — first in Codex's
+//!   sandbox and, when that wrote nothing (a read-only sandbox), once more
+//!   asking for escalated permissions (which Codex must ask a person for).
+//!   Then it answers `fake-openai says: done`.
 //! - `GET /v1/models` lists [`MODEL`].
 //!
 //! Every request is recorded ([`FakeOpenAi::requests`]) for assertions.
@@ -145,11 +146,35 @@ pub fn tool_names(request: &Value) -> Vec<String> {
         .collect()
 }
 
-/// `write ABSOLUTE_PATH TEXT` as the last user text.
+/// The text of the last user message, wherever it is in the conversation.
+fn last_user_text(request: &Value) -> Option<String> {
+    let items = request["messages"].as_array().or_else(|| request["input"].as_array())?;
+    items
+        .iter()
+        .rev()
+        .find(|i| i["role"] == "user")
+        .map(|i| content_text(&i["content"]))
+}
+
+/// How many tool calls the model made since the last user message.
+fn calls_since_user(request: &Value) -> usize {
+    let items = request["messages"].as_array().or_else(|| request["input"].as_array());
+    items
+        .into_iter()
+        .flatten()
+        .rev()
+        .take_while(|i| i["role"] != "user")
+        .map(|i| match i["type"].as_str() {
+            Some("function_call" | "custom_tool_call") => 1,
+            _ => i["tool_calls"].as_array().map_or(0, Vec::len),
+        })
+        .sum()
+}
+
+/// `write ABSOLUTE_PATH TEXT` as the last line (starting so) of the last
+/// user message.
 fn write_wanted(request: &Value) -> Option<(String, String)> {
-    let LastInput::User(text) = last_input(request) else {
-        return None;
-    };
+    let text = last_user_text(request)?;
     let line = text.lines().rev().find(|l| l.starts_with("write "))?;
     let (path, text) = line.strip_prefix("write ")?.split_once(' ')?;
     path.starts_with('/').then(|| (path.to_owned(), text.to_owned()))
@@ -160,10 +185,10 @@ fn sh_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-/// The call of one of Codex's shell tools that writes `text` into `path`,
-/// asking to run outside the sandbox, shaped for the tool the request
-/// offers: `(tool name, arguments)`.
-fn codex_shell_call(request: &Value, path: &str, text: &str) -> Option<(String, Value)> {
+/// The call of one of Codex's shell tools that writes `text` into `path`
+/// (`escalate`: asking to run outside the sandbox), shaped for the tool the
+/// request offers: `(tool name, arguments)`.
+fn codex_shell_call(request: &Value, path: &str, text: &str, escalate: bool) -> Option<(String, Value)> {
     let script = format!("printf '%s\\n' {} > {}", sh_quote(text), sh_quote(path));
     let tools = request["tools"].as_array()?;
     let tool = ["shell_command", "shell", "exec_command"]
@@ -177,6 +202,9 @@ fn codex_shell_call(request: &Value, path: &str, text: &str) -> Option<(String, 
         _ => json!({"command": script}),
     };
     let justification = "The user asked for this file to be written.";
+    if !escalate {
+        return Some((name, arguments));
+    }
     if properties.get("sandbox_permissions").is_some() {
         arguments["sandbox_permissions"] = json!("require_escalated");
         arguments["justification"] = json!(justification);
@@ -195,14 +223,21 @@ enum Reply {
 
 fn reply_for(request: &Value, api: Api) -> Reply {
     if let Some((path, text)) = write_wanted(request) {
+        let calls = calls_since_user(request);
         let call = match api {
-            Api::Chat => tool_names(request).iter().any(|n| n == "write").then(|| {
+            Api::Chat if calls == 0 => tool_names(request).iter().any(|n| n == "write").then(|| {
                 (
                     "write".to_owned(),
                     json!({"filePath": path, "content": format!("{text}\n")}),
                 )
             }),
-            Api::Responses => codex_shell_call(request, &path, &text),
+            // First in the sandbox; when that wrote nothing (a read-only
+            // sandbox), once more asking to leave it, as a model would.
+            Api::Responses if calls == 0 => codex_shell_call(request, &path, &text, false),
+            Api::Responses if calls == 1 && !std::path::Path::new(&path).exists() => {
+                codex_shell_call(request, &path, &text, true)
+            }
+            _ => None,
         };
         if let Some((name, arguments)) = call {
             return Reply::ToolCall { name, arguments };
@@ -210,7 +245,7 @@ fn reply_for(request: &Value, api: Api) -> Reply {
     }
     match last_input(request) {
         LastInput::ToolResult(_) => Reply::Text(format!("{REPLY_PREFIX}done")),
-        LastInput::User(text) => Reply::Text(format!("{REPLY_PREFIX}{text}")),
+        LastInput::User(text) => Reply::Text(format!("{REPLY_PREFIX}{}", text.lines().last().unwrap_or_default())),
         LastInput::Nothing => Reply::Text(format!("{REPLY_PREFIX}(nothing)")),
     }
 }
@@ -411,25 +446,38 @@ mod tests {
 
         let tools = json!([{"type": "function", "name": "shell_command", "parameters": {"properties": {
             "command": {}, "sandbox_permissions": {}, "justification": {}}}}]);
-        let write = json!({"stream": true, "tools": tools, "input": [
-            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "write /tmp/it's.txt a b"}]}]});
-        let out = post(&fake.base_url(), "/v1/responses", &write).await;
-        let item = data(&out)
-            .into_iter()
-            .find(|d| d["type"] == "response.output_item.done")
-            .unwrap();
-        assert_eq!(item["item"]["type"], "function_call");
-        let arguments: Value = serde_json::from_str(item["item"]["arguments"].as_str().unwrap()).unwrap();
-        assert_eq!(arguments["command"], r#"printf '%s\n' 'a b' > '/tmp/it'\''s.txt'"#);
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("it's.txt");
+        let user = json!({"type": "message", "role": "user",
+                          "content": [{"type": "input_text", "text": format!("write {} a b", target.display())}]});
+        let call = |input: Value| {
+            let body = json!({"stream": true, "tools": tools, "input": input});
+            let base = fake.base_url();
+            async move {
+                let out = post(&base, "/v1/responses", &body).await;
+                data(&out)
+                    .into_iter()
+                    .find(|d| d["type"] == "response.output_item.done")
+                    .unwrap()["item"]
+                    .clone()
+            }
+        };
+        // First in the sandbox.
+        let first = call(json!([user])).await;
+        assert_eq!(first["type"], "function_call");
+        let arguments: Value = serde_json::from_str(first["arguments"].as_str().unwrap()).unwrap();
+        let quoted = target.display().to_string().replace('\'', r"'\''");
+        assert_eq!(arguments["command"], format!("printf '%s\\n' 'a b' > '{quoted}'"));
+        assert!(arguments.get("sandbox_permissions").is_none(), "{arguments}");
+        // The sandbox wrote nothing: again, asking to leave it.
+        let output =
+            json!({"type": "function_call_output", "call_id": "call_fake_0", "output": "Read-only file system"});
+        let second = call(json!([user, first, output])).await;
+        let arguments: Value = serde_json::from_str(second["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(arguments["sandbox_permissions"], "require_escalated");
-
-        let done = json!({"stream": true, "tools": tools, "input": [
-            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "write /tmp/y b"}]},
-            {"type": "function_call_output", "call_id": "call_fake_1", "output": "ok"}]});
-        assert!(
-            post(&fake.base_url(), "/v1/responses", &done)
-                .await
-                .contains("fake-openai says: done")
-        );
+        // Written (or refused twice): done.
+        std::fs::write(&target, "a b\n").unwrap();
+        let done = call(json!([user, first, output, second, output])).await;
+        assert_eq!(done["content"][0]["text"], "fake-openai says: done");
     }
 }

@@ -18,10 +18,29 @@ mod tests {
 
     #[test]
     fn loopback_hosts_are_this_machine_only() {
-        for host in ["localhost", "LocalHost", "127.0.0.1", "127.1.2.3", "[::1]", "::1", "[::ffff:127.0.0.1]", "::ffff:127.0.0.1"] {
+        for host in [
+            "localhost",
+            "LocalHost",
+            "127.0.0.1",
+            "127.1.2.3",
+            "[::1]",
+            "::1",
+            "[::ffff:127.0.0.1]",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(is_loopback_host(host), "{host}");
         }
-        for host in ["", "example.com", "localhost.example.com", "10.0.0.1", "[::2]", "0.0.0.0", "[::ffff:10.0.0.1]", "[::]", "128.0.0.1"] {
+        for host in [
+            "",
+            "example.com",
+            "localhost.example.com",
+            "10.0.0.1",
+            "[::2]",
+            "0.0.0.0",
+            "[::ffff:10.0.0.1]",
+            "[::]",
+            "128.0.0.1",
+        ] {
             assert!(!is_loopback_host(host), "{host}");
         }
     }

@@ -18,7 +18,7 @@ use oma_proto::model::{McpServer, McpTransport};
 use oma_proto::pb;
 use serde_json::{Value, json};
 
-use crate::detect::AcpAgentEntry;
+use crate::detect::{AcpAgentEntry, AskSupport};
 use crate::policy::Policy;
 
 /// Model API keys the control plane may set for a child (for ACP agents
@@ -156,6 +156,11 @@ pub fn decide(
             Ok(()) => env.push((name.clone(), value.clone())),
             Err(refusal) => dropped.push(refusal),
         }
+    }
+    // The settings that make the agent ask come last, so that nothing above
+    // turns them off (the owner opts out with `ask = "none"`).
+    if let AskSupport::Env(vars) = &agent.ask {
+        env.extend(vars.iter().cloned());
     }
     Ok(Launch {
         mcp_servers,
@@ -628,6 +633,23 @@ mod tests {
         let launch = decide(&start(vec![], &creds), &agent("claude"), &allowing, &owner).unwrap();
         assert_eq!(launch.dropped[0].rule, Rule::CredentialOverridesOwner);
         assert!(!launch.env.iter().any(|(k, _)| k == "ANTHROPIC_BASE_URL"));
+    }
+
+    #[test]
+    fn the_settings_that_make_an_agent_ask_come_last() {
+        let mut opencode = agent("opencode");
+        opencode
+            .env
+            .insert("OPENCODE_PERMISSION".into(), r#"{"edit":"allow"}"#.into());
+        opencode.ask = AskSupport::Env(vec![("OPENCODE_PERMISSION".into(), r#"{"edit":"ask"}"#.into())]);
+        let launch = decide(&start(vec![], &[]), &opencode, &policy(), &no_env()).unwrap();
+        // The child's environment is applied in order: the last value wins.
+        let last = launch.env.iter().rev().find(|(k, _)| k == "OPENCODE_PERMISSION");
+        assert_eq!(last.map(|(_, v)| v.as_str()), Some(r#"{"edit":"ask"}"#));
+        opencode.ask = AskSupport::None;
+        let launch = decide(&start(vec![], &[]), &opencode, &policy(), &no_env()).unwrap();
+        let last = launch.env.iter().rev().find(|(k, _)| k == "OPENCODE_PERMISSION");
+        assert_eq!(last.map(|(_, v)| v.as_str()), Some(r#"{"edit":"allow"}"#));
     }
 
     #[test]
