@@ -323,6 +323,8 @@ pub fn manifest(manifest: &pb::Manifest) -> Validated<()> {
         slug(&field("id"), &agent.id)?;
         label(&field("name"), &agent.name, MAX_MACHINE_LABEL_CHARS, false)?;
         label(&field("version"), &agent.version, 64, false)?;
+        // The mode the machine switches sessions to, as ACP names modes.
+        opaque_id(&field("ask_mode_id"), &agent.ask_mode_id, false)?;
         max_bytes(
             &field("capabilities_json"),
             agent.capabilities_json.len(),
@@ -817,6 +819,14 @@ mod tests {
             (
                 Box::new(move |h| agent(h).capabilities_json = "x".repeat(MAX_CAPABILITIES_JSON_BYTES + 1)),
                 "hello.manifest.acp_agents[0].capabilities_json",
+            ),
+            (
+                Box::new(|h| agent(h).ask_mode_id = "x".repeat(MAX_ID_BYTES + 1)),
+                "hello.manifest.acp_agents[0].ask_mode_id",
+            ),
+            (
+                Box::new(|h| agent(h).ask_mode_id = "mode\n".into()),
+                "hello.manifest.acp_agents[0].ask_mode_id",
             ),
             (
                 Box::new(|h| agent(h).problems[0] = "broken\0".into()),
