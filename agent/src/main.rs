@@ -114,6 +114,31 @@ struct RunArgs {
     log_file: Option<PathBuf>,
 }
 
+impl RunArgs {
+    /// The same options as `run` arguments, every one spelled out (the
+    /// service must not depend on the installing shell's environment).
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let mut args = vec![
+            "--idle-timeout".to_owned(),
+            ms(self.idle_timeout),
+            "--startup-timeout".to_owned(),
+            ms(self.startup_timeout),
+            "--reconnect-max".to_owned(),
+            ms(self.reconnect_max),
+            "--max-sessions".to_owned(),
+            self.max_sessions.to_string(),
+        ];
+        if self.insecure {
+            args.push("--insecure".to_owned());
+        }
+        if let Some(file) = &self.log_file {
+            args.extend(["--log-file".to_owned(), file.display().to_string()]);
+        }
+        args
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum ServiceCommand {
     /// Write the unit and start it (restart on failure, logs to journald or

@@ -1,37 +1,10 @@
 //! `oma-agent service`: installs, removes and shows the systemd user unit / launchd agent that runs the daemon.
 
-use std::time::Duration;
-
 use oma_agent::logging::LogFormat;
 use oma_agent::paths::Paths;
 use oma_agent::service_unit::{self, ServiceManager, UnitSpec};
 
-use crate::{RunArgs, ServiceCommand};
-
-impl RunArgs {
-    /// The same options as `run` arguments, every one spelled out (the
-    /// service must not depend on the installing shell's environment).
-    fn to_args(&self) -> Vec<String> {
-        let ms = |d: Duration| format!("{}ms", d.as_millis());
-        let mut args = vec![
-            "--idle-timeout".to_owned(),
-            ms(self.idle_timeout),
-            "--startup-timeout".to_owned(),
-            ms(self.startup_timeout),
-            "--reconnect-max".to_owned(),
-            ms(self.reconnect_max),
-            "--max-sessions".to_owned(),
-            self.max_sessions.to_string(),
-        ];
-        if self.insecure {
-            args.push("--insecure".to_owned());
-        }
-        if let Some(file) = &self.log_file {
-            args.extend(["--log-file".to_owned(), file.display().to_string()]);
-        }
-        args
-    }
-}
+use crate::ServiceCommand;
 
 pub(crate) fn service(paths: &Paths, command: ServiceCommand, log_format: LogFormat) -> anyhow::Result<i32> {
     let manager = ServiceManager::current()?;
