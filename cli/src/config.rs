@@ -3,7 +3,8 @@
 
 use std::{
     collections::BTreeMap,
-    fs, io,
+    fs,
+    io::{self, Write as _},
     path::{Path, PathBuf},
 };
 
@@ -74,11 +75,17 @@ impl Config {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         create_private_dir(dir).with_context(|| format!("cannot create the config directory {}", dir.display()))?;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        write_private(&tmp, text.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("cannot write the config file {}", path.display()))
+        // A file of a random name beside the config (tempfile makes it
+        // owner-only from the start), renamed over it: two omactl runs never
+        // share a temporary, and a reader sees the old file or the new one.
+        let written = (|| {
+            let mut tmp = tempfile::Builder::new().prefix(".omactl-config.").tempfile_in(dir)?;
+            tmp.write_all(text.as_bytes())?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(path).map_err(|e| e.error)?;
+            io::Result::Ok(())
+        })();
+        written.with_context(|| format!("cannot write the config file {}", path.display()))
     }
 
     /// The named context, or an error listing the known ones.
@@ -104,26 +111,6 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
 #[cfg(not(unix))]
 fn create_private_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt, os::unix::fs::PermissionsExt};
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // The mode above applies only to a new file.
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    fs::write(path, bytes)
 }
 
 /// A token for display: its first characters, then `…`.
@@ -162,5 +149,37 @@ mod tests {
         assert!(loaded.context("nope").is_err());
         assert_eq!(mask_token("oma_0123456789abcdef"), "oma_0123…");
         assert_eq!(mask_token("short"), "****");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn saves_are_private_atomic_and_leave_no_temporaries() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        // An older file readable by others, and a leftover of the old fixed
+        // temporary name: neither matters.
+        fs::write(&path, "").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(dir.path().join("config.toml.tmp"), "junk").unwrap();
+        let config = Config {
+            current_context: Some("a".into()),
+            ..Config::default()
+        };
+        // Saves from several threads at once (two omactl runs): each file
+        // seen is whole, and no temporary is left behind.
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| config.save(&path).unwrap());
+            }
+        });
+        assert_eq!(Config::load(&path).unwrap().current_context.as_deref(), Some("a"));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.starts_with(".omactl-config.")), "{names:?}");
     }
 }

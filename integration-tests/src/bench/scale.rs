@@ -95,13 +95,15 @@ fn retryable(status: &tonic::Status) -> bool {
 /// Attempts per call before the load generator gives up.
 const MAX_ATTEMPTS: u32 = 30;
 
-/// Full jitter: uniform in 0..min(2 s, 20 ms × 2^attempt). The same rule as
-/// oma-agent's `connection::Backoff`, not shared: this crate drives the
-/// agent as a binary and does not link its library for four lines.
+/// Full jitter: uniform in 0..min(2 s, 20 ms × 2^attempt), oma-agent's
+/// reconnect rule with a shorter base and cap.
 fn backoff(attempt: u32) -> Duration {
-    use rand::Rng as _;
-    let ceiling = (20u64 << attempt.min(10)).min(2000);
-    Duration::from_millis(rand::rng().random_range(0..=ceiling))
+    oma_agent::connection::Backoff {
+        base: Duration::from_millis(20),
+        cap: Duration::from_secs(2),
+        healthy_after: Duration::ZERO,
+    }
+    .delay(attempt)
 }
 
 pub async fn pair(cp: &ControlPlane, n: usize, prefix: &str, retries: &AtomicUsize) -> anyhow::Result<Vec<Machine>> {
