@@ -4,6 +4,7 @@
 //! dropped) when its handles drop.
 
 pub mod fake_anthropic;
+pub mod fake_gemini;
 pub mod fake_http;
 pub mod fake_openai;
 pub mod faults;

@@ -1,31 +1,66 @@
-//! Opt-in: permission policy `ask` with REAL opencode and Codex ACP agents
-//! from the npm registry, pointed at the fake OpenAI API of
-//! `oma_integration_tests::fake_openai` on 127.0.0.1 (no account, no model
-//! traffic). The fake model asks the agent to write a file; with the policy
-//! `ask` the agent must ask first (the daemon makes it: opencode through
-//! `OPENCODE_PERMISSION` in its environment, Codex by switching its session
-//! to the `read-only` mode), a denial leaves no file, and an approval writes
-//! it.
+//! Opt-in: permission policy `ask` with REAL opencode, Codex and Gemini CLI
+//! ACP agents from the npm registry, pointed at fake model APIs on 127.0.0.1
+//! (`oma_integration_tests::fake_openai` for opencode and Codex,
+//! `fake_gemini` for Gemini; no account, no model traffic). The fake model
+//! asks the agent to write a file; with the policy `ask` the agent must ask
+//! first (the daemon makes it: opencode through `OPENCODE_PERMISSION` in its
+//! environment, Codex by switching its session to the `read-only` mode;
+//! Gemini asks on its own), a denial leaves no file, and an approval writes
+//! it. Controls show the asking is the daemon's doing: opencode with
+//! `ask = "none"` and Codex in its `auto` mode write unasked. (Claude's
+//! adapters are in `real_agents.rs`.)
 //!
 //! Runs only with `OMA_TEST_REAL_AGENTS=1`:
 //!
 //! ```sh
-//! OMA_TEST_REAL_AGENTS=1 cargo test -p oma-integration-tests --test real_openai_agents -- --nocapture
+//! OMA_TEST_REAL_AGENTS=1 cargo test -p oma-integration-tests --test real_agents_ask -- --nocapture
 //! ```
 //!
-//! `opencode-ai` and `@zed-industries/codex-acp` are installed with `npm
-//! install` into `<cargo target dir>/real-agents/` (pinned versions; `OMA_TEST_OPENCODE_VERSION` /
-//! `OMA_TEST_CODEX_ACP_VERSION` pick others).
+//! `opencode-ai`, `@zed-industries/codex-acp` and `@google/gemini-cli` are
+//! installed with `npm install` into `<cargo target dir>/real-agents/`
+//! (pinned versions; `OMA_TEST_OPENCODE_VERSION`, `OMA_TEST_CODEX_ACP_VERSION`
+//! and `OMA_TEST_GEMINI_CLI_VERSION` pick others). On Linux, Codex's sandbox
+//! needs `bubblewrap`.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use oma_integration_tests::fake_gemini::FakeGemini;
 use oma_integration_tests::fake_openai::{self, FakeOpenAi};
 use oma_integration_tests::real_agents::{Diagnostics, StopGracefully, enabled, install_dir, installed, log, toml_str};
 use oma_integration_tests::world::{World, agent_text, option, reject, update_kinds};
 use oma_integration_tests::{git, git_repo};
 use oma_proto::pb;
+
+/// The fake model endpoint an agent talks to.
+enum Fake {
+    OpenAi(FakeOpenAi),
+    Gemini(FakeGemini),
+}
+
+impl Fake {
+    async fn start(agent: &Agent) -> Fake {
+        match agent.id {
+            "gemini" => Fake::Gemini(FakeGemini::start().await.unwrap()),
+            _ => Fake::OpenAi(FakeOpenAi::start().await.unwrap()),
+        }
+    }
+
+    fn base_url(&self) -> String {
+        match self {
+            Fake::OpenAi(fake) => fake.base_url(),
+            Fake::Gemini(fake) => fake.base_url(),
+        }
+    }
+
+    fn summary(&self) -> String {
+        match self {
+            Fake::OpenAi(fake) => fake.summary(),
+            Fake::Gemini(fake) => fake.summary(),
+        }
+    }
+}
 
 const TURN: Duration = Duration::from_secs(120);
 
@@ -63,6 +98,23 @@ const CODEX: Agent = Agent {
     ask: (pb::AskSupport::AcpMode, "read-only"),
 };
 
+const GEMINI: Agent = Agent {
+    id: "gemini",
+    package: "@google/gemini-cli",
+    version: "0.61.0",
+    version_var: "OMA_TEST_GEMINI_CLI_VERSION",
+    bin: ".bin/gemini",
+    args: &["--experimental-acp", "-m", "gemini-2.5-flash"],
+    ask: (pb::AskSupport::Native, ""),
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gemini_asks_before_it_writes() {
+    if enabled() {
+        ask_scenario(&GEMINI).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn opencode_asks_before_it_writes() {
     if enabled() {
@@ -86,7 +138,7 @@ fn agent_home() -> tempfile::TempDir {
 }
 
 /// The agent's environment: a private HOME, and the fake as its model.
-fn agent_env(agent: &Agent, fake: &FakeOpenAi, home: &Path) -> Vec<(&'static str, String)> {
+fn agent_env(agent: &Agent, fake: &Fake, home: &Path) -> Vec<(&'static str, String)> {
     let home_str = home.to_string_lossy().into_owned();
     let mut env = vec![
         ("HOME", home_str.clone()),
@@ -121,6 +173,11 @@ fn agent_env(agent: &Agent, fake: &FakeOpenAi, home: &Path) -> Vec<(&'static str
                 ("OPENCODE_DISABLE_SHARE", "1".to_owned()),
             ]);
         }
+        "gemini" => env.extend([
+            ("GEMINI_API_KEY", "fake-key".to_owned()),
+            ("GOOGLE_GEMINI_BASE_URL", fake.base_url()),
+            ("GEMINI_CLI_NO_RELAUNCH", "true".to_owned()),
+        ]),
         _ => {
             // Codex reads its provider from CODEX_HOME/config.toml, written
             // by the test before the daemon starts.
@@ -130,7 +187,7 @@ fn agent_env(agent: &Agent, fake: &FakeOpenAi, home: &Path) -> Vec<(&'static str
     env
 }
 
-fn codex_config(fake: &FakeOpenAi) -> String {
+fn codex_config(fake: &Fake) -> String {
     format!(
         "model = \"{model}\"\nmodel_provider = \"fake\"\n\n[model_providers.fake]\nname = \"Fake OpenAI\"\nbase_url = {url}\nenv_key = \"FAKE_OPENAI_API_KEY\"\nwire_api = \"responses\"\n",
         model = fake_openai::MODEL,
@@ -157,7 +214,7 @@ async fn start_world(
     agents_toml: String,
     policy: pb::PermissionPolicy,
     repo: &Path,
-    fake: &FakeOpenAi,
+    fake: &Fake,
 ) -> World {
     git_repo(repo);
     let workspaces = format!(
@@ -175,7 +232,7 @@ async fn start_world(
         })
         .start()
         .await
-        .unwrap_or_else(|e| panic!("{e:#}\n--- the fake OpenAI endpoint received:\n{}", fake.summary()))
+        .unwrap_or_else(|e| panic!("{e:#}\n--- the fake model endpoint received:\n{}", fake.summary()))
 }
 
 /// A session of the world's agent in the workspace `web` (`mode_id` empty:
@@ -202,7 +259,7 @@ async fn session_in_worktree(world: &World, mode_id: &str) -> (String, std::path
         .id;
     let events = world.run_turn(&session, "hello").await;
     assert!(
-        agent_text(&events).contains("fake-openai says: hello"),
+        agent_text(&events).contains("says: hello"),
         "{:?}",
         update_kinds(&events)
     );
@@ -233,7 +290,7 @@ async fn ask_scenario(agent: &Agent) {
             "Codex's sandbox on Linux runs commands through bubblewrap: install it (apt-get install bubblewrap)"
         );
     }
-    let fake = FakeOpenAi::start().await.unwrap();
+    let fake = Fake::start(agent).await;
     let home = agent_home();
     let env = agent_env(agent, &fake, home.path());
     if agent.id == "codex" {
@@ -346,7 +403,7 @@ async fn opencode_without_the_setting_writes_unasked() {
     let agent = &OPENCODE;
     let start = Instant::now();
     let command = installed(agent.package, agent.version, agent.bin).unwrap();
-    let fake = FakeOpenAi::start().await.unwrap();
+    let fake = Fake::start(agent).await;
     let home = agent_home();
     let env = agent_env(agent, &fake, home.path());
     let repo_root = tempfile::tempdir().unwrap();
