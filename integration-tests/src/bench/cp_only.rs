@@ -58,16 +58,23 @@ fn chunk(session_id: &str, seq: u64) -> pb::SessionEvent {
     }
 }
 
-/// Stores `each` events in each of `sessions` sessions of a synthetic
-/// runtime, `per_frame` events per frame (sessions interleaved).
-pub async fn run(env: &mut Env, sessions: usize, each: u64, per_frame: usize, tag: &str) -> anyhow::Result<CpOnly> {
+/// A synthetic runtime's open stream and sessions of an agent bound to it.
+struct Synthetic {
+    tx: tokio::sync::mpsc::Sender<pb::AgentFrame>,
+    inbound: tonic::Streaming<pb::ControlFrame>,
+    ids: Vec<String>,
+}
+
+/// Pairs a synthetic runtime, opens its stream and creates `sessions`
+/// sessions on it.
+async fn synthetic(env: &mut Env, sessions: usize, tag: &str) -> anyhow::Result<Synthetic> {
     let retries = AtomicUsize::new(0);
     let machine = pair(&env.cp, 1, &format!("synthetic-{tag}"), &retries)
         .await?
         .pop()
         .context("no machine")?;
     let channel = env.cp.channel().await?;
-    let (tx, mut inbound, _) = open(&channel, &machine, &retries).await.map_err(anyhow::Error::msg)?;
+    let (tx, inbound, _) = open(&channel, &machine, &retries).await.map_err(anyhow::Error::msg)?;
     let runtime_id = env
         .clients
         .runtimes
@@ -99,6 +106,13 @@ pub async fn run(env: &mut Env, sessions: usize, each: u64, per_frame: usize, ta
     for _ in 0..sessions {
         ids.push(env.create_session(&agent_id).await?);
     }
+    Ok(Synthetic { tx, inbound, ids })
+}
+
+/// Stores `each` events in each of `sessions` sessions of a synthetic
+/// runtime, `per_frame` events per frame (sessions interleaved).
+pub async fn run(env: &mut Env, sessions: usize, each: u64, per_frame: usize, tag: &str) -> anyhow::Result<CpOnly> {
+    let Synthetic { tx, mut inbound, ids } = synthetic(env, sessions, tag).await?;
 
     // Every frame built before the clock starts.
     let mut frames = Vec::new();
@@ -166,4 +180,50 @@ pub async fn run(env: &mut Env, sessions: usize, each: u64, per_frame: usize, ta
         elapsed,
         cp_cpu,
     })
+}
+
+/// The control plane's own share of the relay's latency: a synthetic
+/// runtime sends one event per frame at `rate` per second, each stamped
+/// when sent; a watcher of the session (in this process too) takes the time
+/// it arrives. No oma-agent, no test agent: frame in → commit → watcher out.
+pub async fn latency(env: &mut Env, rate: f64, count: u64) -> anyhow::Result<super::stats::Latency> {
+    let Synthetic { tx, mut inbound, ids } = synthetic(env, 1, "latency").await?;
+    let session_id = ids[0].clone();
+    let mut watch = env.watch(&session_id, 1).await?;
+    // Acks must be read, or the stream's window fills.
+    let acks = tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        for seq in 1..=count {
+            tick.tick().await;
+            let frame = pb::AgentFrame {
+                frame: Some(pb::agent_frame::Frame::Event(pb::SessionEventFrame {
+                    event: Some(chunk(&session_id, seq)),
+                })),
+            };
+            if tx.send(frame).await.is_err() {
+                bail!("the control plane closed the synthetic stream");
+            }
+        }
+        Ok(tx)
+    });
+    let mut pairs = Vec::with_capacity(count as usize);
+    let deadline = Duration::from_secs(60) + Duration::from_secs_f64(count as f64 / rate);
+    while (pairs.len() as u64) < count {
+        let event = match tokio::time::timeout(deadline, watch.message()).await {
+            Ok(Ok(Some(event))) => event,
+            Ok(Ok(None)) => bail!("the watch ended"),
+            Ok(Err(status)) => bail!("the watch failed: {status}"),
+            Err(_) => bail!("not every event reached the watcher within {deadline:?}"),
+        };
+        let received = super::stats::unix_ns();
+        if let Some(pb::session_event::Kind::Update(update)) = &event.kind
+            && let Some(sent) = super::stats::sent_unix_ns(&update.raw_json)
+        {
+            pairs.push((received, sent));
+        }
+    }
+    drop(sender.await??);
+    acks.abort();
+    Ok(super::stats::Latency::of_pairs(&pairs))
 }

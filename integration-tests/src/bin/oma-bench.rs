@@ -641,6 +641,14 @@ async fn run(options: &Options, work: &Path, report: &mut Report, failures: &mut
                             failed(report, failures, "relay latency", &e);
                         }
                     }
+                    progress("latency: the control plane alone at 1,000 events/s");
+                    match cp_only::latency(&mut env, 1000.0, 5000).await {
+                        Ok(l) => report.info(
+                            "1,000/s, n=5000: control plane alone (synthetic runtime → commit → watcher, one process both ends)",
+                            lat(&l),
+                        ),
+                        Err(e) => failed(report, failures, "control plane latency", &e),
+                    }
                 }
                 let mut source_rate = None;
                 if options.wants("throughput") {
