@@ -12,6 +12,13 @@ pub mod hostile_cp;
 pub mod one_machine;
 pub mod postgres;
 pub mod real_agents;
+
+/// The bench's bare tonic relay (`proto/relay_floor.proto`): the floor of
+/// the relay's architecture that `oma-bench` measures beside it.
+#[allow(clippy::all, missing_docs)]
+pub mod relay_floor {
+    tonic::include_proto!("oma.bench.v1");
+}
 pub mod world;
 
 use std::io::{BufRead as _, BufReader};

@@ -21,6 +21,8 @@ mod acp_client;
 mod cp_only;
 #[path = "../bench/env.rs"]
 mod env;
+#[path = "../bench/floor.rs"]
+mod floor;
 #[path = "../bench/footprint.rs"]
 mod footprint;
 #[path = "../bench/idle.rs"]
@@ -648,6 +650,14 @@ async fn run(options: &Options, work: &Path, report: &mut Report, failures: &mut
                             lat(&l),
                         ),
                         Err(e) => failed(report, failures, "control plane latency", &e),
+                    }
+                    progress("latency: a bare tonic relay at 1,000 events/s (the floor)");
+                    match floor::latency(1000.0, 5000).await {
+                        Ok(l) => report.info(
+                            "1,000/s, n=5000: bare tonic relay, the architecture's floor (oma-relay-floor: publisher → server → watcher, no database, one process both ends)",
+                            lat(&l),
+                        ),
+                        Err(e) => failed(report, failures, "bare relay latency", &e),
                     }
                 }
                 let mut source_rate = None;
