@@ -129,33 +129,48 @@ async fn requests_beyond_the_in_flight_cap_are_refused_at_once() -> anyhow::Resu
     let machine_token = pair(&mut admin, &mut anonymous).await?;
 
     // A stream that never says Hello keeps its handler busy (it waits for
-    // the Hello): the one slot is taken.
-    let mut stream = pb::runtime_stream_service_client::RuntimeStreamServiceClient::with_interceptor(
-        channel.clone(),
-        Bearer::new(&machine_token),
-    );
-    let (hold, held) = tokio::sync::mpsc::channel::<pb::AgentFrame>(1);
-    let busy = tokio::spawn(async move {
-        stream
-            .open_stream(tokio_stream::wrappers::ReceiverStream::new(held))
-            .await
-    });
-    let refused = oma_integration_tests::wait_until("a call to be refused", Duration::from_secs(30), || {
-        let mut admin = Clients::new(channel.clone(), Bearer::new(&cp.admin_token));
-        async move {
-            match admin.identity.who_am_i(pb::WhoAmIRequest {}).await {
-                Err(status) if status.code() == Code::ResourceExhausted => Some(status),
-                _ => None,
+    // the Hello): the one slot is taken. The stream and the first probe race
+    // for the slot; when the probe wins, the stream itself is refused, and
+    // the test opens it again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (hold, busy, refused) = loop {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the stream never held the one slot"
+        );
+        let mut stream = pb::runtime_stream_service_client::RuntimeStreamServiceClient::with_interceptor(
+            channel.clone(),
+            Bearer::new(&machine_token),
+        );
+        let (hold, held) = tokio::sync::mpsc::channel::<pb::AgentFrame>(1);
+        let busy = tokio::spawn(async move {
+            stream
+                .open_stream(tokio_stream::wrappers::ReceiverStream::new(held))
+                .await
+        });
+        let refused = oma_integration_tests::wait_until("a call to be refused", Duration::from_secs(30), || {
+            let stream_ended = busy.is_finished();
+            let mut admin = Clients::new(channel.clone(), Bearer::new(&cp.admin_token));
+            async move {
+                if stream_ended {
+                    return Some(None);
+                }
+                match admin.identity.who_am_i(pb::WhoAmIRequest {}).await {
+                    Err(status) if status.code() == Code::ResourceExhausted => Some(Some(status)),
+                    _ => None,
+                }
             }
+        })
+        .await?;
+        match refused {
+            Some(status) if !busy.is_finished() => break (hold, busy, status),
+            _ => match busy.await? {
+                // Lost the race for the slot: try again.
+                Err(status) if status.code() == Code::ResourceExhausted => continue,
+                other => anyhow::bail!("the stream without Hello was answered early: {other:?}"),
+            },
         }
-    })
-    .await;
-    anyhow::ensure!(
-        !busy.is_finished(),
-        "the stream without Hello was answered early: {:?}",
-        busy.await
-    );
-    let refused = refused?;
+    };
     assert!(refused.message().contains("limit of 1 requests"), "{refused:?}");
 
     // The slot comes back when the handler answers.
