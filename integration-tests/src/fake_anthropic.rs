@@ -346,20 +346,8 @@ async fn stream_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
-
-    async fn post(addr: &str, path: &str, body: &Value) -> String {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let body = body.to_string();
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        stream.read_to_string(&mut out).await.unwrap();
-        out
-    }
+    use crate::fake_http::test_client::{post, sse_data};
+    use tokio::io::AsyncBufReadExt as _;
 
     #[tokio::test]
     async fn answers_streamed_and_single_messages_and_records_them() {
@@ -374,10 +362,8 @@ mod tests {
         });
         let out = post(&addr, "/v1/messages?beta=true", &request).await;
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-        let text: String = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        let text: String = sse_data(&out)
+            .iter()
             .filter_map(|d| d["delta"]["text"].as_str().map(str::to_owned))
             .collect();
         assert_eq!(text, "fake-claude says: hi there");

@@ -191,27 +191,7 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
-
-    async fn post(base: &str, path: &str, body: &Value) -> String {
-        let mut stream = TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
-        let body = body.to_string();
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        stream.read_to_string(&mut out).await.unwrap();
-        out
-    }
-
-    fn chunks(out: &str) -> Vec<Value> {
-        out.lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter_map(|d| serde_json::from_str(d).ok())
-            .collect()
-    }
+    use crate::fake_http::test_client::{post, sse_data as chunks};
 
     #[tokio::test]
     async fn streams_text_and_calls_write_file_when_asked() {

@@ -304,3 +304,36 @@ pub async fn send_data(stream: &mut TcpStream, data: &str) -> std::io::Result<()
     stream.write_all(format!("data: {data}\n\n").as_bytes()).await?;
     stream.flush().await
 }
+
+/// A client for the fakes' own unit tests.
+#[cfg(test)]
+pub(crate) mod test_client {
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    /// POSTs `body` as JSON to `path` of the fake at `base` (a base URL,
+    /// whatever its path) on a connection closed after the reply; returns
+    /// the whole reply, head included.
+    pub async fn post(base: &str, path: &str, body: &Value) -> String {
+        let addr = base.trim_start_matches("http://").split('/').next().unwrap_or_default();
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let body = body.to_string();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// The JSON of every `data:` line of a streamed reply.
+    pub fn sse_data(out: &str) -> Vec<Value> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect()
+    }
+}

@@ -367,28 +367,7 @@ async fn stream_responses(stream: &mut TcpStream, reply: Reply, n: usize) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
-
-    async fn post(base: &str, path: &str, body: &Value) -> String {
-        let addr = base.trim_start_matches("http://").trim_end_matches("/v1");
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let body = body.to_string();
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        stream.read_to_string(&mut out).await.unwrap();
-        out
-    }
-
-    fn data(out: &str) -> Vec<Value> {
-        out.lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter_map(|d| serde_json::from_str(d).ok())
-            .collect()
-    }
+    use crate::fake_http::test_client::{post, sse_data as data};
 
     #[tokio::test]
     async fn chat_completions_stream_text_and_call_write_when_asked() {
