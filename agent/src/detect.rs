@@ -292,11 +292,11 @@ fn claude_rank(command: &str, package: Option<&Package>) -> u8 {
     }
 }
 
-/// How a built-in agent is made to ask (checked against the real agents,
-/// ACP-NOTES.md): Claude's adapter starts in its `auto` mode and asks only
-/// in `default`; Gemini asks on its own; Codex (approval policy) and
-/// opencode (permission config) would need their own config files, which
-/// the daemon does not write yet.
+/// How a built-in agent is made to ask (checked against the real agents by
+/// `integration-tests/tests/real_agents*.rs`): Claude's adapter starts in
+/// its `auto` mode and asks only in `default`; Codex asks in its
+/// `read-only` mode; Gemini asks on its own; opencode asks when its
+/// environment sets its permission config ([`OPENCODE_ASK`]).
 #[derive(Clone, Copy)]
 enum BuiltInAsk {
     Native,
