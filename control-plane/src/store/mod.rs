@@ -6,6 +6,7 @@
 //! One schema and one set of queries serve both backends through diesel's
 //! `MultiConnection`.
 
+pub mod event_rows;
 pub mod rows;
 pub mod schema;
 pub mod usage;
@@ -405,6 +406,7 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::event_rows;
     use crate::store::rows::{self, TenantRow};
 
     /// The WAL reaches the database file through the checkpoint thread,
@@ -499,8 +501,8 @@ mod tests {
     fn batch_inserts_nest_inside_write_transactions() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("oma.db")).unwrap();
-        let events: Vec<rows::EventRow> = (1..=500)
-            .map(|seq| rows::EventRow {
+        let events: Vec<event_rows::EventRow> = (1..=500)
+            .map(|seq| event_rows::EventRow {
                 session_id: "ses_x".into(),
                 seq,
                 created_at: 0,
@@ -508,15 +510,15 @@ mod tests {
             })
             .collect();
         store
-            .write_blocking("test", |conn| rows::insert_events(conn, &events))
+            .write_blocking("test", |conn| event_rows::insert_events(conn, &events))
             .unwrap();
         let stored = store
-            .write_blocking("test", |conn| rows::events_from(conn, "ses_x", 1, 1000))
+            .write_blocking("test", |conn| event_rows::events_from(conn, "ses_x", 1, 1000))
             .unwrap();
         assert_eq!(stored.len(), 500);
         // A failing write rolls back its batch insert too.
-        let more: Vec<rows::EventRow> = (501..=510)
-            .map(|seq| rows::EventRow {
+        let more: Vec<event_rows::EventRow> = (501..=510)
+            .map(|seq| event_rows::EventRow {
                 session_id: "ses_x".into(),
                 seq,
                 created_at: 0,
@@ -524,12 +526,12 @@ mod tests {
             })
             .collect();
         let failed: Result<(), StoreError> = store.write_blocking("test", |conn| {
-            rows::insert_events(conn, &more)?;
+            event_rows::insert_events(conn, &more)?;
             Err(StoreError::Corrupt("abort".into()))
         });
         assert!(failed.is_err());
         let stored = store
-            .write_blocking("test", |conn| rows::events_from(conn, "ses_x", 1, 1000))
+            .write_blocking("test", |conn| event_rows::events_from(conn, "ses_x", 1, 1000))
             .unwrap();
         assert_eq!(stored.len(), 500);
     }

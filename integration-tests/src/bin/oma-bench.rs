@@ -10,6 +10,8 @@
 //!   --events N       events of the 1-session throughput run and the replay (default 100000)
 //!   --idle-sessions N  idle sessions of the memory-per-session run (default 1000)
 //!   --only LIST      comma-separated: footprint,latency,throughput,replay,scale,idle,shutdown,team
+//!                    (cp-latency: only latency's control-plane-alone and bare-relay rows, the
+//!                    quick loop when working on the control plane's path)
 //!                    (team, PostgreSQL only, runs only when named or with --smoke)
 //!   --no-ssh         skip the ssh localhost baseline
 //! ```
@@ -57,14 +59,15 @@ use crate::report::{Report, Verdict, verdict};
 use crate::stats::{Latency, bytes, dur, ns, ns_signed, rate, thousands};
 
 const USAGE: &str = "usage: oma-bench [--smoke] [--runtimes N] [--events N] [--idle-sessions N] \
-                     [--only footprint,latency,throughput,replay,scale,idle,shutdown,team] [--no-ssh]\n\
+                     [--only footprint,latency,cp-latency,throughput,replay,scale,idle,shutdown,team] [--no-ssh]\n\
                      team (PostgreSQL: 2,000 runtimes, 200 sessions × 50/s for 30 s) runs only with \
                      --only team (or --smoke), as it takes minutes";
 
 /// Every scenario `--only` knows.
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "footprint",
     "latency",
+    "cp-latency",
     "throughput",
     "replay",
     "scale",
@@ -554,7 +557,7 @@ async fn run(options: &Options, work: &Path, report: &mut Report, failures: &mut
         }
     }
 
-    let needs_env = ["footprint", "latency", "throughput", "replay"]
+    let needs_env = ["footprint", "latency", "cp-latency", "throughput", "replay"]
         .iter()
         .any(|s| options.wants(s));
     if needs_env {
@@ -642,6 +645,11 @@ async fn run(options: &Options, work: &Path, report: &mut Report, failures: &mut
                             report.section("latency");
                             failed(report, failures, "relay latency", &e);
                         }
+                    }
+                }
+                if options.wants("latency") || options.wants("cp-latency") {
+                    if !options.wants("latency") {
+                        report.section("latency");
                     }
                     progress("latency: the control plane alone at 1,000 events/s");
                     match cp_only::latency(&mut env, 1000.0, 5000).await {

@@ -27,7 +27,8 @@ use super::hub::Hub;
 use super::permissions::{Offered, PolicyDecision, decide};
 use crate::service::ServiceError;
 use crate::service::sessions::{STATUS_FAILED, STATUS_IDLE, STATUS_PENDING, STATUS_RUNNING};
-use crate::store::rows::{self, EventRow, PermissionRow, SESSION_TOMBSTONE};
+use crate::store::event_rows::{self, EventRow};
+use crate::store::rows::{self, PermissionRow, SESSION_TOMBSTONE};
 use crate::store::{DbConn, Store, StoreError, now_ms};
 
 /// Most events one transaction takes.
@@ -303,7 +304,7 @@ fn append_sessions(
     sessions: &[SessionAppend],
 ) -> Result<Vec<Result<SessionResult, ServiceError>>, StoreError> {
     let ids: Vec<&str> = sessions.iter().map(|s| s.session_id.as_str()).collect();
-    let mut rows_by_id: HashMap<String, rows::SessionRow> = rows::sessions_by_ids(conn, &ids)?
+    let mut rows_by_id: HashMap<String, event_rows::SessionCursorRow> = event_rows::session_cursors(conn, &ids)?
         .into_iter()
         .map(|row| (row.id.clone(), row))
         .collect();
@@ -336,7 +337,7 @@ fn append_sessions(
         let result = new_events(conn, &session, &append.events, now, &mut event_rows)?;
         if event_rows.len() > first_row {
             let bytes: usize = event_rows[first_row..].iter().map(|r| r.payload.len()).sum();
-            cursors.push(rows::Cursor {
+            cursors.push(event_rows::Cursor {
                 session_id: session.id.clone(),
                 last_seq: result.appended.last_stored_seq as i64,
                 added_bytes: bytes as i64,
@@ -344,8 +345,8 @@ fn append_sessions(
         }
         results.push(Ok(result));
     }
-    rows::insert_events(conn, &event_rows)?;
-    rows::set_last_seqs(conn, &cursors, now)?;
+    event_rows::insert_events(conn, &event_rows)?;
+    event_rows::set_last_seqs(conn, &cursors, now)?;
     Ok(results)
 }
 
@@ -353,7 +354,7 @@ fn append_sessions(
 /// machine gave it), applies their effects and appends their rows.
 fn new_events(
     conn: &mut DbConn,
-    session: &rows::SessionRow,
+    session: &event_rows::SessionCursorRow,
     events: &[pb::SessionEvent],
     now: i64,
     event_rows: &mut Vec<EventRow>,
@@ -403,7 +404,7 @@ fn new_events(
         if event.time.is_none() {
             event.time = Some(crate::service::timestamp(now));
         }
-        apply_effects(conn, session_id, &session.spec, &mut policy, &event, now, &mut appended)?;
+        apply_effects(conn, session_id, &mut policy, &event, now, &mut appended)?;
         event_rows.push(EventRow {
             session_id: session_id.to_owned(),
             seq: event.seq as i64,
@@ -422,7 +423,6 @@ fn new_events(
 fn apply_effects(
     conn: &mut DbConn,
     session_id: &str,
-    spec_json: &str,
     policy: &mut Option<PermissionPolicy>,
     event: &pb::SessionEvent,
     now: i64,
@@ -463,11 +463,19 @@ fn apply_effects(
                     option_id: None,
                 },
             )?;
-            let policy = *policy.get_or_insert_with(|| {
-                serde_json::from_str::<AgentSpec>(spec_json)
-                    .map(|s| s.permission_policy)
-                    .unwrap_or_default()
-            });
+            // Read only when a request comes: the spec is the widest column
+            // of the session, and most events need none of it.
+            let policy = match *policy {
+                Some(policy) => policy,
+                None => {
+                    let spec = event_rows::session_spec(conn, session_id)?.unwrap_or_default();
+                    let read = serde_json::from_str::<AgentSpec>(&spec)
+                        .map(|s| s.permission_policy)
+                        .unwrap_or_default();
+                    *policy = Some(read);
+                    read
+                }
+            };
             match decide(policy, &offered) {
                 PolicyDecision::AskPerson => appended.awaiting_person.push(request.request_id.clone()),
                 PolicyDecision::Answer(option_id) => {
@@ -610,7 +618,7 @@ mod tests {
             let sid = session_id.to_owned();
             self.store
                 .write_blocking("stored", move |conn| {
-                    let seqs = rows::events_from(conn, &sid, 1, 1000)?
+                    let seqs = event_rows::events_from(conn, &sid, 1, 1000)?
                         .into_iter()
                         .map(|r| r.seq as u64)
                         .collect();
@@ -845,7 +853,7 @@ mod tests {
                     use crate::store::schema::sessions;
                     use diesel::{QueryDsl as _, RunQueryDsl as _};
                     let counted: i64 = sessions::table.find(&sid).select(sessions::stored_bytes).first(conn)?;
-                    let actual: usize = rows::events_from(conn, &sid, 1, 1000)?
+                    let actual: usize = event_rows::events_from(conn, &sid, 1, 1000)?
                         .iter()
                         .map(|r| r.payload.len())
                         .sum();

@@ -27,7 +27,8 @@ use prost::Message as _;
 use crate::service::live::hub::{Next, Subscription};
 use crate::service::live::watchers::WatchGuard;
 use crate::service::{Caller, Service, ServiceError, ServiceResult, rights};
-use crate::store::rows::{self, EventRow};
+use crate::store::event_rows::{self, EventRow};
+use crate::store::rows;
 use crate::store::{Store, now_ms};
 
 /// Most events per log read when replaying.
@@ -148,7 +149,13 @@ impl Reader {
         let from = self.next as i64;
         self.store
             .read("watch_page", move |conn| {
-                Ok::<_, ServiceError>(rows::events_page(conn, &sid, from, REPLAY_PAGE, REPLAY_PAGE_BYTES)?)
+                Ok::<_, ServiceError>(event_rows::events_page(
+                    conn,
+                    &sid,
+                    from,
+                    REPLAY_PAGE,
+                    REPLAY_PAGE_BYTES,
+                )?)
             })
             .await
     }
