@@ -39,6 +39,14 @@ pub async fn run(
     if let Err(e) = service.mark_runtimes_offline().await {
         tracing::error!(error = %e, "could not reset runtime statuses");
     }
+    match service.rearm_permission_timeouts().await {
+        Ok(0) => {}
+        Ok(pending) => tracing::info!(
+            pending,
+            "permission requests waiting for a person: their timeouts are armed again"
+        ),
+        Err(e) => tracing::error!(error = %e, "could not arm the timeouts of pending permission requests"),
+    }
     if let Some((handle, metrics_listener)) = config.metrics {
         let (service, shutdown) = (service.clone(), shutdown.clone());
         tokio::spawn(async move {

@@ -161,3 +161,35 @@ async fn an_unanswered_request_is_rejected_after_the_timeout() {
     assert!(agent_text(&events).contains("reject"), "{}", agent_text(&events));
     w.assert_no_panic();
 }
+
+/// A restart loses no timeout: the control plane is killed while a request
+/// waits for a person, and the one started on the same database arms the
+/// request's timeout again from when it was stored, so the turn still ends
+/// (before, no timer survived the restart and the turn hung).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unanswered_request_is_rejected_after_the_timeout_across_a_restart() {
+    let mut w = World::builder()
+        .policy(pb::PermissionPolicy::Ask)
+        // Long enough that the killed process cannot decide it first.
+        .serve_args(&["--permission-timeout", "3s"])
+        .logs_to_files()
+        .start()
+        .await
+        .unwrap();
+    let session = w.session().await;
+    let turn = w.prompt(&session, "permission").await;
+    let request = w.next_permission(&turn).await;
+    oma_integration_tests::faults::restart_control_plane(&mut w.cp).unwrap();
+    let events = w.collect(&turn).await;
+    let decided = permission_decided(&events);
+    assert_eq!(
+        (
+            decided.request_id.as_str(),
+            decided.decided_by.as_str(),
+            decided.option_id.as_str()
+        ),
+        (request.request_id.as_str(), "timeout", "reject")
+    );
+    assert_eq!(turn_end(&events).stop_reason, pb::StopReason::EndTurn as i32);
+    w.assert_no_panic();
+}

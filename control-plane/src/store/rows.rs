@@ -677,13 +677,11 @@ pub fn get_permission(conn: &mut DbConn, session_id: &str, request_id: &str) -> 
         .optional()?)
 }
 
-pub fn undecided_permissions(conn: &mut DbConn, session_id: &str) -> QueryResult<Vec<PermissionRow>> {
+/// Every request still waiting for a decision, in every session: after a
+/// restart each gets its timeout armed again.
+pub fn pending_permissions(conn: &mut DbConn) -> QueryResult<Vec<PermissionRow>> {
     Ok(permission_requests::table
-        .filter(
-            permission_requests::session_id
-                .eq(session_id)
-                .and(permission_requests::decided_at.is_null()),
-        )
+        .filter(permission_requests::decided_at.is_null())
         .select(PermissionRow::as_select())
         .load(conn)?)
 }

@@ -1,6 +1,8 @@
 //! Prompts, cancels, permission answers and disposes: the public live RPCs,
 //! routed to the runtime's stream.
 
+use std::time::Duration;
+
 use oma_proto::ids::SessionId;
 use oma_proto::pb;
 use oma_proto::validate::ValidationError;
@@ -303,12 +305,41 @@ impl Service {
         Ok(())
     }
 
-    /// Rejects an `ask` request nobody answered in time.
+    /// Rejects an `ask` request nobody answered in time (a fresh request:
+    /// the whole `--permission-timeout`).
     pub(crate) fn start_permission_timeout(&self, session_id: String, request_id: String) {
+        self.arm_permission_timeout(session_id, request_id, self.live_config.permission_timeout);
+    }
+
+    /// After a restart no timer of the previous process is left: every
+    /// request still undecided gets its timeout again, counted from when it
+    /// was stored (one already past is decided now). The decision is a
+    /// conditional update, so a request is decided once however many timers
+    /// or answers race for it.
+    pub async fn rearm_permission_timeouts(&self) -> ServiceResult<usize> {
+        let pending = self
+            .store
+            .read("pending_permissions", |conn| {
+                Ok::<_, ServiceError>(rows::pending_permissions(conn)?)
+            })
+            .await?;
+        let timeout_ms = self.live_config.permission_timeout.as_millis() as i64;
+        let now = now_ms();
+        for row in &pending {
+            let left = (row.created_at.saturating_add(timeout_ms) - now).max(0);
+            self.arm_permission_timeout(
+                row.session_id.clone(),
+                row.request_id.clone(),
+                Duration::from_millis(left as u64),
+            );
+        }
+        Ok(pending.len())
+    }
+
+    fn arm_permission_timeout(&self, session_id: String, request_id: String, after: Duration) {
         let service = self.clone();
-        let timeout = self.live_config.permission_timeout;
         tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
+            tokio::time::sleep(after).await;
             let sid = session_id.clone();
             let rid = request_id.clone();
             let decided = service
