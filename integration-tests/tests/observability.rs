@@ -167,3 +167,65 @@ async fn health_says_not_serving_as_soon_as_the_server_is_told_to_stop() {
     let status = cp.process.wait_exit(DEADLINE).unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// A load balancer must stop sending calls to a control plane whose
+/// database is gone: health says NOT_SERVING while PostgreSQL cannot be
+/// reached (here: a proxy in front of it refuses new connections and cuts
+/// the open ones), and SERVING again once it can.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_follows_the_database() {
+    let Some(mut database) = TestDatabase::postgres("health_follows_the_database").unwrap() else {
+        return;
+    };
+    let TestDatabase::Postgres { url, .. } = &mut database else {
+        unreachable!("a PostgreSQL test database")
+    };
+    // postgres://user@HOST:PORT/name: put the proxy in place of HOST:PORT.
+    let authority = url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(authority, _)| authority.to_owned())
+        .expect("OMA_TEST_POSTGRES_URL names user@host:port");
+    let Ok(server) = authority.parse::<SocketAddr>() else {
+        eprintln!("*** SKIPPED health_follows_the_database: {authority} is not an IP:port to proxy ***");
+        return;
+    };
+    let proxy = faults::Proxy::start(server).unwrap();
+    *url = url.replacen(&authority, &proxy.addr().to_string(), 1);
+    let cp = faults::start_control_plane(database, &[]).unwrap();
+    let mut health = HealthClient::new(cp.channel().await.unwrap());
+    let status = |mut health: HealthClient<tonic::transport::Channel>| async move {
+        health
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .ok()
+            .map(|r| r.into_inner().status())
+    };
+    assert_eq!(status(health.clone()).await, Some(ServingStatus::Serving));
+
+    proxy.refuse();
+    proxy.cut();
+    wait_until("health to say NOT_SERVING without the database", DEADLINE, || {
+        let health = health.clone();
+        async move { (status(health).await == Some(ServingStatus::NotServing)).then_some(()) }
+    })
+    .await
+    .unwrap();
+
+    proxy.resume();
+    wait_until("health to say SERVING with the database back", DEADLINE, || {
+        let health = health.clone();
+        async move { (status(health).await == Some(ServingStatus::Serving)).then_some(()) }
+    })
+    .await
+    .unwrap();
+    // The server itself stayed up and answers calls that need the database.
+    let named = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "oma.v1.SessionService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(named.status(), ServingStatus::Serving);
+}

@@ -37,6 +37,7 @@ pub async fn serve(
     let max = oma_proto::MAX_MESSAGE_BYTES;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, tonic_health::ServingStatus::Serving).await;
+    let database_health = tokio::spawn(follow_the_database(service.clone(), health.clone()));
 
     // Both reflection versions: grpcurl and many tools still ask v1alpha.
     let reflection = || {
@@ -66,6 +67,9 @@ pub async fn serve(
     // accepting and lets in-flight calls finish.
     let stopping = async move {
         shutdown.cancelled().await;
+        // Stopped first, so it cannot say SERVING again afterwards.
+        database_health.abort();
+        let _ = database_health.await;
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
     };
     builder
@@ -119,6 +123,47 @@ pub async fn serve(
         )
         .serve_with_incoming_shutdown(incoming, stopping)
         .await
+}
+
+/// How often health checks the database, and how long one check may take.
+const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(2);
+const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Health follows the database: NOT_SERVING while it cannot be reached
+/// (a replica without its database can serve nothing), SERVING again once
+/// it answers. Also exported as the `oma_database_up` gauge. Runs until
+/// aborted at shutdown.
+async fn follow_the_database(service: Arc<Service>, health: tonic_health::server::HealthReporter) {
+    let mut up = true;
+    metrics::gauge!("oma_database_up").set(1.0);
+    let mut every = tokio::time::interval(DATABASE_CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let error = match tokio::time::timeout(DATABASE_CHECK_TIMEOUT, service.store().ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {DATABASE_CHECK_TIMEOUT:?}")),
+        };
+        match (up, error) {
+            (true, Some(error)) => {
+                up = false;
+                tracing::error!(
+                    error,
+                    "the database cannot be reached; health says NOT_SERVING until it can"
+                );
+                metrics::gauge!("oma_database_up").set(0.0);
+                set_health(&health, tonic_health::ServingStatus::NotServing).await;
+            }
+            (false, None) => {
+                up = true;
+                tracing::info!("the database answers again; health says SERVING");
+                metrics::gauge!("oma_database_up").set(1.0);
+                set_health(&health, tonic_health::ServingStatus::Serving).await;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What health reports: every service, and the server as a whole ("").

@@ -262,6 +262,16 @@ impl Store {
         .map_err(|e| StoreError::Join(e.to_string()))?
     }
 
+    /// Whether the database answers a trivial query (health checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read("ping", |conn| {
+            use diesel::RunQueryDsl as _;
+            diesel::sql_query("SELECT 1").execute(conn).map_err(StoreError::Db)?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+    }
+
     /// Runs `f` in a transaction on a blocking thread, retrying the whole
     /// transaction on transient errors. `f` may run more than once, so it
     /// must not have effects outside the transaction.
