@@ -138,7 +138,10 @@ pub type StatusSink = Box<dyn Fn(&ConnectionStatus) + Send + Sync>;
 
 /// Everything the connection loop needs.
 pub struct Daemon {
-    pub endpoint: Endpoint,
+    /// The control plane's replicas, in order: the one paired with first.
+    /// Each lost stream moves the next attempt to the next one (any replica
+    /// serves any runtime), so a dead replica costs one failed attempt.
+    pub endpoints: Vec<Endpoint>,
     pub machine_token: String,
     pub hello: pb::Hello,
     pub manager: Arc<Manager>,
@@ -168,9 +171,13 @@ impl Daemon {
     /// Connects and reconnects until shut down, superseded or refused.
     pub async fn run(&self, shutdown: CancellationToken) -> DaemonExit {
         let mut attempt = 0u32;
+        let mut current = 0usize;
         loop {
             let started = Instant::now();
-            let end = self.stream_once(&shutdown).await;
+            let end = match self.endpoints.get(current) {
+                Some(endpoint) => self.stream_once(endpoint, &shutdown).await,
+                None => StreamEnd::Refused("no control-plane URL is configured".into()),
+            };
             self.manager.disconnected().await;
             match end {
                 StreamEnd::Shutdown => return DaemonExit::Shutdown,
@@ -185,7 +192,13 @@ impl Daemon {
                     }
                     let delay = self.backoff.delay(attempt);
                     attempt = attempt.saturating_add(1);
-                    tracing::warn!(reason = why, retry_in = ?delay, "disconnected from the control plane");
+                    current = (current + 1) % self.endpoints.len();
+                    tracing::warn!(
+                        reason = why,
+                        retry_in = ?delay,
+                        next = %self.endpoints[current].uri(),
+                        "disconnected from the control plane"
+                    );
                     (self.on_status)(&ConnectionStatus::Lost(why));
                     tokio::select! {
                         _ = shutdown.cancelled() => return DaemonExit::Shutdown,
@@ -196,10 +209,10 @@ impl Daemon {
         }
     }
 
-    async fn stream_once(&self, shutdown: &CancellationToken) -> StreamEnd {
-        let channel: Channel = match self.endpoint.connect().await {
+    async fn stream_once(&self, endpoint: &Endpoint, shutdown: &CancellationToken) -> StreamEnd {
+        let channel: Channel = match endpoint.connect().await {
             Ok(c) => c,
-            Err(e) => return StreamEnd::Lost(format!("cannot connect: {}", error_chain(&e))),
+            Err(e) => return StreamEnd::Lost(format!("cannot connect to {}: {}", endpoint.uri(), error_chain(&e))),
         };
         let token: tonic::metadata::MetadataValue<_> = match format!("Bearer {}", self.machine_token).parse() {
             Ok(t) => t,

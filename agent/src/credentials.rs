@@ -27,6 +27,10 @@ const MAX_MACHINE_ID_CHARS: usize = 128;
 pub struct Credentials {
     /// The control plane's gRPC URL, e.g. `https://oma.example.com:7443`.
     pub server_url: String,
+    /// Other replicas of the same control plane (`setup --also-server`):
+    /// the daemon moves to the next URL each time its stream is lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_server_urls: Vec<String>,
     /// The runtime id the control plane assigned (`rt_…`).
     pub runtime_id: String,
     /// The machine token (`sk_machine_…`); a secret.
@@ -49,6 +53,7 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
             .field("server_url", &self.server_url)
+            .field("other_server_urls", &self.other_server_urls)
             .field("runtime_id", &self.runtime_id)
             .field("machine_token", &"<redacted>")
             .field("ca_file", &self.ca_file)
@@ -305,6 +310,7 @@ mod tests {
     fn creds(server: &str) -> Credentials {
         Credentials {
             server_url: server.into(),
+            other_server_urls: vec!["https://oma-2.example.com:7443".into()],
             runtime_id: "rt_0123456789abcdef0123456789abcdef".into(),
             machine_token: "sk_machine_secret".into(),
             ca_file: Some("/etc/oma/ca.pem".into()),

@@ -30,32 +30,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Pair this machine with a control plane using a connect code.
-    Setup {
-        /// The control plane's URL, e.g. https://oma.example.com:443.
-        #[arg(long)]
-        server: String,
-        /// The connect code from `omactl runtimes connect`.
-        #[arg(long)]
-        code: String,
-        /// A name for this machine (default: its host name).
-        #[arg(long)]
-        name: Option<String>,
-        /// A PEM file of CA certificates to trust instead of the system's.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// Replace credentials of another server.
-        #[arg(long)]
-        force: bool,
-        /// Allow plaintext to a non-loopback server.
-        #[arg(long)]
-        insecure: bool,
-        /// `json`: print one JSON object (runtime_id, runtime_name,
-        /// tenant_id, server, config_dir, data_dir, credentials_file,
-        /// agents_file, policy_file, agents, missing_agents) and nothing
-        /// else on stdout; errors still go to stderr.
-        #[arg(long, short = 'o', value_enum, default_value_t = SetupOutput::Text)]
-        output: SetupOutput,
-    },
+    Setup(SetupArgs),
     /// Run the daemon (what the service unit starts).
     Run(RunArgs),
     /// Show whether this machine is paired and connected, and its agents
@@ -84,6 +59,39 @@ enum Command {
 enum SetupOutput {
     Text,
     Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct SetupArgs {
+    /// The control plane's URL, e.g. https://oma.example.com:443.
+    #[arg(long)]
+    server: String,
+    /// The connect code from `omactl runtimes connect`.
+    #[arg(long)]
+    code: String,
+    /// A name for this machine (default: its host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// A PEM file of CA certificates to trust instead of the system's.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Replace credentials of another server.
+    #[arg(long)]
+    force: bool,
+    /// Allow plaintext to a non-loopback server.
+    #[arg(long)]
+    insecure: bool,
+    /// `json`: print one JSON object (runtime_id, runtime_name,
+    /// tenant_id, server, config_dir, data_dir, credentials_file,
+    /// agents_file, policy_file, agents, missing_agents) and nothing
+    /// else on stdout; errors still go to stderr.
+    #[arg(long, short = 'o', value_enum, default_value_t = SetupOutput::Text)]
+    output: SetupOutput,
+    /// Another replica of the same control plane (repeat for each): the
+    /// daemon moves to the next URL each time its stream is lost, so a
+    /// replica that dies costs one failed attempt. Checked like --server.
+    #[arg(long = "also-server", value_name = "URL")]
+    also_server: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -190,17 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     // Blocking work (skill scans) goes to the blocking pool.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
-        Command::Setup {
-            server,
-            code,
-            name,
-            ca_file,
-            force,
-            insecure,
-            output,
-        } => runtime.block_on(cli::setup::setup(
-            &paths, server, code, name, ca_file, force, insecure, output,
-        )),
+        Command::Setup(args) => runtime.block_on(cli::setup::setup(&paths, args)),
         Command::Run(args) => runtime.block_on(cli::daemon::daemon(&paths, args)),
         Command::Status { json } => cli::status::status(&paths, json),
         Command::Agents => cli::agents::agents(&paths),

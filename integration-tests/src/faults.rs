@@ -404,6 +404,18 @@ pub fn restart_control_plane(cp: &mut ControlPlane) -> anyhow::Result<SocketAddr
         "faults: port {} stays taken ({last_error:?}); moving to a new port",
         cp.addr
     );
+    start_on_a_new_port(cp)
+}
+
+/// Kills the control plane (if it still runs) and starts another on the
+/// same database on a new port, as another replica taking over would be.
+/// Returns the address it listens on.
+pub fn replace_control_plane(cp: &mut ControlPlane) -> anyhow::Result<SocketAddr> {
+    kill_control_plane(cp)?;
+    start_on_a_new_port(cp)
+}
+
+fn start_on_a_new_port(cp: &mut ControlPlane) -> anyhow::Result<SocketAddr> {
     let mut process = ControlPlane::spawn(&cp.database, &cp.options, "127.0.0.1:0")?;
     let addr = process.wait_for_line(START_DEADLINE, listening_addr)?;
     cp.process = process;

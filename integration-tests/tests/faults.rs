@@ -1067,3 +1067,57 @@ async fn a_deleted_session_answers_not_found() {
     assert_eq!(agent_text(&events), "still");
     rig.assert_no_panic();
 }
+
+/// A replica that dies costs the daemon one failed attempt: it knows two
+/// URLs (`credentials.toml` `other_server_urls`, what `setup --also-server`
+/// writes), its replica is killed, another starts on the same database
+/// behind the second URL, and the daemon moves there; the session goes on
+/// and its log is whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_moves_to_another_replica_when_its_replica_dies() {
+    // The second URL exists before its replica does: a proxy that refuses
+    // connections until the replica runs behind it.
+    let second = faults::Proxy::start("127.0.0.1:9".parse().unwrap()).unwrap();
+    second.refuse();
+    let second_url = second.url();
+    let mut rig = World::builder()
+        .logs_to_files()
+        .daemon_args_exactly(AGENT_ARGS)
+        .turn_deadline(TURN)
+        .prepare(move |machine| {
+            let file = machine.config_dir.path().join("credentials.toml");
+            let mut toml = std::fs::read_to_string(&file).unwrap();
+            toml.push_str(&format!("other_server_urls = [\"{second_url}\"]\n"));
+            std::fs::write(&file, toml).unwrap();
+        })
+        .start()
+        .await
+        .unwrap();
+    let session = rig.session().await;
+    let first_turn = rig.prompt(&session, "chunks 20").await;
+    let events = rig.collect(&first_turn).await;
+    let end = turn_end(&events, &first_turn.id).expect("the turn ended");
+    assert_eq!(end.stop_reason, pb::StopReason::EndTurn as i32);
+
+    let addr = faults::replace_control_plane(&mut rig.cp).unwrap();
+    second.set_target(addr);
+    second.resume();
+    rig.clients = rig.cp.clients().await.unwrap();
+    let runtime_id = rig.machine.runtime_id.clone();
+    wait_online(&mut rig.clients, &runtime_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(second.accepted() > 0, "the daemon never used the second URL");
+
+    let second_turn = rig.prompt(&session, "chunks 20").await;
+    let events = rig.collect(&second_turn).await;
+    let end = turn_end(&events, &second_turn.id).expect("the turn ended");
+    assert_eq!(end.stop_reason, pb::StopReason::EndTurn as i32);
+    assert_log(
+        &rig,
+        &session,
+        &[(first_turn.id.clone(), Some(20)), (second_turn.id.clone(), Some(20))],
+    )
+    .await;
+    rig.assert_no_panic();
+}

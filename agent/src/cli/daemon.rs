@@ -146,9 +146,13 @@ pub(crate) async fn daemon(paths: &Paths, args: RunArgs) -> anyhow::Result<i32> 
     }));
     let backlog_writer = tokio::spawn(write_backlog(manager.clone(), status_state.clone(), state_file.clone()));
     let insecure = args.insecure || creds.insecure;
-    let endpoint = endpoint(&creds.server_url, creds.ca_file.as_deref(), insecure).map_err(anyhow::Error::msg)?;
+    let endpoints = std::iter::once(&creds.server_url)
+        .chain(&creds.other_server_urls)
+        .map(|url| endpoint(url, creds.ca_file.as_deref(), insecure))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let daemon = Daemon {
-        endpoint,
+        endpoints,
         machine_token: creds.machine_token.clone(),
         hello,
         manager: manager.clone(),

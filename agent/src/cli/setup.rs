@@ -1,7 +1,5 @@
 //! `oma-agent setup`: pairs this machine with a control plane using a connect code.
 
-use std::path::PathBuf;
-
 use anyhow::{Context as _, bail};
 use oma_agent::connection::endpoint;
 use oma_agent::credentials::{self, Credentials};
@@ -9,19 +7,19 @@ use oma_agent::paths::Paths;
 use oma_proto::pb;
 
 use super::detected::detect_agents;
-use crate::SetupOutput;
+use crate::{SetupArgs, SetupOutput};
 
-#[allow(clippy::too_many_arguments)] // one per flag of `setup`
-pub(crate) async fn setup(
-    paths: &Paths,
-    server: String,
-    code: String,
-    name: Option<String>,
-    ca_file: Option<PathBuf>,
-    force: bool,
-    insecure: bool,
-    output: SetupOutput,
-) -> anyhow::Result<i32> {
+pub(crate) async fn setup(paths: &Paths, args: SetupArgs) -> anyhow::Result<i32> {
+    let SetupArgs {
+        server,
+        code,
+        name,
+        ca_file,
+        force,
+        insecure,
+        output,
+        also_server,
+    } = args;
     // Refuse before spending the single-use code.
     if let Some(existing) = credentials::load(paths)?
         && existing.server_url != server
@@ -35,6 +33,10 @@ pub(crate) async fn setup(
     let ca_file = ca_file
         .map(|p| std::fs::canonicalize(&p).with_context(|| format!("cannot find --ca-file {}", p.display())))
         .transpose()?;
+    // The other replicas are checked now, not at the first failover.
+    for other in &also_server {
+        endpoint(other, ca_file.as_deref(), insecure).map_err(|e| anyhow::anyhow!("--also-server: {e}"))?;
+    }
     let endpoint = endpoint(&server, ca_file.as_deref(), insecure).map_err(anyhow::Error::msg)?;
     let channel = endpoint
         .connect()
@@ -57,6 +59,7 @@ pub(crate) async fn setup(
     let runtime = response.runtime.context("the control plane returned no runtime")?;
     let creds = Credentials {
         server_url: server,
+        other_server_urls: also_server,
         runtime_id: runtime.id.clone(),
         machine_token: response.machine_token,
         ca_file,
