@@ -415,6 +415,15 @@ pub fn replace_control_plane(cp: &mut ControlPlane) -> anyhow::Result<SocketAddr
     start_on_a_new_port(cp)
 }
 
+/// Starts another replica on the control plane's database beside the
+/// running one, on a new port. Returns its process (killed when dropped)
+/// and address.
+pub fn start_another_replica(cp: &ControlPlane) -> anyhow::Result<(Process, SocketAddr)> {
+    let mut process = ControlPlane::spawn(&cp.database, &cp.options, "127.0.0.1:0")?;
+    let addr = process.wait_for_line(START_DEADLINE, listening_addr)?;
+    Ok((process, addr))
+}
+
 fn start_on_a_new_port(cp: &mut ControlPlane) -> anyhow::Result<SocketAddr> {
     let mut process = ControlPlane::spawn(&cp.database, &cp.options, "127.0.0.1:0")?;
     let addr = process.wait_for_line(START_DEADLINE, listening_addr)?;

@@ -1068,19 +1068,13 @@ async fn a_deleted_session_answers_not_found() {
     rig.assert_no_panic();
 }
 
-/// A replica that dies costs the daemon one failed attempt: it knows two
-/// URLs (`credentials.toml` `other_server_urls`, what `setup --also-server`
-/// writes), its replica is killed, another starts on the same database
-/// behind the second URL, and the daemon moves there; the session goes on
-/// and its log is whole.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_daemon_moves_to_another_replica_when_its_replica_dies() {
-    // The second URL exists before its replica does: a proxy that refuses
-    // connections until the replica runs behind it.
-    let second = faults::Proxy::start("127.0.0.1:9".parse().unwrap()).unwrap();
-    second.refuse();
-    let second_url = second.url();
-    let mut rig = World::builder()
+/// A daemon paired with the rig's control plane that also knows
+/// `second_url` (`credentials.toml` `other_server_urls`, what
+/// `setup --also-server` writes).
+async fn rig_knowing(second_url: &str, cp_args: &[&str]) -> World {
+    let second_url = second_url.to_owned();
+    World::builder()
+        .serve_args(cp_args)
         .logs_to_files()
         .daemon_args_exactly(AGENT_ARGS)
         .turn_deadline(TURN)
@@ -1092,12 +1086,35 @@ async fn the_daemon_moves_to_another_replica_when_its_replica_dies() {
         })
         .start()
         .await
-        .unwrap();
-    let session = rig.session().await;
-    let first_turn = rig.prompt(&session, "chunks 20").await;
-    let events = rig.collect(&first_turn).await;
-    let end = turn_end(&events, &first_turn.id).expect("the turn ended");
+        .unwrap()
+}
+
+/// The second URL exists before its replica does: a proxy that refuses
+/// connections until a replica runs behind it.
+fn second_url_proxy() -> faults::Proxy {
+    let second = faults::Proxy::start("127.0.0.1:9".parse().unwrap()).unwrap();
+    second.refuse();
+    second
+}
+
+/// Runs a turn of 20 chunks and checks it ended normally.
+async fn chunk_turn(rig: &World, session: &str) -> String {
+    let turn = rig.prompt(session, "chunks 20").await;
+    let events = rig.collect(&turn).await;
+    let end = turn_end(&events, &turn.id).expect("the turn ended");
     assert_eq!(end.stop_reason, pb::StopReason::EndTurn as i32);
+    turn.id
+}
+
+/// A replica that dies costs the daemon one failed attempt: its replica is
+/// killed, another starts on the same database behind the second URL, and
+/// the daemon moves there; the session goes on and its log is whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_moves_to_another_replica_when_its_replica_dies() {
+    let second = second_url_proxy();
+    let mut rig = rig_knowing(&second.url(), &[]).await;
+    let session = rig.session().await;
+    let first_turn = chunk_turn(&rig, &session).await;
 
     let addr = faults::replace_control_plane(&mut rig.cp).unwrap();
     second.set_target(addr);
@@ -1109,15 +1126,38 @@ async fn the_daemon_moves_to_another_replica_when_its_replica_dies() {
         .unwrap();
     assert!(second.accepted() > 0, "the daemon never used the second URL");
 
-    let second_turn = rig.prompt(&session, "chunks 20").await;
-    let events = rig.collect(&second_turn).await;
-    let end = turn_end(&events, &second_turn.id).expect("the turn ended");
-    assert_eq!(end.stop_reason, pb::StopReason::EndTurn as i32);
-    assert_log(
-        &rig,
-        &session,
-        &[(first_turn.id.clone(), Some(20)), (second_turn.id.clone(), Some(20))],
-    )
-    .await;
+    let second_turn = chunk_turn(&rig, &session).await;
+    assert_log(&rig, &session, &[(first_turn, Some(20)), (second_turn, Some(20))]).await;
     rig.assert_no_panic();
+}
+
+/// A replica told to stop drains: it ends its runtime streams at once
+/// instead of holding them through its grace period, so the daemon moves to
+/// the next replica right away; the session goes on there, its log whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_replica_sends_its_runtimes_to_another_at_once() {
+    let second = second_url_proxy();
+    // A grace far beyond the wait below: only the drain frees the runtime
+    // in time (its stream is a call in flight, which the grace would keep).
+    let mut rig = rig_knowing(&second.url(), &["--shutdown-grace", "300s"]).await;
+    let session = rig.session().await;
+    let first_turn = chunk_turn(&rig, &session).await;
+
+    let (replica, addr) = faults::start_another_replica(&rig.cp).unwrap();
+    second.set_target(addr);
+    second.resume();
+    let draining = std::mem::replace(&mut rig.cp.process, replica);
+    rig.cp.addr = addr;
+    rig.clients = rig.cp.clients().await.unwrap();
+    draining.signal("TERM").unwrap();
+    let runtime_id = rig.machine.runtime_id.clone();
+    wait_online(&mut rig.clients, &runtime_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(second.accepted() > 0, "the daemon never used the second URL");
+
+    let second_turn = chunk_turn(&rig, &session).await;
+    assert_log(&rig, &session, &[(first_turn, Some(20)), (second_turn, Some(20))]).await;
+    rig.assert_no_panic();
+    drop(draining);
 }

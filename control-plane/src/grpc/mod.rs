@@ -65,12 +65,20 @@ pub async fn serve(
     // On shutdown the health service says NOT_SERVING first (a load
     // balancer watching it stops sending calls here), then the server stops
     // accepting and lets in-flight calls finish.
+    // Then every runtime stream is ended at once, not after the grace
+    // period: the machines reconnect to another replica right away.
+    let draining = service.clone();
     let stopping = async move {
         shutdown.cancelled().await;
         // Stopped first, so it cannot say SERVING again afterwards.
         database_health.abort();
         let _ = database_health.await;
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
+        let ended = draining.live.registry.end_all();
+        tracing::info!(
+            runtime_streams = ended,
+            "draining: runtime streams ended; their machines reconnect"
+        );
     };
     builder
         .layer(observe::ObserveLayer::new())

@@ -264,6 +264,20 @@ impl Registry {
         connected_gauge(&runtimes);
     }
 
+    /// Ends every runtime's stream (the server is draining): each machine
+    /// reconnects, to another replica when it knows one. Events stored by
+    /// then stay stored; any not yet acknowledged the machine sends again,
+    /// and they are stored once. Returns how many streams were ended.
+    /// Each stream unregisters itself as it ends, which records the runtime
+    /// offline unless a newer stream (on another replica) took over.
+    pub fn end_all(&self) -> usize {
+        let runtimes = self.runtimes.lock().expect("registry lock");
+        for live in runtimes.values() {
+            live.outbound.end();
+        }
+        runtimes.len()
+    }
+
     pub fn is_current(&self, runtime_id: &str, epoch: i64) -> bool {
         self.runtimes
             .lock()
