@@ -144,17 +144,28 @@ pub struct ServeArgs {
     #[arg(long, env = "OMA_RUNTIME_SEND_TIMEOUT", default_value = "10s", value_parser = oma_proto::duration::parse)]
     pub runtime_send_timeout: Duration,
 
+    /// This replica's name among the control planes sharing one database
+    /// (default: host name and listening port). The runtime streams it holds
+    /// are leased under it; at start it marks offline only the runtimes of
+    /// its own earlier life and those whose lease ran out. Keep it stable
+    /// across restarts and distinct between replicas.
+    #[arg(long, env = "OMA_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
     /// How long in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "OMA_SHUTDOWN_GRACE", default_value = "10s", value_parser = oma_proto::duration::parse)]
     pub shutdown_grace: Duration,
 }
 
 impl ServeArgs {
-    pub fn live_config(&self) -> crate::service::live::LiveConfig {
+    /// The live path's settings; `port` is the one listened on (part of the
+    /// default replica id).
+    pub fn live_config(&self, port: u16) -> crate::service::live::LiveConfig {
         crate::service::live::LiveConfig {
             heartbeat_interval: self.heartbeat_interval,
             permission_timeout: self.permission_timeout,
             send_timeout: self.runtime_send_timeout,
+            replica_id: self.replica_id.clone().unwrap_or_else(|| default_replica_id(port)),
             ..Default::default()
         }
     }
@@ -209,6 +220,17 @@ fn parse_bytes(value: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
         .map_err(|_| format!("{value:?} is not a size: use e.g. 10GiB, 500MiB or a number of bytes"))
+}
+
+/// `<host name>:<port>`: stable across restarts, distinct between replicas
+/// on different hosts or ports.
+fn default_replica_id(port: u16) -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{port}")
 }
 
 #[cfg(test)]

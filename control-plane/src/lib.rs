@@ -36,6 +36,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let service = Arc::new(Service::new(config.store, config.service, config.live));
+    tracing::info!(replica_id = %service.live_config.replica_id, "this replica's id (runtime leases are held under it)");
     if let Err(e) = service.mark_runtimes_offline().await {
         tracing::error!(error = %e, "could not reset runtime statuses");
     }
@@ -47,6 +48,10 @@ pub async fn run(
         ),
         Err(e) => tracing::error!(error = %e, "could not arm the timeouts of pending permission requests"),
     }
+    tokio::spawn({
+        let (service, shutdown) = (service.clone(), shutdown.clone());
+        async move { service.keep_leases(shutdown).await }
+    });
     if let Some((handle, metrics_listener)) = config.metrics {
         let (service, shutdown) = (service.clone(), shutdown.clone());
         tokio::spawn(async move {

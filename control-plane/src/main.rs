@@ -172,7 +172,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             RunConfig {
                 store,
                 service: args.service_config(),
-                live: args.live_config(),
+                live: args.live_config(local.port()),
                 limits: args.limits_config(),
                 tls,
                 metrics,

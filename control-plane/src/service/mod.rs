@@ -180,15 +180,6 @@ impl Service {
         }
     }
 
-    /// After a restart no stream is live yet: every runtime starts offline.
-    pub async fn mark_runtimes_offline(&self) -> ServiceResult<usize> {
-        self.store
-            .write("mark_runtimes_offline", |conn| {
-                Ok::<_, ServiceError>(crate::store::rows::mark_all_offline(conn, crate::store::now_ms())?)
-            })
-            .await
-    }
-
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -724,6 +724,9 @@ pub struct RuntimeHello {
     pub arch: String,
     pub manifest: Vec<u8>,
     pub connection_epoch: i64,
+    /// The replica holding the stream, and until when (see `renew_leases`).
+    pub replica_id: Option<String>,
+    pub lease_expires_at: Option<i64>,
 }
 
 pub fn runtime_hello(conn: &mut DbConn, id: &str, hello: &RuntimeHello) -> QueryResult<()> {
@@ -757,12 +760,48 @@ pub fn set_runtime_manifest(conn: &mut DbConn, id: &str, manifest: &[u8]) -> Que
     Ok(())
 }
 
-/// Every runtime marked online (for the startup sweep: after a restart no
-/// stream is live yet).
-pub fn mark_all_offline(conn: &mut DbConn, at: i64) -> QueryResult<usize> {
-    Ok(diesel::update(runtimes::table.filter(runtimes::status.eq("online")))
-        .set((runtimes::status.eq("offline"), runtimes::status_at.eq(at)))
-        .execute(conn)?)
+/// At a replica's start: marks offline the runtimes it held in its earlier
+/// life (no stream can be live here yet) and those whose lease ran out or
+/// that have none; runtimes of other live replicas stay online.
+pub fn mark_offline_at_start(conn: &mut DbConn, replica_id: &str, at: i64) -> QueryResult<usize> {
+    Ok(diesel::update(
+        runtimes::table.filter(
+            runtimes::status.eq("online").and(
+                runtimes::replica_id
+                    .eq(replica_id)
+                    .or(runtimes::replica_id.is_null())
+                    .or(runtimes::lease_expires_at.is_null())
+                    .or(runtimes::lease_expires_at.lt(at)),
+            ),
+        ),
+    )
+    .set((runtimes::status.eq("offline"), runtimes::status_at.eq(at)))
+    .execute(conn)?)
+}
+
+/// Renews the leases of the runtimes whose streams `replica_id` holds.
+pub fn renew_leases(conn: &mut DbConn, replica_id: &str, until: i64) -> QueryResult<usize> {
+    Ok(
+        diesel::update(runtimes::table.filter(runtimes::status.eq("online").and(runtimes::replica_id.eq(replica_id))))
+            .set(runtimes::lease_expires_at.eq(Some(until)))
+            .execute(conn)?,
+    )
+}
+
+/// Marks offline the runtimes whose lease ran out: their replica died
+/// without saying so (a replica holding a stream renews its lease).
+pub fn expire_leases(conn: &mut DbConn, at: i64) -> QueryResult<usize> {
+    Ok(diesel::update(
+        runtimes::table.filter(
+            runtimes::status.eq("online").and(
+                runtimes::lease_expires_at
+                    .is_null()
+                    .or(runtimes::lease_expires_at.lt(at)),
+            ),
+        ),
+    )
+    .set((runtimes::status.eq("offline"), runtimes::status_at.eq(at)))
+    .execute(conn)?)
 }
 
 // ---- audit -----------------------------------------------------------------

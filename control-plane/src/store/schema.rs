@@ -63,6 +63,8 @@ diesel::table! {
         arch -> Text,
         manifest -> Binary,
         connection_epoch -> BigInt,
+        replica_id -> Nullable<Text>,
+        lease_expires_at -> Nullable<BigInt>,
     }
 }
 

@@ -21,6 +21,7 @@ pub mod acks;
 pub mod diffs;
 pub mod event_log;
 pub mod hub;
+pub mod leases;
 pub mod message;
 pub mod permissions;
 pub mod reader;
@@ -45,6 +46,17 @@ pub struct LiveConfig {
     /// How long a frame to a runtime may wait for room in its queue; a
     /// runtime that takes nothing for that long has its stream ended.
     pub send_timeout: Duration,
+    /// This replica's name among the control planes sharing the database:
+    /// the runtime streams it holds are leased under it.
+    pub replica_id: String,
+}
+
+impl LiveConfig {
+    /// How long a runtime's lease runs without renewal: as long as a stream
+    /// may stay silent before it is declared dead.
+    pub fn lease_ttl(&self) -> Duration {
+        self.heartbeat_interval * 3
+    }
 }
 
 impl Default for LiveConfig {
@@ -54,6 +66,7 @@ impl Default for LiveConfig {
             hello_timeout: Duration::from_secs(15),
             permission_timeout: Duration::from_secs(600),
             send_timeout: registry::DEFAULT_SEND_TIMEOUT,
+            replica_id: "local".into(),
         }
     }
 }

@@ -88,6 +88,8 @@ impl Service {
             arch: hello.arch.clone(),
             manifest: hello.manifest.clone(),
             connection_epoch: 0,
+            replica_id: Some(self.live_config.replica_id.clone()),
+            lease_expires_at: Some(now + self.live_config.lease_ttl().as_millis() as i64),
         };
         let rid = runtime_id.clone();
         let (epoch, sessions) = self

@@ -1,0 +1,2 @@
+ALTER TABLE runtimes DROP COLUMN lease_expires_at;
+ALTER TABLE runtimes DROP COLUMN replica_id;
