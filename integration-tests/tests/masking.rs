@@ -296,8 +296,15 @@ async fn credentials_echoed_by_the_agent_are_masked_everywhere() {
     assert!(masked_events >= 6, "{masked_events} events carry the marker");
 
     // Nor any file the daemon wrote: its outbox (event logs, state files),
-    // the child's stderr log (which did get the echo, masked), its config.
-    let data_files = files(m.daemon.data_dir.path());
+    // the child's stderr log (which did get the echo, masked), its status
+    // file, its config. Not the session folders: they are the child's own
+    // working folders, where an agent keeps what it likes (the scripted
+    // agent's transcript holds the key, as a real agent's would).
+    let sessions = m.daemon.data_dir.path().join("sessions");
+    let data_files: Vec<PathBuf> = files(m.daemon.data_dir.path())
+        .into_iter()
+        .filter(|file| !file.starts_with(&sessions))
+        .collect();
     let outbox = m.daemon.data_dir.path().join("outbox");
     for name in [format!("{opted}.log"), format!("{opted}.state.json")] {
         assert!(data_files.contains(&outbox.join(&name)), "no {name} in {data_files:?}");

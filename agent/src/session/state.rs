@@ -69,10 +69,11 @@ impl SessionState {
     /// else yet.
     pub(super) fn new(start: &pb::StartSession) -> SessionState {
         let mut kept = start.clone();
-        let credentials = std::mem::take(&mut kept.credentials);
+        let mut credential_names: Vec<String> = std::mem::take(&mut kept.credentials).into_keys().collect();
+        credential_names.sort();
         SessionState {
             start: B64.encode(kept.encode_to_vec()),
-            credential_names: credentials.into_keys().collect(),
+            credential_names,
             ..Default::default()
         }
     }
