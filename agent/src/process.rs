@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use oma_proto::masking::{Masker, StreamMasker};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
@@ -94,13 +95,14 @@ fn build_command(spec: &ChildSpec, base_env: impl IntoIterator<Item = (OsString,
 /// Spawns `spec` with the daemon's environment (scrubbed); stderr is kept in
 /// memory only.
 pub fn spawn(spec: &ChildSpec) -> io::Result<AcpChild> {
-    spawn_logged(spec, None)
+    spawn_logged(spec, None, Masker::default())
 }
 
 /// Spawns `spec` with the daemon's environment (scrubbed), appending its
-/// stderr to `stderr_log_file` when given.
-pub fn spawn_logged(spec: &ChildSpec, stderr_log_file: Option<PathBuf>) -> io::Result<AcpChild> {
-    spawn_with_env(spec, std::env::vars_os(), stderr_log_file)
+/// stderr to `stderr_log_file` when given. Its stderr is masked with
+/// `stderr_masker` before it is kept (in memory or in the file).
+pub fn spawn_logged(spec: &ChildSpec, stderr_log_file: Option<PathBuf>, stderr_masker: Masker) -> io::Result<AcpChild> {
+    spawn_with_env(spec, std::env::vars_os(), stderr_log_file, stderr_masker)
 }
 
 /// Spawns `spec` with `base_env` in place of the daemon's environment.
@@ -108,6 +110,7 @@ pub fn spawn_with_env(
     spec: &ChildSpec,
     base_env: impl IntoIterator<Item = (OsString, OsString)>,
     stderr_log_file: Option<PathBuf>,
+    stderr_masker: Masker,
 ) -> io::Result<AcpChild> {
     let mut child = build_command(spec, base_env).spawn().map_err(|err| {
         io::Error::new(
@@ -127,7 +130,7 @@ pub fn spawn_with_env(
     let stderr_task = child
         .stderr
         .take()
-        .map(|stderr| tokio::spawn(drain_stderr(stderr, stderr_log.clone())));
+        .map(|stderr| tokio::spawn(drain_stderr(stderr, stderr_log.clone(), stderr_masker)));
     Ok(AcpChild {
         stdin: child.stdin.take(),
         stdout: child.stdout.take(),
@@ -346,19 +349,28 @@ impl StderrLog {
     }
 }
 
-/// Reads the child's stderr until EOF into `log`.
-async fn drain_stderr(mut stderr: ChildStderr, log: StderrLog) {
+/// Reads the child's stderr until EOF into `log`, masked (a secret the
+/// child prints is never kept, not even in memory).
+async fn drain_stderr(mut stderr: ChildStderr, log: StderrLog, masker: Masker) {
     let mut file = LogFile::new(log.file());
+    let mut masking = StreamMasker::new(masker);
     let mut buffer = vec![0u8; 8192];
     loop {
         match stderr.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
             Ok(read) => {
-                let chunk = &buffer[..read];
-                log.push(chunk);
-                file.append(chunk).await;
+                let chunk = masking.push(&buffer[..read]);
+                if !chunk.is_empty() {
+                    log.push(&chunk);
+                    file.append(&chunk).await;
+                }
             }
         }
+    }
+    let rest = masking.finish();
+    if !rest.is_empty() {
+        log.push(&rest);
+        file.append(&rest).await;
     }
     file.flush().await;
 }
@@ -499,7 +511,7 @@ mod tests {
             ("CLAUDE_CODE_SSE_PORT", "1"),
             ("KEEP", "kept"),
         ]);
-        let mut child = spawn_with_env(&spec, base, None).unwrap();
+        let mut child = spawn_with_env(&spec, base, None, Masker::default()).unwrap();
         let out = stdout_of(&mut child).await;
         let cwd = dir.path().canonicalize().unwrap();
         assert_eq!(out.trim(), format!("[][][][kept][x][{}]", cwd.display()));
@@ -594,7 +606,7 @@ mod tests {
         let log = dir.path().join("logs").join("agent.stderr");
         // 3 MiB of numbered lines, then a last line.
         let script = "i=0; while [ $i -lt 3072 ]; do printf '%01023d\\n' $i; i=$((i+1)); done >&2; echo the-end >&2";
-        let mut child = spawn_logged(&sh(script, dir.path()), Some(log.clone())).unwrap();
+        let mut child = spawn_logged(&sh(script, dir.path()), Some(log.clone()), Masker::default()).unwrap();
         child.wait().await.unwrap();
         child.stderr_drained(Duration::from_secs(10)).await;
         let memory = child.stderr_log().contents();

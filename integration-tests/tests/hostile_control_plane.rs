@@ -672,7 +672,12 @@ async fn server_sent_commands_urls_and_environment_never_reach_the_child() {
             .turn(&env, "env NODE_OPTIONS", "env NODE_OPTIONS unset")
             .turn(&env, "env HOME", &format!("env HOME={}", lab.canary.home.display()))
             .turn(&env, "env ANTHROPIC_BASE_URL", "env ANTHROPIC_BASE_URL unset")
-            .turn(&env, "env ANTHROPIC_API_KEY", "env ANTHROPIC_API_KEY=sk-from-server")
+            // Taken (the child has it), and masked in the events that echo it.
+            .turn(
+                &env,
+                "env ANTHROPIC_API_KEY",
+                "env ANTHROPIC_API_KEY=[masked:ANTHROPIC_API_KEY]",
+            )
             .start(other)
             .ready(&not_opted_in)
             .errored(&not_opted_in, "credentials_not_accepted", "ANTHROPIC_API_KEY")

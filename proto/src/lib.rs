@@ -4,6 +4,7 @@
 
 pub mod duration;
 pub mod ids;
+pub mod masking;
 pub mod mcp_url;
 pub mod model;
 pub mod net;

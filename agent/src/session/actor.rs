@@ -26,6 +26,7 @@ use crate::outbox::SessionOutbox;
 use crate::policy::Policy;
 use crate::process::ChildSpec;
 
+mod masking;
 mod options;
 mod workspace;
 
@@ -60,6 +61,8 @@ pub(super) struct Actor {
     /// The ACP mode that makes this session's agent ask before it acts (its
     /// table entry's `ask`), the mode a session starts in unless one was chosen.
     ask_mode: Option<String>,
+    /// Masks the credentials the session's children got in every event.
+    masker: masking::SessionMasker,
 }
 
 impl Actor {
@@ -100,6 +103,7 @@ impl Actor {
             options: pb::SessionOptions::default(),
             model_config_id: None,
             ask_mode: None,
+            masker: Default::default(),
         };
         actor.publish_cursors();
         Ok(actor)
@@ -240,6 +244,7 @@ impl Actor {
             turn_id: turn_id.to_owned(),
             kind: Some(kind),
         };
+        self.masker.event(&mut event);
         fit_in_a_frame(&mut event);
         self.outbox.push(event);
     }
@@ -328,7 +333,7 @@ impl Actor {
             }
         };
         let daemon_env: BTreeSet<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
-        let launch = match launch::decide(&self.start, &entry, &policy, &daemon_env) {
+        let mut launch = match launch::decide(&self.start, &entry, &policy, &daemon_env) {
             Ok(launch) => launch,
             Err(refusals) => {
                 let (last, earlier) = refusals.split_last().expect("a refusal");
@@ -343,6 +348,8 @@ impl Actor {
                 return false;
             }
         };
+        self.mask_credentials(&mut launch);
+        self.note_lost_credentials();
         for refusal in &launch.dropped {
             tracing::warn!(
                 session_id = self.id(),
@@ -418,6 +425,7 @@ impl Actor {
                     .log_dir()
                     .join(format!("{}.stderr.log", self.start.session_id)),
             ),
+            stderr_masker: self.masker.masker(),
             advertise_read_text_file: entry.quirks.advertise_read_text_file,
             advertise_write_text_file: entry.quirks.advertise_write_text_file,
             system_prompt_meta: (entry.quirks.system_prompt_in_meta
@@ -517,11 +525,17 @@ impl Actor {
 
     /// The session cannot run: say why, as an event and a frame.
     async fn fail(&mut self, code: &str, message: &str) {
-        tracing::warn!(session_id = self.id(), code, message, "session failed");
-        let error = pb::SessionError {
+        let mut error = pb::SessionError {
             code: code.into(),
             message: message.into(),
         };
+        self.masker.error(&mut error);
+        tracing::warn!(
+            session_id = self.id(),
+            code = error.code.as_str(),
+            message = error.message.as_str(),
+            "session failed"
+        );
         self.emit(pb::session_event::Kind::Error(error.clone()), "");
         self.emit(
             pb::session_event::Kind::StatusChanged(pb::SessionStatusChanged {
@@ -661,7 +675,8 @@ impl Actor {
                         if let Some(acp) = &self.acp {
                             let _ = acp.answer_permission(&request_id, None);
                         }
-                        tracing::warn!(session_id = self.id(), message, "refused a permission request");
+                        let shown = self.masker.text(&message);
+                        tracing::warn!(session_id = self.id(), message = %shown, "refused a permission request");
                         let code = "invalid_permission_request".into();
                         self.emit(
                             pb::session_event::Kind::Error(pb::SessionError { code, message }),
@@ -914,6 +929,7 @@ mod tests {
             options: pb::SessionOptions::default(),
             model_config_id: None,
             ask_mode: None,
+            masker: Default::default(),
         }
     }
 

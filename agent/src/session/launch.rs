@@ -59,6 +59,8 @@ pub enum Rule {
     CredentialOverridesOwner,
     /// A value no environment can hold (NUL).
     CredentialValueInvalid,
+    /// A value too short to be masked in the session's events.
+    CredentialTooShort,
 }
 
 impl Rule {
@@ -72,6 +74,7 @@ impl Rule {
             Rule::CredentialBaseUrlNotAllowed => "credential_base_url_not_allowed",
             Rule::CredentialOverridesOwner => "credential_overrides_owner",
             Rule::CredentialValueInvalid => "credential_value_invalid",
+            Rule::CredentialTooShort => "credential_too_short",
         }
     }
 
@@ -92,6 +95,9 @@ impl Rule {
                 "a server-sent variable never replaces one the owner set (the agent's agents.toml env or the daemon's environment); see"
             }
             Rule::CredentialValueInvalid => "an environment value cannot contain NUL; see",
+            Rule::CredentialTooShort => {
+                "a credential is masked in the session's events, which needs a value of at least 8 bytes; see"
+            }
         }
     }
 }
@@ -132,6 +138,9 @@ pub struct Launch {
     /// Added to the daemon's (scrubbed) environment for the child: the
     /// agent's agents.toml env, then the credentials taken.
     pub env: Vec<(String, String)>,
+    /// The credentials taken (also in `env`): the values the session's
+    /// events are masked for (`oma_proto::masking`).
+    pub credentials: Vec<(String, String)>,
     /// Credentials dropped; the session goes on, and each is reported.
     pub dropped: Vec<Refusal>,
 }
@@ -148,12 +157,16 @@ pub fn decide(
     let mcp_servers = mcp_servers(start, policy)?;
     let mut env: Vec<(String, String)> = agent.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut dropped = Vec::new();
+    let mut taken = Vec::new();
     // Sorted, so the events come in the same order on every start.
     let mut credentials: Vec<(&String, &String)> = start.credentials.iter().collect();
     credentials.sort();
     for (name, value) in credentials {
         match credential(name, value, agent, policy, daemon_env) {
-            Ok(()) => env.push((name.clone(), value.clone())),
+            Ok(()) => {
+                env.push((name.clone(), value.clone()));
+                taken.push((name.clone(), value.clone()));
+            }
             Err(refusal) => dropped.push(refusal),
         }
     }
@@ -165,6 +178,7 @@ pub fn decide(
     Ok(Launch {
         mcp_servers,
         env,
+        credentials: taken,
         dropped,
     })
 }
@@ -315,6 +329,17 @@ fn credential(
     }
     if value.contains('\0') {
         return refuse(Rule::CredentialValueInvalid, "its value contains NUL".into());
+    }
+    // A value this short cannot be masked without wrecking every message
+    // (oma_proto::masking), and the child must never get an unmasked one.
+    if value.len() < oma_proto::masking::MIN_SECRET_BYTES {
+        return refuse(
+            Rule::CredentialTooShort,
+            format!(
+                "its value is shorter than {} bytes",
+                oma_proto::masking::MIN_SECRET_BYTES
+            ),
+        );
     }
     Ok(())
 }
@@ -583,6 +608,11 @@ mod tests {
                 ("ANTHROPIC_API_KEY".to_owned(), "sk-ant-server".to_owned()),
             ]
         );
+        // What the events are masked for: the credentials taken, only.
+        assert_eq!(
+            launch.credentials,
+            [("ANTHROPIC_API_KEY".to_owned(), "sk-ant-server".to_owned())]
+        );
         let rules: BTreeMap<String, Rule> = launch
             .dropped
             .iter()
@@ -693,6 +723,25 @@ mod tests {
         .unwrap();
         assert_eq!(launch.dropped[0].rule, Rule::CredentialValueInvalid);
         assert!(!launch.env.iter().any(|(k, _)| k == "ANTHROPIC_API_KEY"));
+    }
+
+    #[test]
+    fn a_value_too_short_to_mask_is_dropped() {
+        let creds = [("ANTHROPIC_API_KEY", "1234567"), ("OPENAI_API_KEY", "12345678")];
+        let launch = decide(&start(vec![], &creds), &agent("claude"), &policy(), &no_env()).unwrap();
+        assert_eq!(launch.dropped.len(), 1);
+        assert_eq!(launch.dropped[0].rule, Rule::CredentialTooShort);
+        assert!(
+            launch.dropped[0].message.contains("ANTHROPIC_API_KEY"),
+            "{}",
+            launch.dropped[0]
+        );
+        assert!(!launch.dropped[0].message.contains("1234567"), "{}", launch.dropped[0]);
+        assert!(!launch.env.iter().any(|(k, _)| k == "ANTHROPIC_API_KEY"));
+        assert_eq!(
+            launch.credentials,
+            [("OPENAI_API_KEY".to_owned(), "12345678".to_owned())]
+        );
     }
 
     #[test]

@@ -19,8 +19,13 @@ const SUFFIX: &str = ".state.json";
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct SessionState {
     /// The encoded StartSession frame (base64), to restart the child after a
-    /// crash or a daemon restart.
+    /// crash or a daemon restart; without its credentials, which are kept
+    /// in memory only (never on disk).
     start: String,
+    /// The names of the credentials the start carried (never the values):
+    /// after a daemon restart the session says they are gone.
+    #[serde(default)]
+    pub(super) credential_names: Vec<String>,
     pub(super) acp_session_id: Option<String>,
     pub(super) seen_turns: Vec<String>,
     pub(super) running_turn: Option<String>,
@@ -60,10 +65,15 @@ pub(super) struct ChildRecord {
 }
 
 impl SessionState {
-    /// A new session's state: its start and nothing else yet.
+    /// A new session's state: its start (without credentials) and nothing
+    /// else yet.
     pub(super) fn new(start: &pb::StartSession) -> SessionState {
+        let mut kept = start.clone();
+        let mut credential_names: Vec<String> = std::mem::take(&mut kept.credentials).into_keys().collect();
+        credential_names.sort();
         SessionState {
-            start: B64.encode(start.encode_to_vec()),
+            start: B64.encode(kept.encode_to_vec()),
+            credential_names,
             ..Default::default()
         }
     }
@@ -109,4 +119,37 @@ pub(super) fn saved(paths: &Paths) -> impl Iterator<Item = (String, SessionState
         };
         Some((session_id.to_owned(), state))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_never_written_only_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().join("config"), dir.path().join("data"));
+        std::fs::create_dir_all(paths.outbox_dir()).unwrap();
+        let session_id = "ses_0123456789abcdef0123456789abcdef";
+        let start = pb::StartSession {
+            session_id: session_id.into(),
+            agents_md: "instructions".into(),
+            credentials: [("ANTHROPIC_API_KEY".to_owned(), "sk-ant-secret-value".to_owned())].into(),
+            ..Default::default()
+        };
+        let state = SessionState::new(&start);
+        state.save(&paths, session_id).unwrap();
+        let bytes = std::fs::read(state_path(&paths, session_id)).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("ANTHROPIC_API_KEY"), "{text}");
+        let (_, saved) = saved(&paths).next().unwrap();
+        let restored = saved.start_session().unwrap();
+        assert!(restored.credentials.is_empty());
+        assert_eq!(restored.agents_md, "instructions");
+        assert_eq!(saved.credential_names, ["ANTHROPIC_API_KEY"]);
+        // Nor in any encoding of it (the start is stored as base64).
+        for form in oma_proto::masking::encodings("sk-ant-secret-value") {
+            assert!(!text.contains(&form), "{form} in {text}");
+        }
+    }
 }

@@ -46,6 +46,11 @@ pub enum Directive {
     Big(usize),
     /// `env NAME`: report an environment variable.
     Env(String),
+    /// `leak-env NAME`: echo an environment variable's value the ways an
+    /// agent leaks a secret: in its text (as is, base64, URL-safe base64
+    /// and hex), in a tool call's content and raw output (`NAME=value`
+    /// lines, also base64), in a plan entry, and on stderr.
+    LeakEnv(String),
     /// `cwd`: report the session's working directory.
     Cwd,
     /// `cat PATH`: report a file's content (relative to the session cwd).
@@ -157,6 +162,8 @@ pub fn parse_piece(piece: &str) -> Directive {
         },
         "env" if !arg.is_empty() && !arg.contains(char::is_whitespace) => Directive::Env(arg.to_owned()),
         "env" => invalid("expected `env NAME`"),
+        "leak-env" if !arg.is_empty() && !arg.contains(char::is_whitespace) => Directive::LeakEnv(arg.to_owned()),
+        "leak-env" => invalid("expected `leak-env NAME`"),
         "cat" if !arg.is_empty() => Directive::Cat(arg.to_owned()),
         "cat" => invalid("expected `cat PATH`"),
         "symlink" => match arg.split_whitespace().collect::<Vec<_>>()[..] {
@@ -201,6 +208,8 @@ mod tests {
             }
         );
         assert_eq!(parse_piece("crash"), Directive::Crash(3));
+        assert_eq!(parse_piece("leak-env KEY"), Directive::LeakEnv("KEY".into()));
+        assert!(matches!(parse_piece("leak-env"), Directive::Invalid { .. }));
         assert_eq!(parse_piece("mcp-servers"), Directive::McpServers);
         assert!(matches!(parse_piece("mcp-servers x"), Directive::Invalid { .. }));
         assert_eq!(parse_piece("crash 7"), Directive::Crash(7));

@@ -163,6 +163,7 @@ impl Turn {
                 Some(value) => format!("env {name}={}", value.to_string_lossy()),
                 None => format!("env {name} unset"),
             }),
+            Directive::LeakEnv(name) => self.leak_env(&name),
             Directive::Cwd => self.message(format!("cwd {}", self.session.cwd.display())),
             Directive::Cat(path) => self.message(match std::fs::read_to_string(self.session.cwd.join(&path)) {
                 Ok(content) => content,
@@ -253,6 +254,49 @@ impl Turn {
                 .status(ToolCallStatus::Completed)
                 .content(vec![ToolCallContent::from("ok")]),
         )));
+    }
+
+    /// See [`Directive::LeakEnv`]. An unset variable is reported as such
+    /// (`leak-env NAME unset`), nothing else is sent.
+    fn leak_env(&mut self, name: &str) {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let Some(value) = std::env::var_os(name) else {
+            self.message(format!("leak-env {name} unset"));
+            return;
+        };
+        let value = value.to_string_lossy().into_owned();
+        log!("oma-test-agent: leak-env {name}={value}");
+        self.message(format!(
+            "leak-env {name} plain {value} base64 {} base64url {} hex {}",
+            STANDARD.encode(&value),
+            URL_SAFE_NO_PAD.encode(&value),
+            hex_of(&value)
+        ));
+        let stdout = format!("HOME=/home/agent\n{name}={value}\nPATH=/usr/bin\n");
+        let id = format!("tool-{}", self.agent.next_id());
+        self.send(SessionUpdate::ToolCall(
+            ToolCall::new(id.clone(), format!("Run env | grep {name}"))
+                .kind(ToolKind::Execute)
+                .status(ToolCallStatus::Pending)
+                .raw_input(serde_json::json!({ "command": "env" })),
+        ));
+        self.send(SessionUpdate::ToolCallUpdate(ToolCallUpdate::new(
+            id,
+            ToolCallUpdateFields::new()
+                .status(ToolCallStatus::Completed)
+                .content(vec![ToolCallContent::from(stdout.clone())])
+                .raw_output(serde_json::json!({
+                    "stdout": stdout,
+                    "stdout_base64": STANDARD.encode(&stdout),
+                    "exit_code": 0,
+                })),
+        )));
+        self.send(SessionUpdate::Plan(Plan::new(vec![PlanEntry::new(
+            format!("Rotate {value}"),
+            PlanEntryPriority::High,
+            PlanEntryStatus::Pending,
+        )])));
     }
 
     fn all_kinds(&mut self) {
@@ -475,4 +519,9 @@ fn plant_symlink(link: &std::path::Path, target: &std::path::Path) -> std::io::R
         Err(err) => return Err(err),
     }
     std::os::unix::fs::symlink(target, link)
+}
+
+/// Lower-case hex of a text's bytes.
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
 }

@@ -70,6 +70,8 @@ pub struct AcpLaunch {
     /// the session directory.
     pub child: ChildSpec,
     pub stderr_log_file: Option<PathBuf>,
+    /// Masks the child's stderr (in memory and in the file).
+    pub stderr_masker: oma_proto::masking::Masker,
     pub advertise_read_text_file: bool,
     pub advertise_write_text_file: bool,
     /// Sent as `_meta: {"systemPrompt": {"append": ...}}` on session/new and
@@ -200,7 +202,8 @@ impl AcpSession {
             })?;
         let mut spec = launch.child.clone();
         spec.cwd = cwd.clone();
-        let mut child = process::spawn_logged(&spec, launch.stderr_log_file.clone()).map_err(AcpError::Spawn)?;
+        let mut child = process::spawn_logged(&spec, launch.stderr_log_file.clone(), launch.stderr_masker.clone())
+            .map_err(AcpError::Spawn)?;
         let pid = child.pid();
         let (Some(stdin), Some(stdout)) = (child.take_stdin(), child.take_stdout()) else {
             return Err(AcpError::Spawn(io::Error::other("the child's stdio is not piped")));
@@ -437,6 +440,7 @@ mod tests {
                 env: Vec::new(),
             },
             stderr_log_file: None,
+            stderr_masker: Default::default(),
             advertise_read_text_file: true,
             advertise_write_text_file: true,
             system_prompt_meta: None,
