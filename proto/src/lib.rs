@@ -7,6 +7,7 @@ pub mod ids;
 pub mod mcp_url;
 pub mod model;
 pub mod net;
+pub mod secret;
 pub mod session_options;
 pub mod validate;
 pub mod workspace;

@@ -8,6 +8,7 @@
 
 pub mod rows;
 pub mod schema;
+pub mod secrets;
 pub mod usage;
 
 use std::path::Path;
