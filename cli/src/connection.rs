@@ -11,7 +11,7 @@ use oma_proto::{
     pb::{
         self, agent_service_client::AgentServiceClient, audit_service_client::AuditServiceClient,
         identity_service_client::IdentityServiceClient, runtime_service_client::RuntimeServiceClient,
-        session_service_client::SessionServiceClient,
+        secret_service_client::SecretServiceClient, session_service_client::SessionServiceClient,
     },
     validate::MAX_PAGE_SIZE,
 };
@@ -199,6 +199,7 @@ impl Api {
         agents: AgentServiceClient;
         sessions: SessionServiceClient;
         audit: AuditServiceClient;
+        secrets: SecretServiceClient;
     }
 }
 

@@ -18,7 +18,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::{error::Failure, output::Format};
 
 /// Administer an OMA runtime control plane: users, tokens, runtimes, agents,
-/// sessions and the audit log.
+/// sessions, secrets and the audit log.
 #[derive(Debug, Parser)]
 #[command(name = "omactl", version, propagate_version = true)]
 pub struct Cli {
@@ -118,6 +118,14 @@ pub enum Command {
     /// Read the audit log.
     #[command(subcommand, after_help = "Example: omactl audit list --since 24h")]
     Audit(commands::audit::Command),
+    /// Manage the secret store: credentials kept encrypted by the control
+    /// plane. Values are write-only: read from a file or stdin, never from
+    /// the command line, and never printed.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  pass show anthropic | omactl secrets create anthropic-key --kind api_key --value-stdin\n  omactl secrets list"
+    )]
+    Secrets(commands::secrets::Command),
     /// Talk with an agent: prompt after prompt in one session.
     ///
     /// Each line read from stdin is a prompt; its turn is printed as

@@ -35,6 +35,14 @@ pub fn session_status(value: i32) -> String {
     )
 }
 
+pub fn secret_kind(value: i32) -> String {
+    word(
+        pb::SecretKind::try_from(value).ok().map(|e| e.as_str_name()),
+        "SECRET_KIND_",
+        value,
+    )
+}
+
 pub fn skill_source(value: i32) -> String {
     word(
         pb::local_skill::Source::try_from(value).ok().map(|e| e.as_str_name()),
@@ -229,6 +237,20 @@ pub fn session_workspace(w: Option<&pb::SessionWorkspace>) -> String {
             if w.base_ref.is_empty() { "HEAD" } else { &w.base_ref }
         ),
     }
+}
+
+/// A secret's metadata (the message has no value to show).
+pub fn secret(s: &pb::Secret) -> Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "kind": secret_kind(s.kind),
+        "version": s.version,
+        "created_by_user_id": s.created_by_user_id,
+        "create_time": time_value(s.create_time.as_ref()),
+        "update_time": time_value(s.update_time.as_ref()),
+        "last_used_time": time_value(s.last_used_time.as_ref()),
+    })
 }
 
 pub fn audit_entry(e: &pb::AuditEntry) -> Value {

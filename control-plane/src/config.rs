@@ -50,6 +50,37 @@ impl DatabaseArgs {
     }
 }
 
+/// Where the secret store's key comes from (see `secrets_key`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SecretsKeyArgs {
+    /// File holding the secret store's key: 32 random bytes, base64, mode
+    /// 0600 or stricter. Without it: $OMA_SECRETS_KEY (the key itself,
+    /// base64), else, on the embedded SQLite database, `secrets.key` beside
+    /// the database (generated on first start); on PostgreSQL the secret
+    /// store is off until a key is given.
+    #[arg(long, env = "OMA_SECRETS_KEY_FILE", value_name = "FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+}
+
+impl SecretsKeyArgs {
+    /// What `secrets_key::load` looks for; `env` is the value of
+    /// `OMA_SECRETS_KEY` (read by the binary: tests never set process
+    /// variables).
+    pub fn key_config<'a>(
+        &'a self,
+        backend: &'a Backend,
+        env: Option<&'a str>,
+        may_generate: bool,
+    ) -> crate::secrets_key::KeyConfig<'a> {
+        crate::secrets_key::KeyConfig {
+            file: self.secrets_key_file.as_deref(),
+            env,
+            backend,
+            may_generate,
+        }
+    }
+}
+
 /// `oma-control-plane serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -59,6 +90,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub secrets: SecretsKeyArgs,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no
     /// token: bind it where only your scraper reaches it). Off by default.

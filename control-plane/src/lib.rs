@@ -4,6 +4,7 @@
 pub mod config;
 pub mod grpc;
 pub mod metrics;
+pub mod secrets_key;
 pub mod service;
 pub mod store;
 

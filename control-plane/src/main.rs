@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use oma_control_plane::config::{DatabaseArgs, ServeArgs};
+use oma_control_plane::config::{DatabaseArgs, SecretsKeyArgs, ServeArgs};
+use oma_control_plane::secrets_key::{self, KEY_ENV, KeySource, LoadedKey};
 use oma_control_plane::service::ServiceError;
 use oma_control_plane::service::identity::offline;
+use oma_control_plane::service::sealing::SecretsKey;
+use oma_control_plane::service::secret_store;
 use oma_control_plane::store::Store;
 use oma_control_plane::{RunConfig, run};
 use oma_proto::model::Role;
@@ -47,6 +50,8 @@ enum Command {
     Admin {
         #[command(flatten)]
         database: DatabaseArgs,
+        #[command(flatten)]
+        secrets: SecretsKeyArgs,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -84,6 +89,26 @@ enum AdminCommand {
     },
     /// Create the database and apply migrations, then exit.
     Migrate,
+    /// Re-encrypt every secret of every tenant under a new, random key, in
+    /// one transaction, and save the new key.
+    ///
+    /// The current key is found as `serve` finds it (--secrets-key-file,
+    /// OMA_SECRETS_KEY, or `secrets.key` beside the SQLite database). Stop
+    /// every control plane on this database first (one still running holds
+    /// the old key and can no longer read the secrets), then start them
+    /// with the new key. The new key replaces the current key file (written
+    /// beside it first, then renamed over it), or goes to --new-key-file;
+    /// when the current key comes from OMA_SECRETS_KEY and --new-key-file is
+    /// not given, it is printed once on stdout. On any error nothing changes.
+    #[command(
+        after_help = "Examples:\n  oma-control-plane admin rotate-secrets-key\n  oma-control-plane admin --database-url postgres://… --secrets-key-file /etc/oma/secrets.key rotate-secrets-key --new-key-file /etc/oma/secrets.key.2"
+    )]
+    RotateSecretsKey {
+        /// Write the new key to this new file (mode 0600) instead; the
+        /// current key file is left as it is.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,7 +121,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
-        Some(Command::Admin { database, command }) => admin(&database, command),
+        Some(Command::Admin {
+            database,
+            secrets,
+            command,
+        }) => admin(&database, &secrets, command),
     }
 }
 
@@ -133,6 +162,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let store = open_store(&args.database)?;
+    let secrets_key = load_secrets_key(&args.database, &args.secrets, &store, true)?;
     if let Some(new) = offline::bootstrap(&store)? {
         println!(
             "first start: created tenant {:?} and admin user {:?}",
@@ -140,6 +170,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         announce_bootstrap_token(&args, &new.bearer)?;
     }
+    match &secrets_key {
+        Some(LoadedKey {
+            source: KeySource::Generated(path),
+            key,
+        }) => println!(
+            "generated the secrets key {} in {} (mode 0600): back it up, without it the stored secrets are lost",
+            key.id(),
+            path.display()
+        ),
+        Some(loaded) => {
+            tracing::info!(key_id = loaded.key.id(), source = %secrets_key::describe(&loaded.source), "secret store ready")
+        }
+        None => tracing::warn!(
+            "no secrets key: the secret store is off until the control plane is started with --secrets-key-file or {KEY_ENV}"
+        ),
+    }
+    let mut service_config = args.service_config();
+    service_config.secrets_key = secrets_key.map(|loaded| loaded.key);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -171,7 +219,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut server = tokio::spawn(run(
             RunConfig {
                 store,
-                service: args.service_config(),
+                service: service_config,
                 live: args.live_config(local.port()),
                 limits: args.limits_config(),
                 tls,
@@ -258,9 +306,102 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn admin(database: &DatabaseArgs, command: AdminCommand) -> anyhow::Result<()> {
+/// The secret store's key, found (or on SQLite generated) and checked
+/// against the database's secrets; `None` when there is none and none is
+/// needed.
+fn load_secrets_key(
+    database: &DatabaseArgs,
+    args: &SecretsKeyArgs,
+    store: &Store,
+    may_generate: bool,
+) -> anyhow::Result<Option<LoadedKey>> {
+    let backend = database.backend().map_err(anyhow::Error::msg)?;
+    let env = std::env::var(KEY_ENV).ok().filter(|v| !v.is_empty());
+    secrets_key::load(&args.key_config(&backend, env.as_deref(), may_generate), store).map_err(anyhow::Error::msg)
+}
+
+/// `admin rotate-secrets-key`: the new key is on disk (or about to be
+/// printed) before the transaction commits, so no outcome leaves secrets
+/// under a key nobody has.
+fn rotate_secrets_key(
+    database: &DatabaseArgs,
+    args: &SecretsKeyArgs,
+    store: &Store,
+    new_key_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let Some(current) = load_secrets_key(database, args, store, false)? else {
+        bail!("no secrets key is configured and the database holds no secrets: there is nothing to rotate");
+    };
+    let new = SecretsKey::generate();
+    // Where the new key goes before the rotation commits, and where it
+    // must end up.
+    let (staged, replace) = match (new_key_file, current.source.file()) {
+        (Some(path), _) => (Some(path.to_owned()), None),
+        (None, Some(current_file)) => {
+            let mut staged = current_file.as_os_str().to_owned();
+            staged.push(".new");
+            let staged = std::path::PathBuf::from(staged);
+            if staged.exists() {
+                bail!(
+                    "{} exists: an earlier rotation may have stopped before replacing {}; if the secrets are under that key, move it there, else delete it, and run this again",
+                    staged.display(),
+                    current_file.display()
+                );
+            }
+            (Some(staged), Some(current_file.to_owned()))
+        }
+        (None, None) => (None, None),
+    };
+    if let Some(path) = &staged {
+        secrets_key::write_key_file(path, &new)
+            .with_context(|| format!("cannot write the new secrets key to {}", path.display()))?;
+    }
+    let rotation = match secret_store::rotate_key(store, &current.key, &new) {
+        Ok(rotation) => rotation,
+        Err(e) => {
+            if let Some(path) = &staged {
+                let _ = std::fs::remove_file(path);
+            }
+            bail!("{e}");
+        }
+    };
+    println!(
+        "re-encrypted {} secrets of {} tenants from key {} to key {}",
+        rotation.secrets,
+        rotation.tenants,
+        current.key.id(),
+        new.id()
+    );
+    match (staged, replace) {
+        (Some(staged), Some(current_file)) => {
+            std::fs::rename(&staged, &current_file).with_context(|| {
+                format!(
+                    "the secrets are now under the new key, which is in {}: move it to {} before the next start",
+                    staged.display(),
+                    current_file.display()
+                )
+            })?;
+            println!("the new key replaced {} (mode 0600)", current_file.display());
+        }
+        (Some(staged), None) => println!(
+            "the new key is in {} (mode 0600): start the control plane with --secrets-key-file {}",
+            staged.display(),
+            staged.display()
+        ),
+        (None, _) => println!(
+            "new secrets key (set {KEY_ENV} to it before the next start; shown once): {}",
+            new.to_base64()
+        ),
+    }
+    Ok(())
+}
+
+fn admin(database: &DatabaseArgs, secrets: &SecretsKeyArgs, command: AdminCommand) -> anyhow::Result<()> {
     let store = open_store(database)?;
     let result = match command {
+        AdminCommand::RotateSecretsKey { new_key_file } => {
+            return rotate_secrets_key(database, secrets, &store, new_key_file.as_deref());
+        }
         AdminCommand::Migrate => {
             println!("database is migrated");
             Ok(())

@@ -51,6 +51,7 @@ async fn health_and_reflection_need_no_token() {
         "oma.v1.AgentService",
         "oma.v1.SessionService",
         "oma.v1.AuditService",
+        "oma.v1.SecretService",
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");

@@ -97,6 +97,8 @@ typed_id!(/// A session.
     SessionId, "ses", "a session");
 typed_id!(/// An audit log entry.
     AuditId, "aud", "an audit entry");
+typed_id!(/// A secret of the secret store (its public id, never its value).
+    SecretId, "sec", "a secret");
 
 #[cfg(test)]
 mod tests {

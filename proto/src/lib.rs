@@ -8,6 +8,7 @@ pub mod masking;
 pub mod mcp_url;
 pub mod model;
 pub mod net;
+pub mod secret;
 pub mod session_options;
 pub mod validate;
 pub mod workspace;

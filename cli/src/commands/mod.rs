@@ -8,6 +8,7 @@ pub mod generate;
 mod live;
 pub mod login;
 pub mod runtimes;
+pub mod secrets;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
@@ -125,6 +126,7 @@ fn prints_resources(command: &Command) -> bool {
             | Command::Tokens(T::List { .. } | T::Revoke { .. })
             | Command::Runtimes(R::List(_) | R::Get { .. } | R::Delete { .. })
             | Command::Sessions(S::Create { .. } | S::List { .. } | S::Get { .. } | S::Delete { .. })
+            | Command::Secrets(_)
     )
 }
 
@@ -147,6 +149,13 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), Failure> {
         if matches!(cli.command, Command::Chat(_)) {
             return Err(Failure::usage(
                 "chat reads its prompts from stdin: give the token with --token, OMA_TOKEN or a context",
+            ));
+        }
+        if let Command::Secrets(command) = &cli.command
+            && secrets::reads_stdin(command)
+        {
+            return Err(Failure::usage(
+                "--value-stdin and --token-stdin both read stdin: give the token with --token, OMA_TOKEN or a context, or the value with --value-file",
             ));
         }
         global.token = Some(login::token_from_stdin().map_err(|e| classify(e, None))?);
@@ -172,6 +181,7 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), Failure> {
         Command::Agents(command) => agents::run(command, &ctx).await,
         Command::Sessions(command) => sessions::run(command, &ctx).await,
         Command::Audit(command) => audit::run(command, &ctx).await,
+        Command::Secrets(command) => secrets::run(command, &ctx).await,
         Command::Chat(args) => chat::run(args, &ctx).await,
         Command::Completion { shell } => generate::completion(shell),
         Command::Man { dir } => generate::man(&dir),

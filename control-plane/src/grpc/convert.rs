@@ -4,6 +4,7 @@ use oma_proto::pb;
 
 use crate::service::agents::Agent;
 use crate::service::runtimes::Runtime;
+use crate::service::secret_store::Secret;
 use crate::service::sessions::{Session, SessionStatus};
 use crate::store::rows::{ApiTokenRow, AuditRow, TenantRow, UserRow};
 
@@ -14,6 +15,21 @@ pub fn tenant(row: TenantRow) -> pb::Tenant {
         id: row.id,
         name: row.name,
         create_time: Some(timestamp(row.created_at)),
+    }
+}
+
+/// A secret's metadata (the service's `Secret` holds no value to leak).
+pub fn secret(secret: Secret) -> pb::Secret {
+    pb::Secret {
+        id: secret.id,
+        tenant_id: secret.tenant_id,
+        name: secret.name,
+        kind: pb::SecretKind::from(secret.kind) as i32,
+        version: secret.version,
+        created_by_user_id: secret.created_by_user_id,
+        create_time: Some(timestamp(secret.created_at)),
+        update_time: Some(timestamp(secret.updated_at)),
+        last_used_time: secret.last_used_at.map(timestamp),
     }
 }
 

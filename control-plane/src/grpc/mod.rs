@@ -9,6 +9,7 @@ mod identity;
 pub mod limits;
 pub mod observe;
 mod runtime;
+mod secret;
 mod session;
 pub mod status;
 mod stream;
@@ -125,6 +126,13 @@ pub async fn serve(
             .max_encoding_message_size(max),
         )
         .add_service(
+            pb::secret_service_server::SecretServiceServer::new(secret::SecretGrpc {
+                service: service.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        )
+        .add_service(
             pb::audit_service_server::AuditServiceServer::new(audit::AuditGrpc { service })
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
@@ -175,13 +183,14 @@ async fn follow_the_database(service: Arc<Service>, health: tonic_health::server
 }
 
 /// What health reports: every service, and the server as a whole ("").
-const SERVICES: [&str; 7] = [
+const SERVICES: [&str; 8] = [
     "",
     <pb::identity_service_server::IdentityServiceServer<identity::IdentityGrpc> as NamedService>::NAME,
     <pb::runtime_service_server::RuntimeServiceServer<runtime::RuntimeGrpc> as NamedService>::NAME,
     <pb::agent_service_server::AgentServiceServer<agent::AgentGrpc> as NamedService>::NAME,
     <pb::session_service_server::SessionServiceServer<session::SessionGrpc> as NamedService>::NAME,
     <pb::audit_service_server::AuditServiceServer<audit::AuditGrpc> as NamedService>::NAME,
+    <pb::secret_service_server::SecretServiceServer<secret::SecretGrpc> as NamedService>::NAME,
     <pb::runtime_stream_service_server::RuntimeStreamServiceServer<stream::StreamGrpc> as NamedService>::NAME,
 ];
 

@@ -10,6 +10,8 @@ pub mod live;
 pub mod quotas;
 pub mod rights;
 pub mod runtimes;
+pub mod sealing;
+pub mod secret_store;
 pub mod secrets;
 pub mod sessions;
 
@@ -130,6 +132,9 @@ pub struct ServiceConfig {
     pub quotas: quotas::Quotas,
     /// Most `WatchSession` streams one tenant may hold open at once.
     pub max_watchers_per_tenant: usize,
+    /// The key of the secret store; `None`: the secret store is off (its
+    /// calls are FAILED_PRECONDITION).
+    pub secrets_key: Option<sealing::SecretsKey>,
 }
 
 impl Default for ServiceConfig {
@@ -138,6 +143,7 @@ impl Default for ServiceConfig {
             default_connect_code_ttl: Duration::from_secs(600),
             quotas: quotas::Quotas::default(),
             max_watchers_per_tenant: 1000,
+            secrets_key: None,
         }
     }
 }

@@ -14,6 +14,8 @@
 //! | prompt, cancel, answer, delete a session | its runtime's owner, an admin |
 //! | delete a session whose runtime is gone | its creator, an admin |
 //! | see a session (get, list, watch) | its creator, its runtime's owner, an admin |
+//! | create, update or delete a secret | an admin |
+//! | see a secret's metadata (get, list; never its value) | every member of the tenant |
 //!
 //! A new binding in an agent update is checked as a runtime use of the new
 //! runtime, on top of the right to manage the agent as stored.
@@ -57,6 +59,13 @@ pub(crate) fn require_runtime_use(caller: &Caller, runtime: &RuntimeRow) -> Serv
         "runtime {} belongs to another user; only its owner or an admin may run agents on it",
         runtime.id
     )))
+}
+
+/// Refuses a caller who may not create, update or delete secrets: only
+/// admins may (a secret is shared by the whole tenant, and its value reaches
+/// sessions on machines its creator does not own).
+pub(crate) fn require_secret_management(caller: &Caller) -> ServiceResult<()> {
+    caller.require_admin("creating, updating or deleting a secret")
 }
 
 /// The owner of a runtime of the tenant, `None` when it no longer exists.

@@ -9,6 +9,7 @@
 pub mod event_rows;
 pub mod rows;
 pub mod schema;
+pub mod secrets;
 pub mod usage;
 
 use std::path::Path;

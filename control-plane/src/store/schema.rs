@@ -143,6 +143,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    secrets (id) {
+        id -> Text,
+        tenant_id -> Text,
+        name -> Text,
+        kind -> Text,
+        version -> BigInt,
+        key_id -> Text,
+        nonce -> Binary,
+        ciphertext -> Binary,
+        created_by_user_id -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        last_used_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     users,
@@ -154,4 +171,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     session_events,
     permission_requests,
     audit_log,
+    secrets,
 );
